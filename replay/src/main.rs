@@ -1,0 +1,2 @@
+//! The ghostmesh CLI (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Seeded scenarios (placeholder while the world lands).

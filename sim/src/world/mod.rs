@@ -1,0 +1,2 @@
+//! The deterministic world (placeholder while the executor lands).
+pub mod disk;
