@@ -76,8 +76,10 @@ pub trait Env: Clone + Send + Sync + 'static {
     fn buggify(&self, site: &'static str) -> bool;
 
     /// Binds a datagram socket. Port 0 picks a free port; an unspecified IP means this node's.
-    fn bind_udp(&self, addr: SocketAddr)
-    -> impl Future<Output = io::Result<Self::UdpSocket>> + Send;
+    fn bind_udp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::UdpSocket>> + Send;
 
     /// Listens for stream connections on `addr`.
     fn listen_tcp(
@@ -130,14 +132,17 @@ pub struct OpenOptions {
 
 impl OpenOptions {
     /// Open an existing file.
-    pub const EXISTING: OpenOptions = OpenOptions { create: false, create_new: false, truncate: false };
+    pub const EXISTING: OpenOptions =
+        OpenOptions { create: false, create_new: false, truncate: false };
     /// Open, creating it if missing.
-    pub const CREATE: OpenOptions = OpenOptions { create: true, create_new: false, truncate: false };
+    pub const CREATE: OpenOptions =
+        OpenOptions { create: true, create_new: false, truncate: false };
     /// Create a new file; fail if it exists.
     pub const CREATE_NEW: OpenOptions =
         OpenOptions { create: true, create_new: true, truncate: false };
     /// Create or truncate.
-    pub const TRUNCATE: OpenOptions = OpenOptions { create: true, create_new: false, truncate: true };
+    pub const TRUNCATE: OpenOptions =
+        OpenOptions { create: true, create_new: false, truncate: true };
 }
 
 /// A datagram socket. Datagrams may be lost, duplicated and reordered; each arrives whole or not.
@@ -187,8 +192,11 @@ pub trait TcpStream:
 /// keep, or tear (at 512-byte sectors) each write made since the last `sync`.
 pub trait File: Send + Sync + 'static {
     /// Reads up to `buf.len()` bytes at `offset`; fewer only at end of file.
-    fn read_at(&self, offset: u64, buf: &mut [u8])
-    -> impl Future<Output = io::Result<usize>> + Send;
+    fn read_at(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send;
 
     /// Reads exactly `buf.len()` bytes at `offset`, or fails with `UnexpectedEof`.
     fn read_exact_at(

@@ -18,6 +18,7 @@
 pub mod env;
 pub mod task;
 pub mod time;
+pub mod workloads;
 pub mod world;
 
 #[cfg(feature = "tokio")]

@@ -14,7 +14,16 @@ use std::time::Duration;
 
 /// A point on a monotonic clock, in nanoseconds since the backend's origin.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
     serde::Deserialize,
 )]
 pub struct Instant {

@@ -1,1 +1,0 @@
-//! Seeded scenarios (placeholder while the world lands).
