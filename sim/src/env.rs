@@ -150,7 +150,10 @@ pub trait UdpSocket: Send + Sync + 'static {
     /// The address this socket is bound to.
     fn local_addr(&self) -> io::Result<SocketAddr>;
 
-    /// Sends one datagram. Larger than the path MTU fails with `InvalidInput`.
+    /// Sends one datagram. Larger than the path MTU fails with `InvalidInput`. The simulator
+    /// knows the MTU of every link (1472 bytes by default); production rejects only what no
+    /// UDP datagram can carry (65,507 bytes) and lets IP fragment the rest, so code that passes
+    /// in simulation never sends more than production allows.
     fn send_to(
         &self,
         data: &[u8],

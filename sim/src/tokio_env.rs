@@ -19,15 +19,16 @@
 //! move to another thread instead of waiting; elsewhere they run inline.
 //!
 //! Requires a tokio runtime with the I/O and time drivers (`Builder::enable_all`) for sockets,
-//! sleeps and `spawn`, and a Unix OS (positioned I/O through `std::os::unix::fs::FileExt`). This is the real-I/O backend, and the one module of the workspace that
-//! may read the OS clock and OS entropy and touch sockets and files: hence the module-wide
-//! allowance of the determinism lints below.
+//! sleeps and `spawn`, and a Unix OS (positioned I/O through `std::os::unix::fs::FileExt`).
+//! This is the real-I/O backend, and the one module of the workspace that may read the OS clock
+//! and OS entropy and touch sockets and files: hence the module-wide allowance of the
+//! determinism lints below.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::io::{self, ErrorKind, Read};
+use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -43,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::env::{Env, File, OpenOptions, TcpListener, TcpStream, UdpSocket};
 use crate::task::TaskHandle;
 use crate::time::Instant;
-use crate::world::disk::PATH_BYTES_MAX;
+use crate::world::disk::check_path;
 
 /// The largest datagram `send_to` accepts, in bytes: 65535 minus a 20-byte IPv4 header and an
 /// 8-byte UDP header. IPv6 would allow 20 bytes more; one limit for both keeps code portable.
@@ -52,9 +53,6 @@ const _: () = assert!(DATAGRAM_BYTES_MAX == 65_535 - 20 - 8);
 
 /// How many times one `read_at` retries a read the OS interrupted (`EINTR`) before failing.
 const READ_INTERRUPTED_MAX: u32 = 64;
-
-/// Where OS entropy comes from (see `TokioEnv::try_new` for why not `getrandom` directly).
-const ENTROPY_PATH: &str = "/dev/urandom";
 
 /// The production `Env`: real monotonic and wall clocks, tasks on the ambient tokio runtime,
 /// a ChaCha12 stream seeded from OS entropy, real UDP and TCP sockets, and files under a root
@@ -99,15 +97,12 @@ impl TokioEnv {
 
     /// Like `new`, but returns the error if OS entropy cannot be read.
     ///
-    /// The seed is 32 bytes read from `/dev/urandom` (on Linux since 5.18 the same source as
-    /// `getrandom(2)`), because the `rand_core/os_rng` feature is not enabled for this crate.
+    /// The seed comes from the OS (`getrandom`): production keys must be unpredictable. This
+    /// is the one place in the workspace that reads OS randomness.
     pub fn try_new(root: impl Into<PathBuf>) -> io::Result<TokioEnv> {
-        let mut seed = <ChaCha12Rng as SeedableRng>::Seed::default();
-        let mut source = std::fs::File::open(ENTROPY_PATH)
-            .map_err(|error| annotate(error, "open", &ENTROPY_PATH))?;
-        source.read_exact(&mut seed).map_err(|error| annotate(error, "read", &ENTROPY_PATH))?;
-        assert!(seed.iter().any(|&byte| byte != 0), "OS entropy returned all zeros");
-        Ok(TokioEnv::with_rng(root.into(), ChaCha12Rng::from_seed(seed)))
+        let rng = ChaCha12Rng::try_from_os_rng()
+            .map_err(|error| io::Error::other(format!("reading OS entropy: {error}")))?;
+        Ok(TokioEnv::with_rng(root.into(), rng))
     }
 
     /// An env whose rng is seeded from `seed`: reproducible, so for tests only. Keys drawn from
@@ -279,26 +274,6 @@ impl Env for TokioEnv {
         let full = self.resolve(dir)?;
         sync_directory(&full).map_err(|error| annotate(error, "sync dir", &dir))
     }
-}
-
-/// Rejects what the simulated disk rejects: paths longer than `PATH_BYTES_MAX`, and empty, `.`
-/// or `..` components or NUL bytes (so also absolute paths). "" is the root.
-fn check_path(path: &str) -> io::Result<()> {
-    if path.len() > PATH_BYTES_MAX {
-        let message = format!("path of {} bytes is longer than {PATH_BYTES_MAX}", path.len());
-        return Err(io::Error::new(ErrorKind::InvalidInput, message));
-    }
-    if path.is_empty() {
-        return Ok(());
-    }
-    let bad = |component: &str| {
-        component.is_empty() || component == "." || component == ".." || component.contains('\0')
-    };
-    if path.split('/').any(bad) {
-        let message = format!("{path:?}: invalid path (want relative, `/`-separated, no . or ..)");
-        return Err(io::Error::new(ErrorKind::InvalidInput, message));
-    }
-    Ok(())
 }
 
 /// Creates the directory `path` unless it exists, and if it created it, syncs its parent so the

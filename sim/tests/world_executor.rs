@@ -268,3 +268,31 @@ fn node_rng_streams_are_seeded_and_independent() {
     assert_ne!(draw(1, "a"), draw(1, "b"));
     assert_ne!(draw(1, "a"), draw(2, "a"));
 }
+
+/// Sets its flag when dropped.
+struct DropFlag(Arc<AtomicU64>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn dropping_the_world_drops_its_tasks_so_sweeps_do_not_leak() {
+    let dropped = Arc::new(AtomicU64::new(0));
+    let world = world(11);
+    let node = world.add_node("a", ip(1));
+    let env = world.env(node);
+    let flag = DropFlag(Arc::clone(&dropped));
+    world.spawn(node, async move {
+        let _flag = flag;
+        // Holds the world's env and a nemesis handle, the cycle the teardown must break.
+        let _nemesis = env.world();
+        env.sleep(Duration::from_secs(3600)).await;
+    });
+    world.run_for(Duration::from_secs(1)).expect("runs");
+    assert_eq!(dropped.load(Ordering::SeqCst), 0);
+    drop(world);
+    assert_eq!(dropped.load(Ordering::SeqCst), 1, "the task was dropped with the world");
+}

@@ -679,10 +679,12 @@ fn apply(content: &mut Vec<u8>, op: &Op) {
     assert!(content.len() as u64 <= FILE_BYTES_MAX);
 }
 
-/// Rejects paths that are too long or have empty, `.` or `..` components. "" is the root.
-fn check_path(path: &str) -> io::Result<()> {
+/// Rejects paths longer than `PATH_BYTES_MAX` and paths with empty, `.` or `..` components or
+/// NUL bytes (so also absolute paths). "" is the root. Every backend checks paths with this.
+pub(crate) fn check_path(path: &str) -> io::Result<()> {
     if path.len() > PATH_BYTES_MAX {
-        return Err(io::Error::new(ErrorKind::InvalidInput, "path longer than PATH_BYTES_MAX"));
+        let message = format!("path of {} bytes is longer than {PATH_BYTES_MAX}", path.len());
+        return Err(io::Error::new(ErrorKind::InvalidInput, message));
     }
     if path.is_empty() {
         return Ok(());
@@ -691,7 +693,8 @@ fn check_path(path: &str) -> io::Result<()> {
         component.is_empty() || component == "." || component == ".." || component.contains('\0')
     };
     if path.split('/').any(bad) {
-        return Err(error(ErrorKind::InvalidInput, path, "invalid path"));
+        let message = format!("{path:?}: invalid path (want relative, `/`-separated, no . or ..)");
+        return Err(io::Error::new(ErrorKind::InvalidInput, message));
     }
     Ok(())
 }

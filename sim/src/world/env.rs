@@ -63,9 +63,10 @@ impl SimEnv {
         self.generation
     }
 
-    /// A handle to the whole world (for a nemesis running inside the simulation).
+    /// A handle to the whole world, for a nemesis running inside the simulation. It does not
+    /// keep the world alive: the world ends when its owner's last `World` handle is dropped.
     pub fn world(&self) -> super::World {
-        super::World { shared: Arc::clone(&self.shared) }
+        super::World::borrowed(Arc::clone(&self.shared))
     }
 
     /// Runs one disk operation: checks the node is alive, draws latency, applies `op` now (or

@@ -285,11 +285,37 @@ impl Shared {
 
 /// A simulated world: nodes, network, disks and time, all driven by one seed.
 ///
-/// `World` is a cheap handle (clone it into a nemesis task to inject faults from inside the
-/// simulation). Drive it with `run_for`, `run_until` or `block_on`.
+/// `World` is a cheap handle. Drive it with `run_for`, `run_until` or `block_on`. When the last
+/// handle made by `World::new` (or cloned from one) is dropped, the world is torn down: every
+/// task is dropped, which frees everything the tasks held. Handles from `SimEnv::world` (for a
+/// nemesis inside the simulation) do not keep the world alive.
 #[derive(Clone)]
 pub struct World {
     shared: Arc<Shared>,
+    _owner: Option<Arc<Owner>>,
+}
+
+/// Tears the world down when the last owning `World` handle goes: tasks hold `Arc<Shared>` and
+/// the shared state holds the tasks, a cycle only dropping the tasks breaks.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let (tasks, boots, events) = {
+            let mut state = self.shared.lock();
+            let tasks = std::mem::replace(&mut state.tasks, Tasks::new());
+            let boots: Vec<_> =
+                state.nodes.iter_mut().filter_map(|node| node.boot.take()).collect();
+            let events = std::mem::take(&mut state.events);
+            (tasks, boots, events)
+        };
+        // Dropped here, outside the lock: futures and boot closures may call back into it.
+        drop(tasks);
+        drop(boots);
+        drop(events);
+    }
 }
 
 impl fmt::Debug for World {
@@ -331,7 +357,13 @@ impl World {
             seed,
             running: AtomicBool::new(false),
         };
-        World { shared: Arc::new(shared) }
+        let shared = Arc::new(shared);
+        World { _owner: Some(Arc::new(Owner { shared: Arc::clone(&shared) })), shared }
+    }
+
+    /// A handle that does not keep the world alive (see `SimEnv::world`).
+    pub(crate) fn borrowed(shared: Arc<Shared>) -> World {
+        World { shared, _owner: None }
     }
 
     /// The world's seed.
