@@ -180,6 +180,9 @@ pub trait TcpListener: Send + Sync + 'static {
 }
 
 /// A connected byte stream: reliable and ordered, or broken with an error (never silently short).
+///
+/// On `World` and on real TCP a stream the network cannot carry breaks with `TimedOut` or
+/// `ConnectionReset`; on turmoil it may stall instead. Bound every read with `Env::timeout`.
 pub trait TcpStream:
     tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static
 {

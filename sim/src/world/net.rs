@@ -324,25 +324,40 @@ fn resolve(state: &State, source: u32, ip: IpAddr) -> Option<u32> {
 
 // ---------------------------------------------------------------- datagrams
 
+/// Checks that `addr` can be bound on `node` (alive, local address, free port) and returns the
+/// local address, with an ephemeral port if `addr` asked for port 0.
+fn free_local_addr(
+    state: &mut State,
+    node: u32,
+    generation: u32,
+    addr: SocketAddr,
+    tcp: bool,
+) -> io::Result<SocketAddr> {
+    if !state.node_alive(node, generation) {
+        return Err(down());
+    }
+    let ip = local_ip(state, node, addr.ip())?;
+    let ports = &mut state.nodes[node as usize].net;
+    let port = if addr.port() == 0 { ports.ephemeral_port(tcp)? } else { addr.port() };
+    let used = if tcp { &ports.tcp_ports } else { &ports.udp_ports };
+    if used.contains_key(&port) {
+        let protocol = if tcp { "tcp" } else { "udp" };
+        let message = format!("{protocol} port {port} in use");
+        return Err(io::Error::new(io::ErrorKind::AddrInUse, message));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
 pub(crate) fn udp_bind(
     state: &mut State,
     node: u32,
     generation: u32,
     addr: SocketAddr,
 ) -> io::Result<(Key, SocketAddr)> {
-    if !state.node_alive(node, generation) {
-        return Err(down());
-    }
-    let ip = local_ip(state, node, addr.ip())?;
-    let ports = &mut state.nodes[node as usize].net;
-    let port = if addr.port() == 0 { ports.ephemeral_port(false)? } else { addr.port() };
-    if ports.udp_ports.contains_key(&port) {
-        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("udp port {port} in use")));
-    }
-    let local = SocketAddr::new(ip, port);
+    let local = free_local_addr(state, node, generation, addr, false)?;
     let slot = UdpSlot { node, local, queue: VecDeque::new(), waker: None };
     let key = state.net.udp.insert(slot);
-    state.nodes[node as usize].net.udp_ports.insert(port, key);
+    state.nodes[node as usize].net.udp_ports.insert(local.port(), key);
     Ok((key, local))
 }
 
@@ -464,19 +479,10 @@ pub(crate) fn tcp_listen(
     generation: u32,
     addr: SocketAddr,
 ) -> io::Result<(Key, SocketAddr)> {
-    if !state.node_alive(node, generation) {
-        return Err(down());
-    }
-    let ip = local_ip(state, node, addr.ip())?;
-    let ports = &mut state.nodes[node as usize].net;
-    let port = if addr.port() == 0 { ports.ephemeral_port(true)? } else { addr.port() };
-    if ports.tcp_ports.contains_key(&port) {
-        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("tcp port {port} in use")));
-    }
-    let local = SocketAddr::new(ip, port);
+    let local = free_local_addr(state, node, generation, addr, true)?;
     let slot = ListenerSlot { node, local, backlog: VecDeque::new(), waker: None };
     let key = state.net.listeners.insert(slot);
-    state.nodes[node as usize].net.tcp_ports.insert(port, key);
+    state.nodes[node as usize].net.tcp_ports.insert(local.port(), key);
     Ok((key, local))
 }
 

@@ -97,7 +97,12 @@ pub struct TraceRecord {
 
 impl fmt::Display for TraceRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} node={} {:?} a={} b={}", self.time, self.node, self.kind, self.a, self.b)
+        write!(f, "{} ", self.time)?;
+        match self.node {
+            WORLD_NODE => f.write_str("world")?,
+            node => write!(f, "n{node}")?,
+        }
+        write!(f, " {:?} a={} b={}", self.kind, self.a, self.b)
     }
 }
 
