@@ -118,7 +118,7 @@ impl TurmoilEnvConfig {
         TurmoilEnvConfig {
             seed,
             wall_epoch_secs: WALL_EPOCH_SECS_DEFAULT,
-            buggify: BuggifyConfig { enabled: false, site_active: 0.0, fire: 0.0 },
+            buggify: BuggifyConfig::DISABLED,
             udp_payload_max_bytes: UDP_PAYLOAD_MAX_BYTES_DEFAULT,
         }
     }
@@ -142,7 +142,7 @@ struct Node {
     origin: Instant,
     rng: TurmoilRng,
     /// Invariant: a site's activation, once decided, never changes.
-    buggify_sites: Mutex<BTreeMap<&'static str, bool>>,
+    buggify_sites: Mutex<BTreeMap<&'static str, Option<f64>>>,
     disk: SharedDisk,
 }
 
@@ -273,18 +273,12 @@ impl Env for TurmoilEnv {
     }
 
     fn buggify(&self, site: &'static str) -> bool {
-        let config = &self.node.config.buggify;
-        if !config.enabled {
-            return false;
-        }
-        let seed = self.node.config.seed;
-        let active = *lock(&self.node.buggify_sites).entry(site).or_insert_with(|| {
-            // As in `World`: activation depends on the seed and the site only, so every node
-            // agrees and the order of first calls does not matter.
-            let draw = splitmix64(seed ^ hash_str(site));
-            unit_interval(draw) < config.site_active
-        });
-        active && self.node.rng.random_bool(config.fire.clamp(0.0, 1.0))
+        let config = &self.node.config;
+        // As in `World`: the plan depends on the seed and the site only.
+        let probability = *lock(&self.node.buggify_sites)
+            .entry(site)
+            .or_insert_with(|| config.buggify.site_fire_probability(config.seed, site));
+        probability.is_some_and(|probability| self.node.rng.random_bool(probability))
     }
 
     async fn bind_udp(&self, addr: SocketAddr) -> io::Result<TurmoilUdpSocket> {
@@ -330,11 +324,6 @@ impl Env for TurmoilEnv {
     async fn sync_dir(&self, dir: &str) -> io::Result<()> {
         lock(&self.node.disk).sync_dir(dir)
     }
-}
-
-/// Maps 64 random bits to `[0, 1)` with 53 bits of precision.
-fn unit_interval(bits: u64) -> f64 {
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A node's random stream: a shared handle to one ChaCha12 generator.

@@ -211,7 +211,8 @@ fn buggify_follows_its_configuration() {
     sim.client("client", async {
         let with = |site_active: f64, fire: f64| {
             let mut config = TurmoilEnvConfig::new(SEED);
-            config.buggify = BuggifyConfig { enabled: true, site_active, fire };
+            config.buggify =
+                BuggifyConfig { enabled: true, site_active, fire_min: fire, fire_max: fire };
             TurmoilEnv::new("client", config, new_disk(None))
         };
         let always = with(1.0, 1.0);

@@ -235,6 +235,7 @@ fn wall_clocks_carry_offset_and_drift_and_monotonic_never_goes_back() {
 #[test]
 fn buggify_fires_only_when_enabled_and_in_the_expected_fraction() {
     let mut active_sites = 0;
+    let mut fire_counts = Vec::new();
     for seed in 0..200 {
         let world = world(seed);
         let node = world.add_node("a", ip(1));
@@ -242,11 +243,15 @@ fn buggify_fires_only_when_enabled_and_in_the_expected_fraction() {
         let fired = (0..100).filter(|_| env.buggify("site")).count();
         if fired > 0 {
             active_sites += 1;
-            assert!((5..=50).contains(&fired), "fire probability 0.25, fired {fired}/100");
+            assert!(fired <= 80, "fire probability at most 0.5, fired {fired}/100");
+            fire_counts.push(fired);
         }
     }
     // Active in 25% of runs: 50 of 200 expected.
     assert!((25..=75).contains(&active_sites), "active in {active_sites} of 200 runs");
+    // The firing probability is drawn per run from [0.01, 0.5]: runs differ widely.
+    let (low, high) = (fire_counts.iter().min(), fire_counts.iter().max());
+    assert!(low < Some(&10) && high > Some(&30), "fire counts {low:?}..{high:?}");
 
     let mut config = SimConfig::new(1);
     config.buggify.enabled = false;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::disk::CrashConfig;
+use super::trace::{hash_str, splitmix64};
 
 /// Everything a `World` is built from. A run is a pure function of this value and what is done to
 /// the world afterwards.
@@ -184,20 +185,50 @@ pub struct DiskFaults {
     pub capacity_bytes: Option<u64>,
 }
 
-/// FoundationDB-style fault points: each site is active in `site_active` of runs (decided by the
-/// seed and the site's name) and an active site fires with probability `fire`.
+/// FoundationDB-style fault points: each site is active in `site_active` of runs, and an active
+/// site fires with a probability drawn per run from `[fire_min, fire_max]`. Both draws depend
+/// only on the seed and the site's name, so every node agrees and call order does not matter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BuggifyConfig {
     /// Whether `buggify` may fire at all in this world.
     pub enabled: bool,
     /// Fraction of sites active in a run.
     pub site_active: f64,
-    /// Probability an active site fires on each call.
-    pub fire: f64,
+    /// Lowest firing probability of an active site.
+    pub fire_min: f64,
+    /// Highest firing probability of an active site.
+    pub fire_max: f64,
 }
 
 impl Default for BuggifyConfig {
     fn default() -> BuggifyConfig {
-        BuggifyConfig { enabled: true, site_active: 0.25, fire: 0.25 }
+        BuggifyConfig { enabled: true, site_active: 0.25, fire_min: 0.01, fire_max: 0.5 }
     }
+}
+
+impl BuggifyConfig {
+    /// Never fires.
+    pub const DISABLED: BuggifyConfig =
+        BuggifyConfig { enabled: false, site_active: 0.0, fire_min: 0.0, fire_max: 0.0 };
+
+    /// The probability `site` fires with in the run seeded by `seed`, or `None` if the site is
+    /// inactive in that run. Out-of-range settings are clamped, never a panic.
+    pub fn site_fire_probability(&self, seed: u64, site: &str) -> Option<f64> {
+        if !self.enabled {
+            return None;
+        }
+        let site_hash = hash_str(site);
+        if unit_interval(splitmix64(seed ^ site_hash)) >= self.site_active {
+            return None;
+        }
+        let low = self.fire_min.clamp(0.0, 1.0);
+        let high = self.fire_max.clamp(low, 1.0);
+        let draw = unit_interval(splitmix64(seed ^ site_hash.rotate_left(32)));
+        Some(low + (high - low) * draw)
+    }
+}
+
+/// Maps 64 random bits to `[0, 1)`.
+fn unit_interval(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

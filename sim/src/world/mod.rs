@@ -198,7 +198,7 @@ pub(crate) struct State {
     pub(crate) nodes: Vec<Node>,
     pub(crate) net: net::Net,
     pub(crate) trace: Trace,
-    buggify_sites: BTreeMap<&'static str, bool>,
+    buggify_sites: BTreeMap<&'static str, Option<f64>>,
     pub(crate) stats: Stats,
     polls_at_instant: u64,
 }
@@ -233,17 +233,13 @@ impl State {
     }
 
     fn buggify(&mut self, node: u32, site: &'static str) -> bool {
-        let config = &self.config.buggify;
-        if !config.enabled {
-            return false;
-        }
-        let (seed, site_active, fire) = (self.config.seed, config.site_active, config.fire);
-        let active = *self.buggify_sites.entry(site).or_insert_with(|| {
-            // Activation depends on the seed and the site only, not on the order of first calls.
-            let draw = splitmix64(seed ^ hash_str(site));
-            (draw >> 11) as f64 / (1u64 << 53) as f64 <= site_active
-        });
-        let fired = active && self.nodes[node as usize].rng.random_bool(fire.clamp(0.0, 1.0));
+        let (config, seed) = (&self.config.buggify, self.config.seed);
+        let probability = *self
+            .buggify_sites
+            .entry(site)
+            .or_insert_with(|| config.site_fire_probability(seed, site));
+        let fired = probability
+            .is_some_and(|probability| self.nodes[node as usize].rng.random_bool(probability));
         if fired {
             self.record(node, TraceKind::Buggify, hash_str(site), 0);
         }
