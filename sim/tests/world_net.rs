@@ -358,3 +358,33 @@ fn bandwidth_limits_throughput() {
     let arrival = last_arrival.lock().expect("lock").since_origin();
     assert!(arrival >= Duration::from_millis(100) && arrival < Duration::from_millis(110));
 }
+
+#[test]
+fn tokio_io_codecs_run_over_simulated_streams() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (world, a, b) = pair(17, LinkConfig::default());
+    let server = world.env(b);
+    world.spawn(b, async move {
+        let listener = server.listen_tcp(addr(2, 8100)).await.expect("listen");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (reader, mut writer) = tokio::io::split(stream);
+        let mut lines = BufReader::new(reader).lines();
+        while let Some(line) = lines.next_line().await.expect("read line") {
+            writer.write_all(format!("{}\n", line.to_uppercase()).as_bytes()).await.expect("w");
+        }
+    });
+    let client = world.env(a);
+    let replies = world.block_on(a, Duration::from_secs(10), async move {
+        let stream = client.connect_tcp(addr(2, 8100)).await.expect("connect");
+        let (reader, mut writer) = tokio::io::split(stream);
+        writer.write_all(b"alpha\nbeta\ngamma\n").await.expect("write");
+        writer.shutdown().await.expect("shutdown");
+        let mut lines = BufReader::new(reader).lines();
+        let mut replies = Vec::new();
+        while let Some(line) = lines.next_line().await.expect("read line") {
+            replies.push(line);
+        }
+        replies
+    });
+    assert_eq!(replies.expect("runs"), ["ALPHA", "BETA", "GAMMA"]);
+}
