@@ -301,3 +301,22 @@ fn dropping_the_world_drops_its_tasks_so_sweeps_do_not_leak() {
     drop(world);
     assert_eq!(dropped.load(Ordering::SeqCst), 1, "the task was dropped with the world");
 }
+
+#[test]
+fn a_loop_of_long_timeouts_around_quick_operations_runs_in_bounded_memory() {
+    let world = world(12);
+    let node = world.add_node("a", ip(1));
+    let env = world.env(node);
+    let finished = world.block_on(node, Duration::from_secs(3600), async move {
+        // 200,000 one-hour timeouts, each cancelled after a microsecond.
+        for _ in 0..200_000 {
+            let quick = env.sleep(Duration::from_micros(1));
+            env.timeout(Duration::from_secs(3600), quick).await.expect("quick wins");
+        }
+        env.now()
+    });
+    assert_eq!(finished.expect("runs"), Instant::from_nanos(200_000 * 1_000));
+    // Without sweeping, 200,000 cancelled one-hour timers would still be queued.
+    let pending = world.pending_event_count();
+    assert!(pending <= 10_000, "{pending} events queued");
+}

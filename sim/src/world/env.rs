@@ -244,7 +244,7 @@ impl Future for Sleep {
         let mut state = this.shared.lock();
         if state.now >= this.deadline {
             if let Some(timer) = this.timer.take() {
-                state.timers.remove(timer);
+                state.cancel_timer(timer);
             }
             return Poll::Ready(());
         }
@@ -263,7 +263,7 @@ impl Future for Sleep {
 impl Drop for Sleep {
     fn drop(&mut self) {
         if let Some(timer) = self.timer.take() {
-            let waker = self.shared.lock().timers.remove(timer);
+            let waker = self.shared.lock().cancel_timer(timer);
             drop(waker);
         }
     }

@@ -216,6 +216,12 @@ impl Timers {
         }
     }
 
+    /// Whether `key` names a timer that has neither fired nor been cancelled.
+    pub(crate) fn is_live(&self, key: TimerKey) -> bool {
+        let slot = self.slots.get(key.slot as usize);
+        matches!(slot, Some((generation, Some(_))) if *generation == key.generation)
+    }
+
     /// Frees a live timer, returning its waker; `None` if it already fired or was cancelled.
     pub(crate) fn remove(&mut self, key: TimerKey) -> Option<Waker> {
         let entry = self.slots.get_mut(key.slot as usize)?;

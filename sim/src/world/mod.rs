@@ -201,13 +201,36 @@ pub(crate) struct State {
     buggify_sites: BTreeMap<&'static str, Option<f64>>,
     pub(crate) stats: Stats,
     polls_at_instant: u64,
+    /// Timer events still queued whose timer was cancelled.
+    stale_timer_event_count: usize,
 }
+
+/// Below this many stale timer events the queue is never compacted.
+const STALE_TIMER_EVENTS_COMPACT_MIN: usize = 4096;
 
 impl State {
     pub(crate) fn schedule(&mut self, at: Instant, event: Event) {
         assert!(at >= self.now, "event scheduled in the past");
         self.sequence += 1;
         self.events.push(Scheduled { at, sequence: self.sequence, event });
+    }
+
+    /// Cancels a timer (its sleep was dropped). Its event stays queued until its deadline, so
+    /// when stale events are over half the queue they are swept out: a loop of long timeouts
+    /// around quick operations must not grow the queue without bound.
+    pub(crate) fn cancel_timer(&mut self, key: executor::TimerKey) -> Option<std::task::Waker> {
+        let waker = self.timers.remove(key)?;
+        self.stale_timer_event_count += 1;
+        let stale = self.stale_timer_event_count;
+        if stale > STALE_TIMER_EVENTS_COMPACT_MIN && stale * 2 > self.events.len() {
+            let timers = &self.timers;
+            self.events.retain(|scheduled| match scheduled.event {
+                Event::Timer(key) => timers.is_live(key),
+                Event::Net(_) => true,
+            });
+            self.stale_timer_event_count = 0;
+        }
+        Some(waker)
     }
 
     pub(crate) fn record(&mut self, node: u32, kind: TraceKind, a: u64, b: u64) {
@@ -345,6 +368,7 @@ impl World {
             buggify_sites: BTreeMap::new(),
             stats: Stats::default(),
             polls_at_instant: 0,
+            stale_timer_event_count: 0,
             config,
         };
         let shared = Shared {
@@ -465,6 +489,11 @@ impl World {
         self.shared.lock().trace.records().map(<[TraceRecord]>::to_vec)
     }
 
+    /// Events waiting in the queue (timers, packets in flight), for diagnostics.
+    pub fn pending_event_count(&self) -> usize {
+        self.shared.lock().events.len()
+    }
+
     /// Counters of the run so far.
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats.clone()
@@ -568,12 +597,15 @@ impl World {
 
     fn process(&self, state: &mut State, event: Event) {
         match event {
-            Event::Timer(key) => {
-                if let Some(waker) = state.timers.remove(key) {
+            Event::Timer(key) => match state.timers.remove(key) {
+                Some(waker) => {
                     state.record(WORLD_NODE, TraceKind::TimerFire, u64::from(key.slot), 0);
                     waker.wake();
                 }
-            }
+                None => {
+                    state.stale_timer_event_count = state.stale_timer_event_count.saturating_sub(1)
+                }
+            },
             Event::Net(event) => net::process(state, event),
         }
     }

@@ -898,18 +898,19 @@ pub(crate) fn crash_node(state: &mut State, node: u32) {
         }
     }
     for key in state.net.conns.keys() {
-        let conn = state.net.conns.get_mut(key).expect("listed");
+        // Both ends may be on this node (a loopback connection).
         for end in 0..2 {
-            if conn.ends[end].node == node && conn.ends[end].open {
-                conn.ends[end].open = false;
-                conn.ends[end].error = Some(io::ErrorKind::ConnectionReset);
-                conn.ends[end].wake_all();
-                if let Some(waker) = conn.connect_waker.take() {
-                    waker.wake();
-                }
-                reset_later(state, key, 1 - end);
-                break;
+            let conn = state.net.conns.get_mut(key).expect("listed");
+            if conn.ends[end].node != node || !conn.ends[end].open {
+                continue;
             }
+            conn.ends[end].open = false;
+            conn.ends[end].error = Some(io::ErrorKind::ConnectionReset);
+            conn.ends[end].wake_all();
+            if let Some(waker) = conn.connect_waker.take() {
+                waker.wake();
+            }
+            reset_later(state, key, 1 - end);
         }
     }
 }
