@@ -2,9 +2,10 @@
 //!
 //! Goal: catch any hidden nondeterminism (hash-map order, OS time, thread timing) in the world.
 //! Method: a workload that exercises every part (datagrams under loss and duplication, streams,
-//! disk writes and syncs, crashes with torn writes, restarts, partitions, clock skew, buggify,
-//! node rngs) runs twice per seed and the trace hashes are compared; the same runs on parallel
-//! threads must give the same hashes as alone (no process-global state).
+//! disk writes and syncs, crashes with torn writes, restarts, partitions both ways and one way,
+//! clogging, pauses, clock skew and jumps, buggify, node rngs) runs twice per seed and the trace
+//! hashes are compared; the same runs on parallel threads must give the same hashes as alone
+//! (no process-global state).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -83,9 +84,16 @@ fn kitchen_sink(seed: u64) -> (u64, u64) {
         .collect();
     world.run_for(Duration::from_millis(700)).expect("runs");
     world.partition(nodes[0], nodes[1]);
+    world.partition_oneway(nodes[3], nodes[0]);
     world.crash(nodes[2]);
+    world.clog(nodes[1]);
     world.run_for(Duration::from_millis(500)).expect("runs");
     world.restart(nodes[2]);
+    world.pause(nodes[3]);
+    world.unclog(nodes[1]);
+    world.set_clock(nodes[0], -3_000_000_000, 50);
+    world.run_for(Duration::from_millis(300)).expect("runs");
+    world.resume(nodes[3]);
     world.heal();
     world.run_for(Duration::from_secs(5)).expect("runs");
     (world.trace_hash(), world.trace_count())

@@ -763,7 +763,8 @@ impl World {
         self.partition_oneway(b, a);
     }
 
-    /// Cuts the link from `source` to `target` only: `target` still reaches `source`.
+    /// Cuts the link from `source` to `target` only: `target` still reaches `source`. A node's
+    /// traffic to itself is never cut.
     pub fn partition_oneway(&self, source: NodeId, target: NodeId) {
         let change = net::Change::Cut { source: source.0, target: target.0 };
         net::change(&mut self.shared.lock(), change);

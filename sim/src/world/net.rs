@@ -928,6 +928,8 @@ pub(crate) enum Change {
 pub(crate) fn change(state: &mut State, change: Change) {
     let world = super::trace::WORLD_NODE;
     match change {
+        // A node's traffic to itself never leaves the host: it cannot be cut.
+        Change::Cut { source, target } if source == target => {}
         Change::Cut { source, target } => {
             state.net.cut.insert((source, target));
             state.record(source, TraceKind::NetChange, 0, u64::from(target));
