@@ -239,3 +239,24 @@ fn rename_then_sync_dir_replaces_atomically_across_a_crash() {
         assert_eq!(&content, expected, "sync_dir = {sync_dir}");
     }
 }
+
+#[test]
+fn a_misdirected_write_lands_whole_sectors_away_and_reports_success() {
+    let (world, node) = node_world(8);
+    run(&world, node, |env| async move { write_file(&env, "f", &[0u8; 16 * 512]).await.map(drop) })
+        .expect("healthy disk");
+    with_faults(&world, node, |config| config.faults.misdirected_write = 1.0);
+    let content = run(&world, node, |env| async move {
+        let file = env.open("f", OpenOptions::EXISTING).await.expect("open");
+        file.write_at(8 * 512, &[0xAA; 512]).await.expect("reported as written");
+        let mut buf = vec![0u8; file.len().await.expect("len") as usize];
+        file.read_exact_at(0, &mut buf).await.expect("read");
+        buf
+    });
+    assert!(content[8 * 512..9 * 512].iter().all(|byte| *byte == 0), "the target is untouched");
+    let landed = content.iter().position(|byte| *byte == 0xAA).expect("the bytes landed");
+    let distance = landed.abs_diff(8 * 512);
+    assert!(distance % 512 == 0 && (512..=8 * 512).contains(&distance), "landed at {landed}");
+    assert!(content[landed..landed + 512].iter().all(|byte| *byte == 0xAA));
+    assert_eq!(fault_records(&world), vec![5]);
+}

@@ -181,6 +181,9 @@ pub struct DiskFaults {
     pub write_error: f64,
     /// A sync fails with an I/O error and makes nothing durable.
     pub sync_error: f64,
+    /// A write lands 1 to 8 sectors away from where it was aimed, and reports success (a
+    /// firmware bug that only checksums naming their own location catch).
+    pub misdirected_write: f64,
     /// Total bytes the disk holds; growing past it fails with `StorageFull`. `None` = unlimited.
     pub capacity_bytes: Option<u64>,
 }

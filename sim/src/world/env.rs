@@ -448,7 +448,8 @@ impl File for SimFile {
                     return Err(error);
                 }
                 state.record(node, TraceKind::DiskWrite, file, data.len() as u64);
-                let result = state.nodes[node as usize].disk.write_at(file, offset, data);
+                let target = fs::write_target(state, node, file, offset);
+                let result = state.nodes[node as usize].disk.write_at(file, target, data);
                 fs::note_result(state, node, file, &result);
                 result
             })
@@ -463,7 +464,15 @@ impl File for SimFile {
                     return Err(error);
                 }
                 state.record(node, TraceKind::DiskWrite, file, data.len() as u64);
-                let result = state.nodes[node as usize].disk.append(file, data);
+                let disk = &state.nodes[node as usize].disk;
+                let offset = disk.len(file)?;
+                let target = fs::write_target(state, node, file, offset);
+                let disk = &mut state.nodes[node as usize].disk;
+                let result = match target == offset {
+                    true => disk.append(file, data),
+                    // The caller is told its bytes went to the end; they went elsewhere.
+                    false => disk.write_at(file, target, data).map(|()| offset),
+                };
                 fs::note_result(state, node, file, &result);
                 result
             })

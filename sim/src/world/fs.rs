@@ -1,5 +1,6 @@
 //! Disk operations of simulated nodes: the `disk::Disk` model plus modelled latency and the
-//! injected-fault layer (EIO on read, write and sync; bit flips on read; ENOSPC from the model).
+//! injected-fault layer (EIO on read, write and sync; bit flips on read; misdirected writes;
+//! ENOSPC from the model).
 //!
 //! Each fault is a separate draw from the world's disk rng with its own probability, so each can
 //! be switched on alone (`DiskFaults`), and every fault is a trace record. Reads and writes take
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::disk::{CrashFate, FileId};
+use super::disk::{CrashFate, FileId, SECTOR_SIZE_BYTES};
 use super::{State, TraceKind};
 
 /// Which fault a disk operation is exposed to.
@@ -29,6 +30,9 @@ const FAULT_WRITE_ERROR: u64 = 1;
 const FAULT_SYNC_ERROR: u64 = 2;
 const FAULT_READ_CORRUPTION: u64 = 3;
 const FAULT_STORAGE_FULL: u64 = 4;
+const FAULT_MISDIRECTED_WRITE: u64 = 5;
+/// A misdirected write lands at most this many sectors from its target.
+const MISDIRECTION_SECTORS_MAX: u64 = 8;
 
 fn injected(what: &str) -> io::Error {
     io::Error::other(format!("injected I/O error (EIO) on {what}"))
@@ -77,6 +81,24 @@ pub(crate) fn corrupt(state: &mut State, node: u32, file: FileId, data: &mut [u8
     data[bit / 8] ^= 1 << (bit % 8);
     state.stats.disk_fault_count += 1;
     state.record(node, TraceKind::DiskFault, FAULT_READ_CORRUPTION, file);
+}
+
+/// Where a write aimed at `offset` lands: usually there; with the configured probability 1 to
+/// `MISDIRECTION_SECTORS_MAX` sectors before or after it (never before the file's start).
+pub(crate) fn write_target(state: &mut State, node: u32, file: FileId, offset: u64) -> u64 {
+    let probability = state.nodes[node as usize].disk_config.faults.misdirected_write;
+    if probability <= 0.0 || !state.rng_disk.random_bool(probability.min(1.0)) {
+        return offset;
+    }
+    let distance = state.rng_disk.random_range(1..=MISDIRECTION_SECTORS_MAX) * SECTOR_SIZE_BYTES;
+    let target = if state.rng_disk.random_bool(0.5) && offset >= distance {
+        offset - distance
+    } else {
+        offset + distance
+    };
+    state.stats.disk_fault_count += 1;
+    state.record(node, TraceKind::DiskFault, FAULT_MISDIRECTED_WRITE, file);
+    target
 }
 
 /// Records a write that the model refused for lack of space.

@@ -58,7 +58,7 @@ pub enum TraceKind {
     /// A directory operation (open, rename, remove, list, sync_dir). a = operation code.
     DiskMeta,
     /// An injected disk fault. a = 0 read EIO, 1 write EIO, 2 sync EIO, 3 read corruption,
-    /// 4 ENOSPC; b = file id.
+    /// 4 ENOSPC, 5 misdirected write; b = file id.
     DiskFault,
     /// At a crash, an unsynced write's fate. a = file id, b = 0 kept, 1 dropped, 2 torn.
     DiskCrashWrite,
