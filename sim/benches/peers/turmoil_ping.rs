@@ -7,8 +7,9 @@
 //! once with a 64-byte pong. Latency lies in [1 ms, 5 ms] (turmoil draws it from an exponential
 //! curve within that range, not uniformly) and nothing is lost. Ticks are turmoil's default 1 ms.
 //!
-//! Shared through `#[path]` by `examples/ping.rs --backend turmoil` and the criterion bench, so both time
-//! the same code. Time is turmoil's paused tokio clock, reached through `tokio::time::interval`.
+//! Shared through `#[path]` by `examples/ping.rs --backend turmoil` and the criterion bench, so
+//! both time the same code. Time is turmoil's paused tokio clock, reached through
+//! `tokio::time::interval`.
 
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
