@@ -55,10 +55,6 @@ impl ReadyQueue {
             }
         }
     }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.keys.lock().unwrap_or_else(|poison| poison.into_inner()).is_empty()
-    }
 }
 
 /// A task's waker: queues the task once until it is polled again.

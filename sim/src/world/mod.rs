@@ -28,6 +28,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -157,8 +158,6 @@ pub struct Stats {
 
 /// A node's boot function: builds the node's main future from its env, at start and at restart.
 pub type BootFn = Arc<dyn Fn(SimEnv) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-use std::pin::Pin;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NodeStatus {
@@ -556,10 +555,8 @@ impl World {
             if self.poll_one()? {
                 continue;
             }
+            // No task is ready: advance to the next event, or stop.
             let mut state = self.shared.lock();
-            if !self.shared.ready.is_empty() {
-                continue;
-            }
             match state.events.peek() {
                 Some(next) if next.at <= deadline => {
                     let Scheduled { at, event, .. } = state.events.pop().expect("peeked");
