@@ -320,3 +320,18 @@ fn a_loop_of_long_timeouts_around_quick_operations_runs_in_bounded_memory() {
     let pending = world.pending_event_count();
     assert!(pending <= 10_000, "{pending} events queued");
 }
+
+/// Sweeps run worlds on parallel threads, and production runs Env code on tokio's multi-threaded
+/// runtime: every handle must cross threads.
+#[test]
+fn world_handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<World>();
+    check::<sim::world::SimEnv>();
+    check::<sim::world::SimUdpSocket>();
+    check::<sim::world::SimTcpListener>();
+    check::<sim::world::SimTcpStream>();
+    check::<sim::world::SimFile>();
+    check::<sim::world::SimRng>();
+    check::<sim::TaskHandle<u64>>();
+}
