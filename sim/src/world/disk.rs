@@ -146,6 +146,20 @@ impl Inode {
     fn is_garbage(&self) -> bool {
         self.link_volatile_count == 0 && self.link_durable_count == 0 && self.handle_count == 0
     }
+
+    fn links_mut(&mut self, layer: Layer) -> &mut u32 {
+        match layer {
+            Layer::Volatile => &mut self.link_volatile_count,
+            Layer::Durable => &mut self.link_durable_count,
+        }
+    }
+}
+
+/// The two directory layers: what reads see now, and what survives a crash.
+#[derive(Clone, Copy)]
+enum Layer {
+    Volatile,
+    Durable,
 }
 
 /// One node's file system: directories, file entries (volatile and durable) and inodes.
@@ -213,7 +227,7 @@ impl Disk {
         self.next_id += 1;
         let inode = Inode { handle_count: 1, ..Inode::default() };
         assert!(self.inodes.insert(file, inode).is_none());
-        self.link_volatile(path, Some(file));
+        self.link(Layer::Volatile, path, Some(file));
         Ok(file)
     }
 
@@ -248,7 +262,7 @@ impl Disk {
         }
         for prefix in prefixes {
             if self.dirs.insert(prefix.to_owned()) {
-                self.link_durable(prefix, None);
+                self.link(Layer::Durable, prefix, None);
             }
         }
         Ok(())
@@ -334,8 +348,8 @@ impl Disk {
         }
         self.require_dir(parent(to))?;
         if from != to {
-            self.link_volatile(to, Some(file));
-            self.link_volatile(from, None);
+            self.link(Layer::Volatile, to, Some(file));
+            self.link(Layer::Volatile, from, None);
         }
         Ok(())
     }
@@ -350,7 +364,7 @@ impl Disk {
         if !self.entries_volatile.contains_key(path) {
             return Err(error(ErrorKind::NotFound, path, "no such file"));
         }
-        self.link_volatile(path, None);
+        self.link(Layer::Volatile, path, None);
         Ok(())
     }
 
@@ -378,7 +392,7 @@ impl Disk {
             .collect();
         for path in paths {
             let file = self.entries_volatile.get(&path).copied();
-            self.link_durable(&path, file);
+            self.link(Layer::Durable, &path, file);
         }
         Ok(())
     }
@@ -555,38 +569,24 @@ impl Disk {
         assert!(inode.pending_bytes <= PENDING_BYTES_MAX || inode.pending.len() == 1);
     }
 
-    /// Points the volatile entry `path` at `file` (or removes it), keeping link counts.
-    fn link_volatile(&mut self, path: &str, file: Option<FileId>) {
-        let replaced = match file {
-            Some(file) => {
-                let inode = self.inodes.get_mut(&file).expect("linked inodes exist");
-                inode.link_volatile_count += 1;
-                self.entries_volatile.insert(path.to_owned(), file)
-            }
-            None => self.entries_volatile.remove(path),
-        };
-        if let Some(replaced) = replaced {
-            let inode = self.inodes.get_mut(&replaced).expect("linked inodes exist");
-            assert!(inode.link_volatile_count > 0);
-            inode.link_volatile_count -= 1;
-            self.collect(replaced);
+    /// Points the entry `path` of `layer` at `file` (or removes it), keeping link counts.
+    fn link(&mut self, layer: Layer, path: &str, file: Option<FileId>) {
+        if let Some(file) = file {
+            *self.inodes.get_mut(&file).expect("linked inodes exist").links_mut(layer) += 1;
         }
-    }
-
-    /// Points the durable entry `path` at `file` (or removes it), keeping link counts.
-    fn link_durable(&mut self, path: &str, file: Option<FileId>) {
+        let entries = match layer {
+            Layer::Volatile => &mut self.entries_volatile,
+            Layer::Durable => &mut self.entries_durable,
+        };
         let replaced = match file {
-            Some(file) => {
-                let inode = self.inodes.get_mut(&file).expect("linked inodes exist");
-                inode.link_durable_count += 1;
-                self.entries_durable.insert(path.to_owned(), file)
-            }
-            None => self.entries_durable.remove(path),
+            Some(file) => entries.insert(path.to_owned(), file),
+            None => entries.remove(path),
         };
         if let Some(replaced) = replaced {
-            let inode = self.inodes.get_mut(&replaced).expect("linked inodes exist");
-            assert!(inode.link_durable_count > 0);
-            inode.link_durable_count -= 1;
+            let links =
+                self.inodes.get_mut(&replaced).expect("linked inodes exist").links_mut(layer);
+            assert!(*links > 0);
+            *links -= 1;
             self.collect(replaced);
         }
     }

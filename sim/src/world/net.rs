@@ -363,10 +363,14 @@ pub(crate) fn udp_bind(
 
 pub(crate) fn udp_close(state: &mut State, key: Key) {
     if let Some(slot) = state.net.udp.remove(key) {
-        let ports = &mut state.nodes[slot.node as usize].net.udp_ports;
-        if ports.get(&slot.local.port()) == Some(&key) {
-            ports.remove(&slot.local.port());
-        }
+        release_port(&mut state.nodes[slot.node as usize].net.udp_ports, slot.local.port(), key);
+    }
+}
+
+/// Frees `port` if `key` still holds it (a restarted node may have bound it again).
+fn release_port(ports: &mut BTreeMap<u16, Key>, port: u16, key: Key) {
+    if ports.get(&port) == Some(&key) {
+        ports.remove(&port);
     }
 }
 
@@ -489,9 +493,7 @@ pub(crate) fn tcp_listen(
 pub(crate) fn tcp_close_listener(state: &mut State, key: Key) {
     let Some(listener) = state.net.listeners.remove(key) else { return };
     let ports = &mut state.nodes[listener.node as usize].net.tcp_ports;
-    if ports.get(&listener.local.port()) == Some(&key) {
-        ports.remove(&listener.local.port());
-    }
+    release_port(ports, listener.local.port(), key);
     for (conn, _) in listener.backlog {
         close_end(state, conn, 1);
     }
