@@ -1,20 +1,38 @@
 //! `ghostmesh`: the command line of the testbed.
 //!
-//! Today it runs the simulator's ping worlds from a seed (`ghostmesh ping`), reporting datagrams,
-//! simulated seconds per wall second and the trace hash, and checks a seed's determinism by
-//! running it twice. Sweeps, replay with full traces, and shrinking arrive with the scenarios.
-//! Every run prints its seed first.
+//! - `list`: the scenarios and what each checks.
+//! - `run SCENARIO --seeds N`: a parallel seed sweep with a progress bar, a summary table, a
+//!   paste-able replay command per failure, and an optional JSON report.
+//! - `replay SCENARIO --seed S`: one seed (or a plan file) with tracing output, the full trace
+//!   written to a file, the violated invariant on screen.
+//! - `shrink SCENARIO --seed S`: delta debugging down to a minimal failing plan.
+//! - `check-determinism SCENARIO --seed S`: two runs; the first diverging event if they differ.
+//! - `ping`: the simulator's raw speed on ping worlds.
+//!
+//! Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, 3 safety violation,
+//! 4 liveness failure, 5 panic, 6 no progress (for a sweep, the most important failure's code).
 
+mod single;
+mod sweep;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use scenarios::Scenario;
 use sim::workloads::{PING_WORKLOADS, PingWorkload, run_ping};
 use sim::world::SimConfig;
 
 #[derive(Parser)]
-#[command(name = "ghostmesh", about = "Deterministic simulation testbed for distributed systems")]
+#[command(
+    name = "ghostmesh",
+    about = "Deterministic simulation testbed for distributed systems",
+    after_help = "Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, \
+                  3 safety violation, 4 liveness failure, 5 panic, 6 no progress."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,6 +40,70 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// List the scenarios and what each checks.
+    List,
+    /// Sweep seeds of a scenario (or `all`) in parallel and report every failure.
+    Run {
+        /// Scenario name, or `all`.
+        scenario: String,
+        /// How many seeds.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed (decimal or 0x-hex).
+        #[arg(long, default_value = "1", value_parser = parse_seed)]
+        start: u64,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Start no new seed after this many wall-clock seconds (shared by `all`'s scenarios).
+        #[arg(long)]
+        time_budget: Option<u64>,
+    },
+    /// Re-run one seed with tracing output and write its full trace to a file.
+    Replay {
+        /// Scenario name.
+        scenario: String,
+        /// The seed (decimal or 0x-hex).
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+        /// Run this plan file (from `replay` or `shrink`) instead of the seed's own plan.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// tracing-subscriber filter, e.g. `info`, `nemesis=info,register=debug`, `sim=trace`.
+        #[arg(long, default_value = "nemesis=info,scenarios=info")]
+        log: String,
+        /// Where to write the trace (default target/ghostmesh/SCENARIO-SEED.trace).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Shrink a failing seed's fault plan to a minimal one that still fails the same way.
+    Shrink {
+        /// Scenario name.
+        scenario: String,
+        /// The seed (decimal or 0x-hex).
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+        /// Shrink this plan file instead of the seed's own plan.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// Where to write the minimal plan (default target/ghostmesh/SCENARIO-SEED.min.plan.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run one seed twice and compare the traces event by event.
+    CheckDeterminism {
+        /// Scenario name.
+        scenario: String,
+        /// The seed (decimal or 0x-hex).
+        #[arg(long, value_parser = parse_seed)]
+        seed: Option<u64>,
+        /// Check this plan file instead of the seed's own plan.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
     /// Run ping worlds: hosts ping their neighbour every interval and answer every ping.
     Ping {
         /// The seed (decimal or 0x-hex). Every random choice of the run derives from it.
@@ -40,16 +122,12 @@ enum Command {
 }
 
 fn parse_seed(text: &str) -> Result<u64, String> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|error| format!("not a seed: {error}"))
+    scenarios::testing::parse_seed(text).ok_or_else(|| format!("not a seed: {text:?}"))
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -57,27 +135,115 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn find(name: &str) -> anyhow::Result<Box<dyn Scenario>> {
+    scenarios::find(name).with_context(|| {
+        let names: Vec<_> = scenarios::all().iter().map(|s| s.name()).collect();
+        format!("no scenario {name:?}; choose one of {} (see `ghostmesh list`)", names.join(", "))
+    })
+}
+
+fn list() -> String {
+    let mut text = String::new();
+    for scenario in scenarios::all() {
+        text.push_str(&format!("{}\n  {}\n", scenario.name(), scenario.summary()));
+        text.push_str(&format!("  checks: {}\n", scenario.checks().join(", ")));
+    }
+    text
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::List => print!("{}", list()),
+        Command::Run { scenario, seeds, start, jobs, json, time_budget } => {
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+            let options = sweep::SweepOptions {
+                start,
+                count: seeds,
+                jobs,
+                budget: time_budget.map(Duration::from_secs),
+                progress: std::io::stderr().is_terminal(),
+            };
+            return run_sweep(&scenario, options, json);
+        }
+        Command::Replay { scenario, seed, plan, log, trace } => {
+            let scenario = find(&scenario)?;
+            let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
+            println!("seed {:#x}", plan.seed);
+            init_tracing(&log)?;
+            let outcome = single::replay(scenario.as_ref(), &plan, trace)?;
+            return Ok(outcome.verdict.exit_code());
+        }
+        Command::Shrink { scenario, seed, plan, out } => {
+            let scenario = find(&scenario)?;
+            let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
+            println!("seed {:#x}", plan.seed);
+            let report = single::shrink(scenario.as_ref(), &plan, out)?;
+            return Ok(report.verdict.exit_code());
+        }
+        Command::CheckDeterminism { scenario, seed, plan } => {
+            let scenario = find(&scenario)?;
+            let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
+            println!("seed {:#x}", plan.seed);
+            return Ok(if single::check_determinism(scenario.as_ref(), &plan)? { 0 } else { 1 });
+        }
         Command::Ping { seed, workload, loss, check_determinism } => {
-            if !(0.0..=1.0).contains(&loss) {
-                bail!("--loss must be between 0 and 1, not {loss}");
-            }
-            println!("seed {seed:#x}");
-            let selected: Vec<&PingWorkload> = PING_WORKLOADS
-                .iter()
-                .filter(|candidate| workload.as_deref().is_none_or(|name| name == candidate.name))
-                .collect();
-            if selected.is_empty() {
-                let names: Vec<_> = PING_WORKLOADS.iter().map(|w| w.name).collect();
-                bail!("no workload named {workload:?}; choose one of {}", names.join(", "));
-            }
-            for workload in selected {
-                ping(workload, seed, loss, check_determinism)?;
-            }
-            Ok(())
+            run_pings(seed, workload, loss, check_determinism)?;
         }
     }
+    Ok(0)
+}
+
+fn init_tracing(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("--log {filter:?} is not a tracing filter"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+fn run_sweep(
+    name: &str,
+    mut options: sweep::SweepOptions,
+    json: Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    let selected = if name == "all" { scenarios::all() } else { vec![find(name)?] };
+    let color = std::io::stdout().is_terminal();
+    let (start, count) = (options.start, options.count);
+    println!("seeds {start:#x}..={:#x}", start + count.saturating_sub(1));
+    // Each scenario gets an equal share of the budget.
+    options.budget = options.budget.map(|budget| budget / selected.len().max(1) as u32);
+    let mut reports = Vec::new();
+    for scenario in &selected {
+        let report = sweep::sweep(scenario.as_ref(), options);
+        println!("{}", sweep::render(&report, color));
+        reports.push(report);
+    }
+    if let Some(path) = json {
+        #[allow(clippy::disallowed_methods, reason = "the CLI writes the report it was asked for")]
+        std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("report {}", path.display());
+    }
+    Ok(reports.iter().map(sweep::SweepReport::exit_code).filter(|c| *c != 0).min().unwrap_or(0))
+}
+
+fn run_pings(seed: u64, workload: Option<String>, loss: f64, check: bool) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&loss) {
+        bail!("--loss must be between 0 and 1, not {loss}");
+    }
+    println!("seed {seed:#x}");
+    let selected: Vec<&PingWorkload> = PING_WORKLOADS
+        .iter()
+        .filter(|candidate| workload.as_deref().is_none_or(|name| name == candidate.name))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<_> = PING_WORKLOADS.iter().map(|w| w.name).collect();
+        bail!("no workload named {workload:?}; choose one of {}", names.join(", "));
+    }
+    for workload in selected {
+        ping(workload, seed, loss, check)?;
+    }
+    Ok(())
 }
 
 fn ping(workload: &PingWorkload, seed: u64, loss: f64, check: bool) -> anyhow::Result<()> {

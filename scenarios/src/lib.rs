@@ -1,0 +1,63 @@
+//! Seeded scenarios: a topology, a seeded workload, a seeded fault plan (the nemesis) and a
+//! simulated duration, then a heal and a healed phase; the recorded history goes to the
+//! checkers of the `invariants` crate.
+//!
+//! Map:
+//! - `swarm`: the run's shape (node counts, phase lengths, network, workload mix), drawn from
+//!   the seed within a scenario's `Bounds`.
+//! - `plan`: faults as serde data (`PlanFile`): drawn from the seed, written, read, replayed.
+//! - `nemesis`: plays a plan on a `sim::world::World`, overlapping faults included.
+//! - `runner`: the `Scenario` and `Workload` traits and `run_plan`: faulty phase, heal, healed
+//!   phase, safety and liveness checks, `Outcome`.
+//! - `outcome`: `Verdict` (pass, safety violation, liveness failure, panic, no progress) with
+//!   distinct exit codes, `Metrics`, `Outcome`.
+//! - `shrink`: delta debugging over a failing plan's faults and workload length.
+//! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
+//! - `register`: a small ABD quorum register written for these tests (and, with feature
+//!   `planted-bugs`, the same register with known bugs the harness must find).
+//!
+//! Invariant: a run is a pure function of its `PlanFile`; only `Metrics::wall_nanos` varies.
+
+pub mod nemesis;
+pub mod outcome;
+pub mod plan;
+pub mod register;
+pub mod runner;
+pub mod shrink;
+pub mod swarm;
+pub mod testing;
+
+pub use outcome::{Metrics, Outcome, Verdict};
+pub use plan::{Fault, FaultClass, FaultKind, PlanFile};
+pub use runner::{RunOptions, Scenario, Workload, draw_plan, run_plan, run_seed};
+
+/// Every scenario of this build, in `ghostmesh list` order.
+pub fn all() -> Vec<Box<dyn Scenario>> {
+    let mut list: Vec<Box<dyn Scenario>> = Vec::new();
+    for scenario in register::scenarios() {
+        list.push(Box::new(scenario));
+    }
+    list
+}
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<Box<dyn Scenario>> {
+    all().into_iter().find(|scenario| scenario.name() == name)
+}
+
+fn feature_flag(scenario: &dyn Scenario) -> String {
+    scenario.feature().map(|feature| format!(" --features scenarios/{feature}")).unwrap_or_default()
+}
+
+/// The paste-able command that replays `seed` of `scenario` with a full trace.
+pub fn replay_command(scenario: &dyn Scenario, seed: u64) -> String {
+    let features = feature_flag(scenario);
+    format!("cargo run --release{features} -- replay {} --seed {seed:#x}", scenario.name())
+}
+
+/// The paste-able command that reruns `seed` of `scenario` as a test.
+pub fn test_command(scenario: &dyn Scenario, seed: u64) -> String {
+    let features = feature_flag(scenario);
+    let test = scenario.name().replace('-', "_");
+    format!("SIM_SEED={seed:#x} cargo test --release -p scenarios{features} {test}")
+}

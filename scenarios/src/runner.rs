@@ -1,0 +1,160 @@
+//! Runs one scenario for one seed: the two phases, the checks, the outcome.
+//!
+//! A run is a pure function of its plan (scenario, seed, swarm, faults): the world is seeded
+//! with the seed, the scenario builds its nodes and workload from the swarm, the nemesis plays
+//! the faults during the faulty phase, then everything heals and the healed phase runs. Safety
+//! invariants are checked over the whole history; liveness is checked over the healed phase.
+//! Only the wall time in the metrics differs between two runs of the same plan.
+
+use std::time::Duration;
+
+use invariants::Violation;
+use sim::world::{DiskConfig, SimConfig, SimError, SimErrorKind, World};
+
+use crate::nemesis::{Nemesis, at};
+use crate::outcome::{Metrics, Outcome, Verdict};
+use crate::plan::{PlanFile, Topology};
+use crate::swarm::{Bounds, Swarm};
+
+/// A scenario: topology, workload and checks, with bounds for its swarm and fault plan.
+pub trait Scenario: Send + Sync {
+    /// Its name on the command line (`kebab-case`).
+    fn name(&self) -> &'static str;
+    /// One sentence: what runs.
+    fn summary(&self) -> &'static str;
+    /// The invariants it checks.
+    fn checks(&self) -> &'static [&'static str];
+    /// The cargo feature the scenario needs, if any (planted-bug scenarios do).
+    fn feature(&self) -> Option<&'static str> {
+        None
+    }
+    /// What a seed may choose.
+    fn bounds(&self) -> Bounds;
+    /// The run's nodes, for a swarm.
+    fn topology(&self, swarm: &Swarm) -> Topology;
+    /// Adds the nodes to `world` and starts the workload.
+    fn start(&self, world: &World, swarm: &Swarm) -> Box<dyn Workload>;
+}
+
+/// The live part of one run: gathers the history and judges it.
+pub trait Workload {
+    /// Runs after the healed phase (final reads, for example); the world is healed.
+    fn finish(&mut self, world: &World) -> Result<(), SimError>;
+    /// Safety invariants over the whole history.
+    fn check_safety(&self) -> Result<(), Violation>;
+    /// Liveness: progress within `bound_nanos` after `healed_nanos`.
+    fn check_liveness(&self, healed_nanos: u64, bound_nanos: u64) -> Result<(), Violation>;
+    /// The history, for reports and replays.
+    fn history(&self) -> serde_json::Value;
+    /// Operations issued and acknowledged.
+    fn op_counts(&self) -> (u64, u64);
+}
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Keep every trace record (for `check-determinism` and trace files).
+    pub record_trace: bool,
+}
+
+/// The plan a seed gives `scenario`.
+pub fn draw_plan(scenario: &dyn Scenario, seed: u64) -> PlanFile {
+    PlanFile::draw(scenario.name(), seed, &scenario.bounds(), |swarm| scenario.topology(swarm))
+}
+
+/// Runs `seed` of `scenario` with the plan the seed gives.
+pub fn run_seed(scenario: &dyn Scenario, seed: u64, options: &RunOptions) -> Outcome {
+    run_plan(scenario, &draw_plan(scenario, seed), options).0
+}
+
+/// Runs `plan`; also returns the world, for trace records and digests.
+pub fn run_plan(
+    scenario: &dyn Scenario,
+    plan: &PlanFile,
+    options: &RunOptions,
+) -> (Outcome, World) {
+    assert_eq!(plan.scenario, scenario.name(), "plan belongs to another scenario");
+    let wall_start = wall_now();
+    let mut config = SimConfig::new(plan.seed);
+    config.net.link = plan.swarm.link.clone();
+    config.record_trace = options.record_trace;
+    let base_disk = config.disk.clone();
+    let world = World::new(config);
+    let _span = tracing::info_span!("run", scenario = scenario.name(), seed = plan.seed).entered();
+    let mut workload = scenario.start(&world, &plan.swarm);
+    let (failure, fault_count) = run_phases(&world, plan, base_disk, workload.as_mut());
+    let (verdict, violation) = match failure {
+        Some(error) => sim_failure(&error),
+        None => judge(workload.as_ref(), &plan.swarm),
+    };
+    let stats = world.stats();
+    let (op_count, op_ok_count) = workload.op_counts();
+    let metrics = Metrics {
+        event_count: stats.event_count,
+        poll_count: stats.poll_count,
+        simulated_nanos: world.now().as_nanos(),
+        wall_nanos: wall_elapsed_nanos(wall_start),
+        op_count,
+        op_ok_count,
+        fault_count,
+        crash_count: stats.crash_count,
+        datagram_sent_count: stats.datagram_sent_count,
+    };
+    let outcome = Outcome {
+        verdict,
+        violation,
+        trace_hash: world.trace_hash(),
+        trace_count: world.trace_count(),
+        metrics,
+        plan: plan.clone(),
+        history: workload.history(),
+    };
+    (outcome, world)
+}
+
+fn run_phases(
+    world: &World,
+    plan: &PlanFile,
+    base_disk: DiskConfig,
+    workload: &mut dyn Workload,
+) -> (Option<SimError>, u64) {
+    let mut nemesis = Nemesis::new(world, &plan.faults, plan.swarm.link.clone(), base_disk);
+    let faulty = nemesis.run_faulty_phase(plan.swarm.faulty_ms);
+    nemesis.heal();
+    let fault_count = nemesis.applied_count();
+    let result = faulty
+        .and_then(|()| world.run_until(at(plan.swarm.total_ms())))
+        .and_then(|()| workload.finish(world));
+    (result.err(), fault_count)
+}
+
+fn judge(workload: &dyn Workload, swarm: &Swarm) -> (Verdict, Option<Violation>) {
+    if let Err(violation) = workload.check_safety() {
+        return (Verdict::SafetyViolation, Some(violation));
+    }
+    let healed_nanos = at(swarm.faulty_ms).as_nanos();
+    let bound_nanos = Duration::from_millis(swarm.liveness_bound_ms).as_nanos() as u64;
+    if let Err(violation) = workload.check_liveness(healed_nanos, bound_nanos) {
+        return (Verdict::LivenessFailure, Some(violation));
+    }
+    (Verdict::Pass, None)
+}
+
+fn sim_failure(error: &SimError) -> (Verdict, Option<Violation>) {
+    let verdict = match error.kind {
+        SimErrorKind::TaskPanicked { .. } => Verdict::Panic,
+        _ => Verdict::NoProgress,
+    };
+    let name = if verdict == Verdict::Panic { "panic" } else { "progress" };
+    (verdict, Some(Violation::new(name, error.to_string())))
+}
+
+// The wall time of a run is a metric for people; it never reaches the simulation.
+#[allow(clippy::disallowed_methods, reason = "wall-clock metric outside the simulation")]
+fn wall_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
+fn wall_elapsed_nanos(start: std::time::Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,26 @@
+//! Seeded runs of the register scenarios under `cargo test`.
+//!
+//! Goal: every scenario passes its default seeds, and a failure names the seed and the command
+//! that replays it. Method: `scenarios::testing::check_seeds`, which honours `SIM_SEED` and
+//! `SIM_SEEDS`.
+
+use scenarios::testing::check_seeds;
+
+fn check(name: &str) {
+    let scenario = scenarios::find(name).unwrap_or_else(|| panic!("no scenario {name}"));
+    let outcomes = check_seeds(scenario.as_ref());
+    assert!(!outcomes.is_empty());
+    for outcome in &outcomes {
+        assert!(outcome.metrics.op_ok_count > 0, "{}: no operation completed", outcome.headline());
+    }
+}
+
+#[test]
+fn register_abd() {
+    check("register-abd");
+}
+
+#[test]
+fn register_crash() {
+    check("register-crash");
+}
