@@ -57,6 +57,10 @@ pub struct SweepReport {
     pub wall_secs: f64,
     /// Simulated time of all runs, in seconds.
     pub simulated_secs: f64,
+    /// Seeds per minute of wall time.
+    pub seeds_per_minute: f64,
+    /// Simulated seconds per wall second.
+    pub sim_secs_per_wall_sec: f64,
     /// Runs per verdict, in `Verdict::ALL` order.
     pub counts: Vec<(Verdict, u64)>,
     /// Every run, by seed.
@@ -64,16 +68,6 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    /// Seeds per minute of wall time.
-    pub fn seeds_per_minute(&self) -> f64 {
-        self.seed_count as f64 * 60.0 / self.wall_secs.max(1e-9)
-    }
-
-    /// Simulated seconds per wall second.
-    pub fn speedup(&self) -> f64 {
-        self.simulated_secs / self.wall_secs.max(1e-9)
-    }
-
     /// The failed runs.
     pub fn failures(&self) -> impl Iterator<Item = &RunRecord> {
         self.runs.iter().filter(|run| run.verdict.is_failure())
@@ -168,14 +162,18 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
         .iter()
         .map(|verdict| (*verdict, runs.iter().filter(|run| run.verdict == *verdict).count() as u64))
         .collect();
+    let wall_secs = begun.elapsed().as_secs_f64().max(1e-9);
+    let simulated_secs: f64 = runs.iter().map(|run| run.simulated_nanos as f64 / 1e9).sum();
     SweepReport {
         scenario: scenario.name().to_string(),
         start,
         seed_count: runs.len() as u64,
         seed_count_requested: count,
         jobs,
-        wall_secs: begun.elapsed().as_secs_f64(),
-        simulated_secs: runs.iter().map(|run| run.simulated_nanos as f64 / 1e9).sum(),
+        wall_secs,
+        simulated_secs,
+        seeds_per_minute: runs.len() as f64 * 60.0 / wall_secs,
+        sim_secs_per_wall_sec: simulated_secs / wall_secs,
         counts,
         runs,
     }
@@ -214,10 +212,7 @@ pub fn render(report: &SweepReport, color: bool) -> String {
     }
     text.push_str(&format!(
         "  {:<18} {:>6.1}\n  {:<18} {:>6.0}\n",
-        "seeds/minute",
-        report.seeds_per_minute(),
-        "sim-s/wall-s",
-        report.speedup()
+        "seeds/minute", report.seeds_per_minute, "sim-s/wall-s", report.sim_secs_per_wall_sec
     ));
     for run in report.failures() {
         let violation = run.violation.as_deref().unwrap_or("").lines().next().unwrap_or("");
