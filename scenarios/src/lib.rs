@@ -13,6 +13,7 @@
 //!   distinct exit codes, `Metrics`, `Outcome`.
 //! - `shrink`: delta debugging over a failing plan's faults and workload length.
 //! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
+//! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
 //! - `register`: a small ABD quorum register written for these tests (and, with feature
 //!   `planted-bugs`, the same register with known bugs the harness must find).
 //!
@@ -26,6 +27,7 @@ pub mod runner;
 pub mod shrink;
 pub mod swarm;
 pub mod testing;
+pub mod wireguard;
 
 pub use outcome::{Metrics, Outcome, Verdict};
 pub use plan::{Fault, FaultClass, FaultKind, PlanFile};
@@ -37,6 +39,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     for scenario in register::scenarios() {
         list.push(Box::new(scenario));
     }
+    list.push(Box::new(wireguard::WireguardMesh));
     list
 }
 

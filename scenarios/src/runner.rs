@@ -30,6 +30,8 @@ pub trait Scenario: Send + Sync {
     }
     /// What a seed may choose.
     fn bounds(&self) -> Bounds;
+    /// Adjusts the world's configuration (clock skew, budgets) before the world is built.
+    fn configure(&self, _config: &mut SimConfig, _swarm: &Swarm) {}
     /// The run's nodes, for a swarm.
     fn topology(&self, swarm: &Swarm) -> Topology;
     /// Adds the nodes to `world` and starts the workload.
@@ -78,6 +80,7 @@ pub fn run_plan(
     let mut config = SimConfig::new(plan.seed);
     config.net.link = plan.swarm.link.clone();
     config.record_trace = options.record_trace;
+    scenario.configure(&mut config, &plan.swarm);
     let base_disk = config.disk.clone();
     let world = World::new(config);
     let _span = tracing::info_span!("run", scenario = scenario.name(), seed = plan.seed).entered();

@@ -24,3 +24,8 @@ fn register_abd() {
 fn register_crash() {
     check("register-crash");
 }
+
+#[test]
+fn wireguard_mesh() {
+    check("wireguard-mesh");
+}
