@@ -475,10 +475,10 @@ impl Drop for TurmoilFile {
     fn drop(&mut self) {
         let closed = lock(&self.disk).close(self.file);
         // After `crash_disk` every handle from before the crash is stale: closing it is a no-op.
-        if let Err(error) = closed {
-            if !std::thread::panicking() {
-                assert_eq!(error.kind(), io::ErrorKind::NotFound, "closing {}: {error}", self.file);
-            }
+        if let Err(error) = closed
+            && !std::thread::panicking()
+        {
+            assert_eq!(error.kind(), io::ErrorKind::NotFound, "closing {}: {error}", self.file);
         }
     }
 }

@@ -340,10 +340,10 @@ impl Harness {
         result.unwrap();
         if source != target {
             self.model.names.remove(source);
-            if let Some(replaced) = self.model.names.insert(target, file) {
-                if self.model.collect(replaced) {
-                    self.stale.insert(replaced);
-                }
+            if let Some(replaced) = self.model.names.insert(target, file)
+                && self.model.collect(replaced)
+            {
+                self.stale.insert(replaced);
             }
         }
         false

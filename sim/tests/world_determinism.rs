@@ -56,14 +56,13 @@ async fn node_main(env: sim::world::SimEnv, me: u8, count: u8) {
         if env.buggify("determinism.sync") || round % 16 == 0 {
             let _ = file.sync().await;
         }
-        if round % 50 == 0 {
-            if let Ok(Ok(mut stream)) =
+        if round % 50 == 0
+            && let Ok(Ok(mut stream)) =
                 env.timeout(Duration::from_secs(1), env.connect_tcp(addr(next, 6000))).await
-            {
-                let _ = stream.write_all(&[me; 300]).await;
-                let mut echo = [0u8; 300];
-                let _ = env.timeout(Duration::from_secs(1), stream.read_exact(&mut echo)).await;
-            }
+        {
+            let _ = stream.write_all(&[me; 300]).await;
+            let mut echo = [0u8; 300];
+            let _ = env.timeout(Duration::from_secs(1), stream.read_exact(&mut echo)).await;
         }
     }
 }

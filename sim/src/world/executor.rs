@@ -205,10 +205,11 @@ impl Timers {
 
     /// Replaces the waker of a live timer.
     pub(crate) fn update(&mut self, key: TimerKey, waker: &Waker) {
-        if let Some((generation, Some(current))) = self.slots.get_mut(key.slot as usize) {
-            if *generation == key.generation && !current.will_wake(waker) {
-                *current = waker.clone();
-            }
+        if let Some((generation, Some(current))) = self.slots.get_mut(key.slot as usize)
+            && *generation == key.generation
+            && !current.will_wake(waker)
+        {
+            *current = waker.clone();
         }
     }
 

@@ -103,11 +103,11 @@ pub(crate) fn write_target(state: &mut State, node: u32, file: FileId, offset: u
 
 /// Records a write that the model refused for lack of space.
 pub(crate) fn note_result<T>(state: &mut State, node: u32, file: FileId, result: &io::Result<T>) {
-    if let Err(error) = result {
-        if error.kind() == io::ErrorKind::StorageFull {
-            state.stats.disk_fault_count += 1;
-            state.record(node, TraceKind::DiskFault, FAULT_STORAGE_FULL, file);
-        }
+    if let Err(error) = result
+        && error.kind() == io::ErrorKind::StorageFull
+    {
+        state.stats.disk_fault_count += 1;
+        state.record(node, TraceKind::DiskFault, FAULT_STORAGE_FULL, file);
     }
 }
 

@@ -547,11 +547,11 @@ pub(crate) fn tcp_connect(
     state.record(node, TraceKind::StreamConnect, key.id(), 0);
     let timeout = state.now + state.config.net.connect_timeout;
     state.schedule(timeout, Event::Net(NetEvent::ConnectTimeout { conn: key }));
-    if let Some(target_node) = target_node {
-        if !state.net.is_cut(node, target_node) {
-            let at = arrival(state, node, target_node, 0);
-            state.schedule(at, Event::Net(NetEvent::Syn { conn: key }));
-        }
+    if let Some(target_node) = target_node
+        && !state.net.is_cut(node, target_node)
+    {
+        let at = arrival(state, node, target_node, 0);
+        state.schedule(at, Event::Net(NetEvent::Syn { conn: key }));
     }
     Ok(key)
 }
@@ -730,14 +730,14 @@ fn reset_later(state: &mut State, key: Key, to: usize) {
 // ---------------------------------------------------------------- events
 
 pub(crate) fn process(state: &mut State, event: NetEvent) {
-    if let Some((source, target)) = endpoints(state, &event) {
-        if state.net.is_clogged(source, target) {
-            let is_datagram = matches!(event, NetEvent::Datagram(_));
-            if !(is_datagram && state.net.held.len() >= HELD_DATAGRAMS_MAX) {
-                state.net.held.push(event);
-            }
-            return;
+    if let Some((source, target)) = endpoints(state, &event)
+        && state.net.is_clogged(source, target)
+    {
+        let is_datagram = matches!(event, NetEvent::Datagram(_));
+        if !(is_datagram && state.net.held.len() >= HELD_DATAGRAMS_MAX) {
+            state.net.held.push(event);
         }
+        return;
     }
     match event {
         NetEvent::Datagram(datagram) => deliver_datagram(state, *datagram),
