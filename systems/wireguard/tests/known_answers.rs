@@ -11,7 +11,7 @@ use wireguard::transport::Keypair;
 use x25519_dalek::StaticSecret;
 
 fn hex(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0);
+    assert!(text.len().is_multiple_of(2));
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))

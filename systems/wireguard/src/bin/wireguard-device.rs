@@ -114,10 +114,9 @@ async fn run(
         );
         if let (true, IpAddr::V4(from), IpAddr::V4(to)) =
             (args.echo, header.source, header.destination)
+            && payload == PING
         {
-            if payload == PING {
-                device.send(ipv4_packet(to, from, PONG)).await?;
-            }
+            device.send(ipv4_packet(to, from, PONG)).await?;
         }
     }
 }

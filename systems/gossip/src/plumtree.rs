@@ -1,0 +1,398 @@
+//! Plumtree (Leitão, Pereira, Rodrigues, 2007, "Epidemic Broadcast Trees"): reliable broadcast
+//! over the HyParView active view that settles into a spanning tree, as a sans-IO state
+//! machine.
+//!
+//! Every neighbour starts in the *eager* set (full payloads are pushed to it). The first copy
+//! of a message is delivered and pushed on; a duplicate moves its sender to the *lazy* set and
+//! answers `Prune`, so redundant links stop carrying payloads and the eager links form a tree.
+//! Lazy neighbours get `IHave` announcements instead. If an announced message does not arrive
+//! within `ihave_timeout`, the node sends `Graft` to the announcer, which sends the payload and
+//! moves the link back to eager: the tree repairs itself after failures. Message ids are
+//! content digests; ids are remembered for `message_ttl` to suppress duplicates.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sim::Instant;
+
+use crate::hash::{Digest, hash_bytes};
+use crate::hyparview::Peer;
+use crate::swim::MemberId;
+
+/// A broadcast message's id: the digest of its payload.
+pub type MessageId = Digest;
+
+/// Remembered message ids at most (oldest forgotten first).
+pub const RECEIVED_MAX: usize = 65_536;
+/// Announcements remembered per missing message at most.
+pub const ANNOUNCEMENTS_MAX: usize = 16;
+/// Missing messages tracked at most.
+pub const MISSING_MAX: usize = 4096;
+
+/// Plumtree messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PtMessage {
+    /// A payload, `round` hops from its origin.
+    Gossip {
+        /// Id.
+        id: MessageId,
+        /// Hops from the origin.
+        round: u16,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// I have these messages.
+    IHave {
+        /// (id, round) pairs.
+        ids: Vec<(MessageId, u16)>,
+    },
+    /// Send me this message, and push to me eagerly from now on.
+    Graft {
+        /// Id.
+        id: MessageId,
+        /// Round of the announcement.
+        round: u16,
+    },
+    /// Stop pushing payloads to me.
+    Prune,
+}
+
+/// Inputs.
+#[derive(Clone, Debug)]
+pub enum PtInput {
+    /// Time passed.
+    Tick,
+    /// A message from a peer.
+    Message {
+        /// Sender.
+        from: Peer,
+        /// Message.
+        message: PtMessage,
+    },
+    /// Broadcast a payload from here.
+    Broadcast(Vec<u8>),
+    /// A neighbour joined the active view.
+    NeighborUp(Peer),
+    /// A neighbour left the active view.
+    NeighborDown(MemberId),
+}
+
+/// Outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PtEffect {
+    /// Send a message.
+    Send {
+        /// Destination.
+        to: Peer,
+        /// Message.
+        message: PtMessage,
+    },
+    /// Deliver a payload to the application (once per message).
+    Deliver {
+        /// Id.
+        id: MessageId,
+        /// Payload.
+        payload: Vec<u8>,
+        /// Hops it travelled.
+        round: u16,
+    },
+}
+
+/// Tunables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PtConfig {
+    /// Wait for a payload after the first announcement before grafting.
+    pub ihave_timeout: Duration,
+    /// Wait after a graft before grafting the next announcer.
+    pub graft_timeout: Duration,
+    /// How long message ids (and payloads, for grafts) are kept.
+    pub message_ttl: Duration,
+    /// How long announcements wait to be batched into one `IHave` per lazy neighbour.
+    pub ihave_interval: Duration,
+}
+
+impl Default for PtConfig {
+    fn default() -> PtConfig {
+        PtConfig {
+            // Far above an intra-DC tree path (a few ms), far below the 300 ms latency target.
+            ihave_timeout: Duration::from_millis(50),
+            graft_timeout: Duration::from_millis(25),
+            message_ttl: Duration::from_secs(30),
+            ihave_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PtStats {
+    /// Payload messages received (first copies and duplicates).
+    pub gossip_received_count: u64,
+    /// Duplicate payloads received.
+    pub duplicate_count: u64,
+    /// Messages delivered.
+    pub delivered_count: u64,
+    /// IHave messages sent.
+    pub ihave_sent_count: u64,
+    /// Message ids announced in them.
+    pub ihave_id_count: u64,
+    /// Grafts sent.
+    pub graft_count: u64,
+    /// Prunes sent.
+    pub prune_count: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Missing {
+    announcements: Vec<(Peer, u16)>,
+    timer_at: Instant,
+}
+
+/// One node's Plumtree state.
+#[derive(Clone, Debug)]
+pub struct Plumtree {
+    config: PtConfig,
+    // Invariant: `eager` and `lazy` are disjoint.
+    eager: BTreeMap<MemberId, Peer>,
+    lazy: BTreeMap<MemberId, Peer>,
+    // Message id -> (expiry, payload).
+    received: BTreeMap<MessageId, (Instant, Vec<u8>)>,
+    // Invariant: the ids of `received` in expiry order (expiries only grow: `now` never goes
+    // back and the TTL is fixed).
+    expiries: VecDeque<(Instant, MessageId)>,
+    missing: BTreeMap<MessageId, Missing>,
+    // Announcements waiting for the next flush, per lazy neighbour.
+    announcements: BTreeMap<MemberId, (Peer, Vec<(MessageId, u16)>)>,
+    flush_at: Option<Instant>,
+    stats: PtStats,
+}
+
+impl Plumtree {
+    /// A node with no neighbours.
+    pub fn new(config: PtConfig) -> Plumtree {
+        Plumtree {
+            config,
+            eager: BTreeMap::new(),
+            lazy: BTreeMap::new(),
+            received: BTreeMap::new(),
+            expiries: VecDeque::new(),
+            missing: BTreeMap::new(),
+            announcements: BTreeMap::new(),
+            flush_at: None,
+            stats: PtStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &PtStats {
+        &self.stats
+    }
+
+    /// Neighbours that get payloads.
+    pub fn eager(&self) -> impl Iterator<Item = &Peer> {
+        self.eager.values()
+    }
+
+    /// Neighbours that get announcements.
+    pub fn lazy(&self) -> impl Iterator<Item = &Peer> {
+        self.lazy.values()
+    }
+
+    /// When `step(Tick)` next has work.
+    pub fn deadline(&self) -> Instant {
+        let timers = self.missing.values().map(|missing| missing.timer_at);
+        let expiry = self.expiries.front().map(|(expiry, _)| *expiry);
+        timers.chain(expiry).chain(self.flush_at).min().unwrap_or(Instant::MAX)
+    }
+
+    /// The one transition function.
+    pub fn step(&mut self, now: Instant, input: PtInput, effects: &mut Vec<PtEffect>) {
+        match input {
+            PtInput::Tick => self.tick(now, effects),
+            PtInput::Message { from, message } => self.on_message(now, from, message, effects),
+            PtInput::Broadcast(payload) => {
+                let id = hash_bytes(&payload);
+                if !self.received.contains_key(&id) {
+                    self.deliver(now, id, payload, 0, None, effects);
+                }
+            }
+            PtInput::NeighborUp(peer) => {
+                self.lazy.remove(&peer.id);
+                self.eager.insert(peer.id, peer);
+            }
+            PtInput::NeighborDown(id) => {
+                self.announcements.remove(&id);
+                self.eager.remove(&id);
+                self.lazy.remove(&id);
+                for missing in self.missing.values_mut() {
+                    missing.announcements.retain(|(peer, _)| peer.id != id);
+                }
+            }
+        }
+        assert!(self.eager.keys().all(|id| !self.lazy.contains_key(id)));
+        assert!(self.received.len() <= RECEIVED_MAX);
+        assert_eq!(self.received.len(), self.expiries.len());
+    }
+
+    /// Records, delivers and pushes on a first copy.
+    fn deliver(
+        &mut self,
+        now: Instant,
+        id: MessageId,
+        payload: Vec<u8>,
+        round: u16,
+        sender: Option<MemberId>,
+        effects: &mut Vec<PtEffect>,
+    ) {
+        self.missing.remove(&id);
+        if self.received.len() >= RECEIVED_MAX {
+            let (_, oldest) = self.expiries.pop_front().expect("full");
+            self.received.remove(&oldest);
+        }
+        let expiry = now + self.config.message_ttl;
+        self.received.insert(id, (expiry, payload.clone()));
+        self.expiries.push_back((expiry, id));
+        self.stats.delivered_count += 1;
+        let next = round.saturating_add(1);
+        for peer in self.eager.values().filter(|peer| Some(peer.id) != sender) {
+            let message = PtMessage::Gossip { id, round: next, payload: payload.clone() };
+            effects.push(PtEffect::Send { to: *peer, message });
+        }
+        let lazy: Vec<Peer> =
+            self.lazy.values().filter(|peer| Some(peer.id) != sender).copied().collect();
+        for peer in lazy {
+            self.announce(now, peer, id, next, effects);
+        }
+        effects.push(PtEffect::Deliver { id, payload, round });
+    }
+
+    /// Queues an announcement; a full batch goes out at once, the rest at the next flush.
+    fn announce(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        id: MessageId,
+        round: u16,
+        effects: &mut Vec<PtEffect>,
+    ) {
+        let batch = self.announcements.entry(peer.id).or_insert((peer, Vec::new()));
+        batch.1.push((id, round));
+        if batch.1.len() >= ANNOUNCEMENTS_MAX {
+            let ids = std::mem::take(&mut batch.1);
+            self.send_ihave(peer, ids, effects);
+        }
+        self.flush_at.get_or_insert(now + self.config.ihave_interval);
+    }
+
+    fn send_ihave(&mut self, peer: Peer, ids: Vec<(MessageId, u16)>, effects: &mut Vec<PtEffect>) {
+        assert!(ids.len() <= ANNOUNCEMENTS_MAX);
+        self.stats.ihave_sent_count += 1;
+        self.stats.ihave_id_count += ids.len() as u64;
+        effects.push(PtEffect::Send { to: peer, message: PtMessage::IHave { ids } });
+    }
+
+    fn flush(&mut self, effects: &mut Vec<PtEffect>) {
+        self.flush_at = None;
+        let batches = std::mem::take(&mut self.announcements);
+        for (peer, ids) in batches.into_values() {
+            if !ids.is_empty() {
+                self.send_ihave(peer, ids, effects);
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        from: Peer,
+        message: PtMessage,
+        effects: &mut Vec<PtEffect>,
+    ) {
+        match message {
+            PtMessage::Gossip { id, round, payload } => {
+                self.stats.gossip_received_count += 1;
+                if hash_bytes(&payload) != id {
+                    return;
+                }
+                if self.received.contains_key(&id) {
+                    self.stats.duplicate_count += 1;
+                    self.stats.prune_count += 1;
+                    self.make_lazy(from);
+                    effects.push(PtEffect::Send { to: from, message: PtMessage::Prune });
+                } else {
+                    self.make_eager(from);
+                    self.deliver(now, id, payload, round, Some(from.id), effects);
+                }
+            }
+            PtMessage::IHave { ids } => {
+                for (id, round) in ids.into_iter().take(ANNOUNCEMENTS_MAX) {
+                    self.on_ihave(now, from, id, round);
+                }
+            }
+            PtMessage::Graft { id, round } => {
+                self.make_eager(from);
+                if let Some((_, payload)) = self.received.get(&id) {
+                    let message = PtMessage::Gossip { id, round, payload: payload.clone() };
+                    effects.push(PtEffect::Send { to: from, message });
+                }
+            }
+            PtMessage::Prune => self.make_lazy(from),
+        }
+    }
+
+    fn on_ihave(&mut self, now: Instant, from: Peer, id: MessageId, round: u16) {
+        if self.received.contains_key(&id) {
+            return;
+        }
+        if !self.missing.contains_key(&id) && self.missing.len() >= MISSING_MAX {
+            return;
+        }
+        let timer_at = now + self.config.ihave_timeout;
+        let missing =
+            self.missing.entry(id).or_insert(Missing { announcements: Vec::new(), timer_at });
+        if missing.announcements.len() < ANNOUNCEMENTS_MAX {
+            missing.announcements.push((from, round));
+        }
+    }
+
+    fn tick(&mut self, now: Instant, effects: &mut Vec<PtEffect>) {
+        if self.flush_at.is_some_and(|at| at <= now) {
+            self.flush(effects);
+        }
+        while let Some((_, id)) = self.expiries.front().copied().filter(|(at, _)| *at <= now) {
+            self.expiries.pop_front();
+            self.received.remove(&id);
+        }
+        let due: Vec<MessageId> = self
+            .missing
+            .iter()
+            .filter(|(_, missing)| missing.timer_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let missing = self.missing.get_mut(&id).expect("due");
+            if missing.announcements.is_empty() {
+                self.missing.remove(&id);
+                continue;
+            }
+            let (peer, round) = missing.announcements.remove(0);
+            missing.timer_at = now + self.config.graft_timeout;
+            self.stats.graft_count += 1;
+            self.make_eager(peer);
+            effects.push(PtEffect::Send { to: peer, message: PtMessage::Graft { id, round } });
+        }
+    }
+
+    fn make_eager(&mut self, peer: Peer) {
+        if self.lazy.remove(&peer.id).is_some() || self.eager.contains_key(&peer.id) {
+            self.eager.insert(peer.id, peer);
+        }
+    }
+
+    fn make_lazy(&mut self, peer: Peer) {
+        if self.eager.remove(&peer.id).is_some() || self.lazy.contains_key(&peer.id) {
+            self.lazy.insert(peer.id, peer);
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! `Db`: the store's handle. Writes go through the write-ahead log with group commit; reads
+//! merge the memtables and the current version's tables.
+//!
+//! Concurrency: `state` (a short std mutex, never held across an await) holds the memtables and
+//! the current version; the `wal` async mutex is held by the one group-commit leader at a time;
+//! the `work` async mutex serialises flushes, compactions and manifest writes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::channel::oneshot;
+use futures::future::Either;
+use sim::{Env, File, OpenOptions, TaskHandle};
+
+use crate::batch::WriteBatch;
+use crate::bloom;
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::iter::{Iter, ReadView};
+use crate::memtable::Memtable;
+use crate::options::{Durability, Options};
+use crate::signal::Signal;
+use crate::table::Table;
+use crate::version::Version;
+use crate::wal;
+
+/// Encoded bytes of batches one group commit may carry.
+const GROUP_BYTES_MAX: usize = 4 << 20;
+
+/// The write-ahead log being appended to.
+pub(crate) struct WalWriter<F: File> {
+    pub file: F,
+    /// Scratch space for one group's records, reused across groups.
+    pub buffer: Vec<u8>,
+    pub len: u64,
+    pub synced_len: u64,
+    pub last_sequence: u64,
+}
+
+/// The memtables (newest first), version and sequence number a read uses.
+type MomentView<F> = (Vec<Arc<Memtable>>, Arc<Version<F>>, u64);
+
+/// A write waiting for a group-commit leader.
+struct PendingWrite {
+    // Taken (moved into the memtable) by the leader that commits it.
+    batch: Mutex<WriteBatch>,
+    op_count: usize,
+    payload_bytes: usize,
+    durability: Durability,
+    result: Mutex<Option<Result<()>>>,
+    // Fired by the leader that sets `result`, so a follower learns it without taking the log
+    // lock (taking it one follower at a time would serialise them and defeat group commit).
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl PendingWrite {
+    fn finish(&self, result: Result<()>) {
+        *lock(&self.result) = Some(result);
+        if let Some(done) = lock(&self.done).take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Mutable store state behind the short lock.
+pub(crate) struct State<F: File> {
+    pub mem: Arc<Memtable>,
+    /// Frozen memtables, oldest first.
+    pub imm: Vec<Arc<Memtable>>,
+    pub version: Arc<Version<F>>,
+    pub next_file_number: u64,
+    pub poisoned: Option<String>,
+    pub closed: bool,
+    /// Tables dropped from the version; deleted once no reader holds them.
+    pub obsolete: Vec<Arc<Table<F>>>,
+    /// Per level, the largest user key of the last table compacted (round robin).
+    pub compact_cursor: Vec<Vec<u8>>,
+}
+
+/// Counters of bytes moved, for write amplification.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub user_bytes: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub flush_bytes: AtomicU64,
+    pub compaction_bytes: AtomicU64,
+    pub compaction_count: AtomicU64,
+    pub flush_count: AtomicU64,
+    pub wal_sync_count: AtomicU64,
+}
+
+/// A snapshot of the store's counters and shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Key and value bytes accepted by writes.
+    pub user_bytes: u64,
+    /// Bytes appended to write-ahead logs.
+    pub wal_bytes: u64,
+    /// Table bytes written by memtable flushes.
+    pub flush_bytes: u64,
+    /// Table bytes written by compactions.
+    pub compaction_bytes: u64,
+    /// Compactions run (trivial moves included).
+    pub compaction_count: u64,
+    /// Memtable flushes run.
+    pub flush_count: u64,
+    /// Write-ahead-log fsyncs.
+    pub wal_sync_count: u64,
+    /// Tables per level.
+    pub level_table_counts: Vec<usize>,
+    /// Bytes per level.
+    pub level_bytes: Vec<u64>,
+    /// Bytes in the block cache.
+    pub block_cache_bytes: usize,
+}
+
+impl Stats {
+    /// (WAL + flush + compaction bytes) / user bytes; 0 before any write.
+    pub fn write_amplification(&self) -> f64 {
+        if self.user_bytes == 0 {
+            return 0.0;
+        }
+        let written = self.wal_bytes + self.flush_bytes + self.compaction_bytes;
+        written as f64 / self.user_bytes as f64
+    }
+}
+
+pub(crate) struct Inner<E: Env> {
+    pub env: E,
+    pub dir: String,
+    pub options: Options,
+    pub cache: Arc<BlockCache>,
+    pub state: Mutex<State<E::File>>,
+    pub wal: futures::lock::Mutex<Option<WalWriter<E::File>>>,
+    queue: Mutex<VecDeque<Arc<PendingWrite>>>,
+    pub work: futures::lock::Mutex<()>,
+    pub changed: Signal,
+    pub visible_sequence: AtomicU64,
+    pub doorbell: Mutex<Option<futures::channel::mpsc::Sender<()>>>,
+    pub background: Mutex<Option<TaskHandle<()>>>,
+    pub snapshots: Mutex<BTreeMap<u64, usize>>,
+    pub counters: Counters,
+}
+
+/// A crash-safe LSM-tree key-value store on an `Env` disk. Cheap to clone (a handle).
+pub struct Db<E: Env> {
+    pub(crate) inner: Arc<Inner<E>>,
+}
+
+impl<E: Env> Clone for Db<E> {
+    fn clone(&self) -> Self {
+        Db { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<E: Env> std::fmt::Debug for Db<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+/// Locks a std mutex, taking the data of a poisoned one (a panic elsewhere already failed).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The path of `name` in `dir`.
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+}
+
+/// A write-ahead log's file name.
+pub(crate) fn wal_name(number: u64) -> String {
+    format!("{number:06}.log")
+}
+
+/// A table's file name.
+pub(crate) fn table_name(number: u64) -> String {
+    format!("{number:06}.sst")
+}
+
+fn owned_bounds<K: AsRef<[u8]>, R: RangeBounds<K>>(range: &R) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let owned = |key: &K| key.as_ref().to_vec();
+    (range.start_bound().map(owned), range.end_bound().map(owned))
+}
+
+/// The range of keys starting with `prefix`.
+fn prefix_bounds(prefix: &[u8]) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < 0xff {
+            upper.push(last + 1);
+            return (Bound::Included(prefix.to_vec()), Bound::Excluded(upper));
+        }
+    }
+    (Bound::Included(prefix.to_vec()), Bound::Unbounded)
+}
+
+impl<E: Env> Inner<E> {
+    pub(crate) fn new(env: E, dir: String, options: Options, state: State<E::File>) -> Self {
+        Inner {
+            cache: Arc::new(BlockCache::new(options.block_cache_bytes)),
+            env,
+            dir,
+            options,
+            state: Mutex::new(state),
+            wal: futures::lock::Mutex::new(None),
+            queue: Mutex::new(VecDeque::new()),
+            work: futures::lock::Mutex::new(()),
+            changed: Signal::default(),
+            visible_sequence: AtomicU64::new(0),
+            doorbell: Mutex::new(None),
+            background: Mutex::new(None),
+            snapshots: Mutex::new(BTreeMap::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Stops writes after a failure whose effect on disk is unknown.
+    pub(crate) fn poison(&self, error: &Error) {
+        let mut state = lock(&self.state);
+        if state.poisoned.is_none() {
+            state.poisoned = Some(error.to_string());
+        }
+        drop(state);
+        self.changed.notify();
+    }
+
+    /// Wakes the background task.
+    pub(crate) fn ring(&self) {
+        if let Some(sender) = lock(&self.doorbell).as_mut() {
+            let _ = sender.try_send(());
+        }
+    }
+
+    /// The memtables (newest first), version and sequence (the latest unless given) of this
+    /// moment. The latest sequence is read under the state lock, so a compaction installed
+    /// after it was computed never dropped a version this read can see.
+    fn read_view(&self, sequence: Option<u64>) -> MomentView<E::File> {
+        let state = lock(&self.state);
+        let sequence = sequence.unwrap_or_else(|| self.visible_sequence.load(Ordering::Acquire));
+        let mut memtables = vec![Arc::clone(&state.mem)];
+        memtables.extend(state.imm.iter().rev().cloned());
+        (memtables, Arc::clone(&state.version), sequence)
+    }
+
+    pub(crate) async fn get_at(
+        &self,
+        key: &[u8],
+        sequence: Option<u64>,
+    ) -> Result<Option<Vec<u8>>> {
+        let (memtables, version, sequence) = self.read_view(sequence);
+        for memtable in &memtables {
+            if let Some((_, value)) = memtable.get(key, sequence) {
+                return Ok(value);
+            }
+        }
+        let found = version.get(key, bloom::key_hash(key), sequence).await?;
+        Ok(found.and_then(|(_, value)| value))
+    }
+
+    pub(crate) async fn iter_at(
+        &self,
+        sequence: Option<u64>,
+        forward: bool,
+        range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    ) -> Result<Iter<E::File>> {
+        let (memtables, version, sequence) = self.read_view(sequence);
+        let mut runs: Vec<Vec<_>> =
+            version.levels[0].iter().map(|file| vec![Arc::clone(file)]).collect();
+        runs.extend(version.levels[1..].iter().filter(|files| !files.is_empty()).cloned());
+        Iter::new(ReadView { memtables, runs }, sequence, forward, range).await
+    }
+
+    fn take_result(pending: &PendingWrite) -> Option<Result<()>> {
+        lock(&pending.result).take()
+    }
+
+    /// Writes `batch` through a group commit.
+    async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        batch.check().map_err(Error::InvalidArgument)?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let payload_bytes = batch.payload_bytes() as u64;
+        let pending = Arc::new(PendingWrite {
+            op_count: batch.len(),
+            payload_bytes: batch.payload_bytes(),
+            batch: Mutex::new(batch),
+            durability,
+            result: Mutex::new(None),
+            done: Mutex::new(None),
+        });
+        let result = match self.wal.try_lock() {
+            // Fast path: nobody leads; lead at once (no completion channel needed).
+            Some(mut wal) => {
+                lock(&self.queue).push_back(Arc::clone(&pending));
+                loop {
+                    self.lead_group(&mut wal).await;
+                    if let Some(result) = Inner::<E>::take_result(&pending) {
+                        break result;
+                    }
+                }
+            }
+            None => self.write_following(&pending).await,
+        };
+        if result.is_ok() {
+            self.counters.user_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Queues `pending` behind the current leader: either a leader commits it (and fires its
+    /// completion channel), or this writer gets the log lock first and leads a group itself.
+    async fn write_following(&self, pending: &Arc<PendingWrite>) -> Result<()> {
+        let (done, mut finished) = oneshot::channel();
+        *lock(&pending.done) = Some(done);
+        lock(&self.queue).push_back(Arc::clone(pending));
+        loop {
+            let wal = match futures::future::select(&mut finished, self.wal.lock()).await {
+                Either::Left(_) => None,
+                Either::Right((wal, _)) => Some(wal),
+            };
+            if let Some(result) = Inner::<E>::take_result(pending) {
+                return result;
+            }
+            match wal {
+                Some(mut wal) => self.lead_group(&mut wal).await,
+                None => unreachable!("a write is finished only after its result is set"),
+            }
+        }
+    }
+
+    /// Fails every queued write with `error`.
+    fn fail_queue(&self, error: &Error) {
+        let queued: Vec<_> = lock(&self.queue).drain(..).collect();
+        for pending in queued {
+            pending.finish(Err(error.duplicate()));
+        }
+    }
+
+    /// As the group-commit leader: makes room, then logs and applies the queued writes.
+    async fn lead_group(&self, wal: &mut Option<WalWriter<E::File>>) {
+        let Some(writer) = wal.as_mut() else {
+            self.fail_queue(&Error::Closed);
+            return;
+        };
+        if let Err(error) = self.make_room(writer).await {
+            self.fail_queue(&error);
+            return;
+        }
+        let group = {
+            let mut queue = lock(&self.queue);
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            while let Some(pending) = queue.front() {
+                if !group.is_empty() && bytes + pending.payload_bytes > GROUP_BYTES_MAX {
+                    break;
+                }
+                bytes += pending.payload_bytes;
+                group.push(queue.pop_front().expect("peeked"));
+            }
+            group
+        };
+        let result = self.commit_group(writer, &group).await;
+        if let Err(error) = &result {
+            self.poison(error);
+        }
+        for pending in &group {
+            pending.finish(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+        }
+    }
+
+    async fn commit_group(
+        &self,
+        writer: &mut WalWriter<E::File>,
+        group: &[Arc<PendingWrite>],
+    ) -> Result<()> {
+        let first = writer.last_sequence + 1;
+        let mut buffer = std::mem::take(&mut writer.buffer);
+        buffer.clear();
+        let mut sequence = first;
+        for pending in group {
+            let batch = lock(&pending.batch);
+            wal::encode_record_with(&mut buffer, writer.synced_len, |out| {
+                batch.encode(sequence, out);
+            });
+            sequence += pending.op_count as u64;
+        }
+        let appended = writer.file.append(&buffer).await;
+        let buffer_len = buffer.len() as u64;
+        // Keep the scratch space unless one huge group blew it up.
+        if buffer.capacity() <= GROUP_BYTES_MAX {
+            writer.buffer = buffer;
+        }
+        appended?;
+        writer.len += buffer_len;
+        self.counters.wal_bytes.fetch_add(buffer_len, Ordering::Relaxed);
+        if group.iter().any(|pending| pending.durability == Durability::Sync) {
+            writer.file.sync().await?;
+            writer.synced_len = writer.len;
+            self.counters.wal_sync_count.fetch_add(1, Ordering::Relaxed);
+        }
+        let mem = Arc::clone(&lock(&self.state).mem);
+        let mut sequence = first;
+        for pending in group {
+            mem.apply_owned(sequence, std::mem::take(&mut *lock(&pending.batch)));
+            sequence += pending.op_count as u64;
+        }
+        writer.last_sequence = sequence - 1;
+        self.visible_sequence.store(writer.last_sequence, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits while the store is over its limits; freezes a full memtable into a new log.
+    async fn make_room(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
+        loop {
+            // Fast path: room in the memtable, no stall, nothing to subscribe to.
+            {
+                let state = lock(&self.state);
+                let healthy = !state.closed && state.poisoned.is_none();
+                let level0_full = state.version.levels[0].len() >= self.options.level0_stop_writes;
+                if healthy && !level0_full && state.mem.bytes() < self.options.memtable_bytes_max {
+                    return Ok(());
+                }
+            }
+            let changed = self.changed.subscribe();
+            let stall = {
+                let state = lock(&self.state);
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                if let Some(reason) = &state.poisoned {
+                    return Err(Error::Poisoned(reason.clone()));
+                }
+                let level0_full = state.version.levels[0].len() >= self.options.level0_stop_writes;
+                let mem_full = state.mem.bytes() >= self.options.memtable_bytes_max;
+                let imm_full = state.imm.len() >= self.options.immutable_memtable_count_max;
+                if !level0_full && !mem_full {
+                    return Ok(());
+                }
+                level0_full || imm_full
+            };
+            if stall {
+                self.ring();
+                let _ = changed.await;
+            } else {
+                self.rotate(writer).await?;
+            }
+        }
+    }
+
+    /// Freezes the memtable and starts a new log (syncing the old one first, so a later log
+    /// never holds writes newer than lost ones of an earlier log).
+    pub(crate) async fn rotate(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
+        let rotated = self.rotate_inner(writer).await;
+        if let Err(error) = &rotated {
+            self.poison(error);
+        }
+        rotated
+    }
+
+    async fn rotate_inner(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
+        if writer.synced_len < writer.len {
+            writer.file.sync().await?;
+            writer.synced_len = writer.len;
+        }
+        let number = {
+            let mut state = lock(&self.state);
+            state.next_file_number += 1;
+            state.next_file_number - 1
+        };
+        let path = join(&self.dir, &wal_name(number));
+        let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
+        self.env.sync_dir(&self.dir).await?;
+        let last_sequence = writer.last_sequence;
+        let buffer = std::mem::take(&mut writer.buffer);
+        *writer = WalWriter { file, buffer, len: 0, synced_len: 0, last_sequence };
+        {
+            let mut state = lock(&self.state);
+            let frozen = std::mem::replace(&mut state.mem, Arc::new(Memtable::new(number)));
+            state.imm.push(frozen);
+        }
+        self.ring();
+        Ok(())
+    }
+}
+
+/// Syncs the log, then appends and syncs a marker proving every record before it was synced
+/// (so recovery reports a damaged last record as corruption instead of a torn tail).
+async fn close_log<F: File>(writer: &mut WalWriter<F>) -> std::io::Result<()> {
+    writer.file.sync().await?;
+    writer.synced_len = writer.len;
+    let mut marker = Vec::new();
+    wal::encode_marker(&mut marker, writer.synced_len);
+    writer.file.append(&marker).await?;
+    writer.file.sync().await?;
+    writer.len += marker.len() as u64;
+    writer.synced_len = writer.len;
+    Ok(())
+}
+
+/// A consistent read-only view of the store at one sequence number. Compactions keep every
+/// version it can see until it is dropped.
+pub struct Snapshot<E: Env> {
+    db: Db<E>,
+    sequence: u64,
+}
+
+impl<E: Env> std::fmt::Debug for Snapshot<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("sequence", &self.sequence).finish()
+    }
+}
+
+impl<E: Env> Snapshot<E> {
+    /// The sequence number this snapshot reads at.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The value of `key` as of the snapshot.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.inner.get_at(key, Some(self.sequence)).await
+    }
+
+    /// Keys in `range` as of the snapshot, ascending.
+    pub async fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> Result<Iter<E::File>> {
+        self.db.inner.iter_at(Some(self.sequence), true, owned_bounds(&range)).await
+    }
+
+    /// Keys in `range` as of the snapshot, descending.
+    pub async fn range_rev<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> Result<Iter<E::File>> {
+        self.db.inner.iter_at(Some(self.sequence), false, owned_bounds(&range)).await
+    }
+}
+
+impl<E: Env> Drop for Snapshot<E> {
+    fn drop(&mut self) {
+        let mut snapshots = lock(&self.db.inner.snapshots);
+        if let Some(count) = snapshots.get_mut(&self.sequence) {
+            *count -= 1;
+            if *count == 0 {
+                snapshots.remove(&self.sequence);
+            }
+        }
+    }
+}
+
+impl<E: Env> Db<E> {
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: &[u8], value: &[u8], durability: Durability) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch, durability).await
+    }
+
+    /// Removes `key`.
+    pub async fn delete(&self, key: &[u8], durability: Durability) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch, durability).await
+    }
+
+    /// Applies `batch` atomically: after a crash either all of it is there or none.
+    pub async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        self.inner.write(batch, durability).await
+    }
+
+    /// The current value of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.inner.get_at(key, None).await
+    }
+
+    /// Keys in `range`, ascending, as of now.
+    pub async fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, true, owned_bounds(&range)).await
+    }
+
+    /// Keys in `range`, descending, as of now.
+    pub async fn range_rev<K: AsRef<[u8]>, R: RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, false, owned_bounds(&range)).await
+    }
+
+    /// Keys starting with `prefix`, ascending.
+    pub async fn prefix(&self, prefix: &[u8]) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, true, prefix_bounds(prefix)).await
+    }
+
+    /// Keys starting with `prefix`, descending.
+    pub async fn prefix_rev(&self, prefix: &[u8]) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, false, prefix_bounds(prefix)).await
+    }
+
+    /// A consistent view of the store as of now.
+    pub fn snapshot(&self) -> Snapshot<E> {
+        let mut snapshots = lock(&self.inner.snapshots);
+        let sequence = self.inner.visible_sequence.load(Ordering::Acquire);
+        *snapshots.entry(sequence).or_insert(0) += 1;
+        Snapshot { db: self.clone(), sequence }
+    }
+
+    /// Counters and shape of the store.
+    pub fn stats(&self) -> Stats {
+        let counters = &self.inner.counters;
+        let version = Arc::clone(&lock(&self.inner.state).version);
+        Stats {
+            user_bytes: counters.user_bytes.load(Ordering::Relaxed),
+            wal_bytes: counters.wal_bytes.load(Ordering::Relaxed),
+            flush_bytes: counters.flush_bytes.load(Ordering::Relaxed),
+            compaction_bytes: counters.compaction_bytes.load(Ordering::Relaxed),
+            compaction_count: counters.compaction_count.load(Ordering::Relaxed),
+            flush_count: counters.flush_count.load(Ordering::Relaxed),
+            wal_sync_count: counters.wal_sync_count.load(Ordering::Relaxed),
+            level_table_counts: version.levels.iter().map(Vec::len).collect(),
+            level_bytes: (0..version.levels.len())
+                .map(|level| version.level_bytes(level))
+                .collect(),
+            block_cache_bytes: self.inner.cache.bytes(),
+        }
+    }
+
+    /// Makes every write so far durable and moves the memtable into a level-0 table.
+    pub async fn flush(&self) -> Result<()> {
+        {
+            let mut wal = self.inner.wal.lock().await;
+            let writer = wal.as_mut().ok_or(Error::Closed)?;
+            if let Some(reason) = lock(&self.inner.state).poisoned.clone() {
+                return Err(Error::Poisoned(reason));
+            }
+            if !lock(&self.inner.state).mem.is_empty() {
+                self.inner.rotate(writer).await?;
+            }
+        }
+        self.inner.flush_immutables().await
+    }
+
+    /// Compacts every table overlapping `range` down the levels (after a flush), dropping
+    /// overwritten versions and, at the bottom, tombstones.
+    pub async fn compact_range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<()> {
+        self.flush().await?;
+        self.inner.compact_range(owned_bounds(&range)).await
+    }
+
+    /// `compact_range` over every key.
+    pub async fn compact_all(&self) -> Result<()> {
+        self.compact_range::<&[u8], _>(..).await
+    }
+
+    /// Every key, ascending, as of now.
+    pub async fn iter(&self) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, true, (Bound::Unbounded, Bound::Unbounded)).await
+    }
+
+    /// Every key, descending, as of now.
+    pub async fn iter_rev(&self) -> Result<Iter<E::File>> {
+        self.inner.iter_at(None, false, (Bound::Unbounded, Bound::Unbounded)).await
+    }
+
+    /// Syncs the log, stops the background task and closes the store. Later calls fail with
+    /// `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        let synced = {
+            let mut wal = self.inner.wal.lock().await;
+            let synced = match wal.as_mut() {
+                Some(writer) if writer.len > 0 => close_log(writer).await,
+                _ => Ok(()),
+            };
+            *wal = None;
+            synced
+        };
+        lock(&self.inner.state).closed = true;
+        self.inner.changed.notify();
+        lock(&self.inner.doorbell).take();
+        let background = lock(&self.inner.background).take();
+        if let Some(handle) = background {
+            let _ = handle.await;
+        }
+        self.inner.delete_obsolete_tables().await;
+        synced.map_err(Error::Io)
+    }
+}

@@ -1,0 +1,111 @@
+//! Tuning knobs of a store and the durability of a write.
+
+use crate::table::{Compression, TableOptions};
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After the write-ahead log is fsynced: survives any crash. Concurrent writers share one
+    /// fsync (group commit).
+    #[default]
+    Sync,
+    /// After the write-ahead log append, before fsync: a crash may lose it (and any later
+    /// buffered write), but never a write acknowledged with `Sync` before it.
+    Buffered,
+}
+
+/// Store configuration; `Options::default()` suits small stores and tests.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A memtable is frozen and flushed once it holds this many bytes.
+    pub memtable_bytes_max: usize,
+    /// Frozen memtables waiting for flush before writers stall.
+    pub immutable_memtable_count_max: usize,
+    /// Target uncompressed data block size.
+    pub block_bytes: usize,
+    /// Entries between restart points in a block.
+    pub block_restart_interval: usize,
+    /// Bloom filter bits per key (about 1% false positives at 10).
+    pub bloom_bits_per_key: u32,
+    /// Data block compression.
+    pub compression: Compression,
+    /// Byte budget of the block cache.
+    pub block_cache_bytes: usize,
+    /// Level-0 tables that trigger a compaction into level 1.
+    pub level0_compaction_trigger: usize,
+    /// Level-0 tables at which writers stall until compaction catches up.
+    pub level0_stop_writes: usize,
+    /// Size budget of level 1; each deeper level gets `level_size_ratio` times more.
+    pub level1_bytes_max: u64,
+    /// Growth factor between levels.
+    pub level_size_ratio: u64,
+    /// Target size of a compaction output table.
+    pub table_bytes_target: u64,
+    /// Number of levels (at least 2).
+    pub level_count: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            memtable_bytes_max: 4 << 20,
+            immutable_memtable_count_max: 2,
+            block_bytes: 4096,
+            block_restart_interval: 16,
+            bloom_bits_per_key: 10,
+            compression: Compression::None,
+            block_cache_bytes: 8 << 20,
+            level0_compaction_trigger: 4,
+            level0_stop_writes: 12,
+            level1_bytes_max: 10 << 20,
+            level_size_ratio: 10,
+            table_bytes_target: 2 << 20,
+            level_count: 7,
+        }
+    }
+}
+
+impl Options {
+    /// Checks the options; the reason if they cannot work.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let level_count_max = crate::manifest::LEVEL_COUNT_MAX;
+        if self.level_count < 2 || self.level_count > level_count_max {
+            return Err(format!("level_count must be in 2..={level_count_max}"));
+        }
+        if self.memtable_bytes_max == 0 || self.block_bytes == 0 || self.table_bytes_target == 0 {
+            return Err("memtable, block and table sizes must be positive".to_string());
+        }
+        if self.immutable_memtable_count_max == 0 || self.block_restart_interval == 0 {
+            return Err("immutable memtable count and restart interval must be positive".into());
+        }
+        if self.level0_compaction_trigger == 0
+            || self.level0_stop_writes <= self.level0_compaction_trigger
+        {
+            return Err("level0_stop_writes must exceed a positive compaction trigger".into());
+        }
+        if self.level_size_ratio < 2 || self.level1_bytes_max == 0 {
+            return Err("level_size_ratio must be at least 2, level1_bytes_max positive".into());
+        }
+        Ok(())
+    }
+
+    /// What table builders need.
+    pub(crate) fn table_options(&self) -> TableOptions {
+        TableOptions {
+            block_bytes: self.block_bytes,
+            restart_interval: self.block_restart_interval,
+            bloom_bits_per_key: self.bloom_bits_per_key,
+            compression: self.compression,
+        }
+    }
+
+    /// The size budget of `level` (level 0 is counted in tables, not bytes).
+    pub(crate) fn level_bytes_max(&self, level: usize) -> u64 {
+        assert!(level >= 1);
+        let mut bytes = self.level1_bytes_max;
+        for _ in 1..level {
+            bytes = bytes.saturating_mul(self.level_size_ratio);
+        }
+        bytes
+    }
+}

@@ -1,0 +1,263 @@
+//! Opening a store: read the manifest, open its tables, replay the write-ahead logs it does not
+//! cover, write the replayed writes to a level-0 table, start a fresh log, write a new
+//! manifest, and delete files nothing refers to.
+//!
+//! Nothing on disk is changed before recovery has read everything and found it sound, so a
+//! failed open (corruption, I/O error) can be retried and loses nothing.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use sim::{Env, File, OpenOptions};
+
+use crate::background::{
+    MANIFEST_NAME, MANIFEST_TEMP_NAME, background_loop, parse_number, write_manifest_file,
+};
+use crate::batch::WriteBatch;
+use crate::cache::BlockCache;
+use crate::db::{Db, Inner, State, WalWriter, join, lock, table_name, wal_name};
+use crate::error::{Error, Result};
+use crate::manifest::ManifestState;
+use crate::memtable::Memtable;
+use crate::options::Options;
+use crate::table::{Table, TableBuilder};
+use crate::version::{TableFile, Version, level_is_disjoint};
+use crate::wal;
+
+/// Whole-file reads before recovery gives up on getting two that agree.
+const STABLE_READ_ATTEMPTS_MAX: usize = 5;
+
+/// The largest file recovery reads whole (logs and manifests stay far below it).
+const FILE_BYTES_MAX: u64 = 1 << 30;
+
+/// Reads a whole file.
+async fn read_all<F: File>(file: &F) -> Result<Vec<u8>> {
+    let len = file.len().await?;
+    if len > FILE_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!("file of {len} bytes is too large to read")));
+    }
+    let mut buffer = vec![0u8; len as usize];
+    file.read_exact_at(0, &mut buffer).await?;
+    Ok(buffer)
+}
+
+/// Reads a file until `check` accepts it or two reads in a row agree (a flipped bit on the
+/// way from the disk is transient and differs between reads; a bad stored byte does not), at
+/// most `STABLE_READ_ATTEMPTS_MAX` times. Returns the bytes; whether they pass is the caller's
+/// to check again. Reads that never agree are an I/O error, so open fails and can be retried.
+async fn read_stable<F: File>(file: &F, check: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
+    let mut previous: Option<Vec<u8>> = None;
+    for _ in 0..STABLE_READ_ATTEMPTS_MAX {
+        let bytes = read_all(file).await?;
+        if check(&bytes) || previous.as_ref() == Some(&bytes) {
+            return Ok(bytes);
+        }
+        previous = Some(bytes);
+    }
+    let reason = "reads of a damaged file disagree with each other";
+    Err(Error::Io(std::io::Error::other(reason)))
+}
+
+/// Reads and decodes the manifest, or a fresh state if the store is new.
+async fn read_manifest<E: Env>(env: &E, dir: &str, names: &[String]) -> Result<ManifestState> {
+    if !names.iter().any(|name| name == MANIFEST_NAME) {
+        return Ok(ManifestState { next_file_number: 1, ..ManifestState::default() });
+    }
+    let file = env.open(&join(dir, MANIFEST_NAME), OpenOptions::EXISTING).await?;
+    let bytes = read_stable(&file, |bytes| ManifestState::decode(bytes).is_ok()).await?;
+    ManifestState::decode(&bytes).map_err(|reason| Error::corruption(MANIFEST_NAME, 0, reason))
+}
+
+/// Opens every table the manifest lists into a version.
+async fn open_tables<E: Env>(
+    env: &E,
+    dir: &str,
+    manifest: &ManifestState,
+    options: &Options,
+    cache: &Arc<BlockCache>,
+) -> Result<Version<E::File>> {
+    let mut version = Version::new(options.level_count);
+    for meta in &manifest.tables {
+        let name = table_name(meta.number);
+        if usize::from(meta.level) >= options.level_count {
+            let reason = format!("table {name} at level {} beyond level_count", meta.level);
+            return Err(Error::InvalidArgument(reason));
+        }
+        let file = match env.open(&join(dir, &name), OpenOptions::EXISTING).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corruption(&name, 0, "table listed in the manifest is missing"));
+            }
+            Err(error) => return Err(Error::Io(error)),
+        };
+        let table = Table::open(file, meta.number, name.clone(), Arc::clone(cache)).await?;
+        let file = Arc::new(TableFile { meta: meta.clone(), table: Arc::new(table) });
+        let level = usize::from(meta.level);
+        if level > 0
+            && version.levels[level]
+                .iter()
+                .any(|other| other.overlaps(file.smallest_user(), file.largest_user()))
+        {
+            return Err(Error::corruption(MANIFEST_NAME, 0, "tables of one level overlap"));
+        }
+        version.add(file);
+    }
+    assert!(version.levels[1..].iter().all(|files| level_is_disjoint(files)));
+    Ok(version)
+}
+
+/// Replays the logs numbered at least `log_number` into a memtable; returns it and the
+/// highest sequence seen.
+async fn replay_logs<E: Env>(
+    env: &E,
+    dir: &str,
+    names: &[String],
+    log_number: u64,
+    mut last_sequence: u64,
+) -> Result<(Memtable, u64)> {
+    let mut numbers: Vec<u64> = names
+        .iter()
+        .filter_map(|name| parse_number(name, ".log"))
+        .filter(|number| *number >= log_number)
+        .collect();
+    numbers.sort_unstable();
+    let memtable = Memtable::new(0);
+    let mut torn: Option<(String, u64)> = None;
+    for number in numbers {
+        let name = wal_name(number);
+        let file = env.open(&join(dir, &name), OpenOptions::EXISTING).await?;
+        let bytes = read_stable(&file, |bytes| wal::read_log(bytes).bad_offset.is_none()).await?;
+        let contents = wal::read_log(&bytes);
+        if let Some((torn_name, offset)) = torn.take()
+            && !contents.records.is_empty()
+        {
+            // Logs are synced before the next one starts, so an earlier log cannot tear.
+            return Err(Error::corruption(&torn_name, offset, "bad record in a finished log"));
+        }
+        for record in contents.records.iter().filter(|record| record.kind == wal::KIND_BATCH) {
+            let (first, batch) = WriteBatch::decode(record.payload)
+                .map_err(|reason| Error::corruption(&name, record.offset, reason))?;
+            memtable.apply(first, &batch);
+            last_sequence = last_sequence.max(first + batch.len() as u64 - 1);
+        }
+        if let Some(offset) = contents.bad_offset {
+            if contents.bad_region_was_synced {
+                return Err(Error::corruption(&name, offset, "bad record before synced records"));
+            }
+            torn = Some((name, offset));
+        }
+    }
+    Ok((memtable, last_sequence))
+}
+
+impl<E: Env> Db<E> {
+    /// Opens (creating if needed) the store in directory `dir` of `env`, recovering from the
+    /// manifest and write-ahead logs.
+    pub async fn open(env: E, dir: &str, options: Options) -> Result<Db<E>> {
+        options.check().map_err(Error::InvalidArgument)?;
+        env.create_dir_all(dir).await?;
+        let names = env.list(dir).await?;
+        let manifest = read_manifest(&env, dir, &names).await?;
+        let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
+        let mut version = open_tables(&env, dir, &manifest, &options, &cache).await?;
+        let (memtable, last_sequence) =
+            replay_logs(&env, dir, &names, manifest.log_number, manifest.last_sequence).await?;
+        // Everything was read; from here on the directory changes.
+        let highest = names
+            .iter()
+            .filter_map(|name| parse_number(name, ".log").or_else(|| parse_number(name, ".sst")))
+            .max()
+            .unwrap_or(0);
+        let mut next_file_number = manifest.next_file_number.max(highest + 1);
+        let wal_number = next_file_number;
+        next_file_number += 1;
+        let wal_file = env.open(&join(dir, &wal_name(wal_number)), OpenOptions::CREATE_NEW).await?;
+        env.sync_dir(dir).await?;
+        if !memtable.is_empty() {
+            let number = next_file_number;
+            next_file_number += 1;
+            let file =
+                write_recovered_table(&env, dir, &options, &cache, &memtable, number).await?;
+            version.add(file);
+        }
+        let state = ManifestState {
+            next_file_number,
+            last_sequence,
+            log_number: wal_number,
+            tables: version.metas(),
+        };
+        write_manifest_file(&env, dir, &state).await?;
+        delete_unreferenced(&env, dir, &version, wal_number).await;
+        let writer =
+            WalWriter { file: wal_file, buffer: Vec::new(), len: 0, synced_len: 0, last_sequence };
+        let state = State {
+            mem: Arc::new(Memtable::new(wal_number)),
+            imm: Vec::new(),
+            version: Arc::new(version),
+            next_file_number,
+            poisoned: None,
+            closed: false,
+            obsolete: Vec::new(),
+            compact_cursor: vec![Vec::new(); options.level_count],
+        };
+        let mut inner = Inner::new(env.clone(), dir.to_string(), options, state);
+        inner.cache = cache;
+        inner.visible_sequence.store(last_sequence, Ordering::Release);
+        *inner.wal.get_mut() = Some(writer);
+        let (sender, receiver) = futures::channel::mpsc::channel(1);
+        inner.doorbell = Mutex::new(Some(sender));
+        let inner = Arc::new(inner);
+        let handle = env.spawn(background_loop(Arc::downgrade(&inner), receiver));
+        *lock(&inner.background) = Some(handle);
+        inner.ring();
+        Ok(Db { inner })
+    }
+}
+
+/// Writes the replayed writes as a level-0 table.
+async fn write_recovered_table<E: Env>(
+    env: &E,
+    dir: &str,
+    options: &Options,
+    cache: &Arc<BlockCache>,
+    memtable: &Memtable,
+    number: u64,
+) -> Result<Arc<TableFile<E::File>>> {
+    let mut builder = TableBuilder::new(options.table_options());
+    for entry in memtable.entries() {
+        builder.add(&entry);
+    }
+    let (bytes, summary) = builder.finish();
+    let name = table_name(number);
+    let file = env.open(&join(dir, &name), OpenOptions::CREATE_NEW).await?;
+    file.write_at(0, &bytes).await?;
+    file.sync().await?;
+    env.sync_dir(dir).await?;
+    let table = Table::open(file, number, name, Arc::clone(cache)).await?;
+    let meta = crate::manifest::TableMeta {
+        level: 0,
+        number,
+        size: bytes.len() as u64,
+        smallest: summary.smallest,
+        largest: summary.largest,
+    };
+    Ok(Arc::new(TableFile { meta, table: Arc::new(table) }))
+}
+
+/// Deletes logs before `wal_number`, tables not in `version` and a leftover temp manifest.
+async fn delete_unreferenced<E: Env>(
+    env: &E,
+    dir: &str,
+    version: &Version<E::File>,
+    wal_number: u64,
+) {
+    let Ok(names) = env.list(dir).await else { return };
+    let live: Vec<u64> = version.levels.iter().flatten().map(|file| file.meta.number).collect();
+    for name in names {
+        let stale_log = parse_number(&name, ".log").is_some_and(|number| number < wal_number);
+        let stale_table = parse_number(&name, ".sst").is_some_and(|number| !live.contains(&number));
+        if stale_log || stale_table || name == MANIFEST_TEMP_NAME {
+            let _ = env.remove(&join(dir, &name)).await;
+        }
+    }
+}
