@@ -13,12 +13,16 @@
 //!   distinct exit codes, `Metrics`, `Outcome`.
 //! - `shrink`: delta debugging over a failing plan's faults and workload length.
 //! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
+//! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors and bit flips.
 //! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
+//! - `gossip`: `gossip-cluster`, membership, broadcast and anti-entropy under churn.
 //! - `register`: a small ABD quorum register written for these tests (and, with feature
 //!   `planted-bugs`, the same register with known bugs the harness must find).
 //!
 //! Invariant: a run is a pure function of its `PlanFile`; only `Metrics::wall_nanos` varies.
 
+pub mod gossip;
+pub mod lsm;
 pub mod nemesis;
 pub mod outcome;
 pub mod plan;
@@ -39,7 +43,9 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     for scenario in register::scenarios() {
         list.push(Box::new(scenario));
     }
+    list.push(Box::new(lsm::LsmCrash));
     list.push(Box::new(wireguard::WireguardMesh));
+    list.push(Box::new(gossip::GossipCluster));
     list
 }
 

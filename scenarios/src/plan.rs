@@ -41,6 +41,8 @@ pub enum FaultClass {
     ClockJump,
     /// Make a server's disk fail reads, writes and syncs.
     DiskFaults,
+    /// Flip bits in what a server's disk reads (checksummed storage must notice).
+    DiskCorruption,
 }
 
 /// What one fault does while it lasts.
@@ -301,6 +303,13 @@ fn draw_fault(
             };
             FaultKind::DiskFaults { node: server, faults }
         }
+        FaultClass::DiskCorruption => {
+            let faults = DiskFaults {
+                read_corruption: rng.random_range(1..=5) as f64 / 100.0,
+                ..DiskFaults::default()
+            };
+            FaultKind::DiskFaults { node: server, faults }
+        }
     };
     Fault { at_ms, duration_ms, kind }
 }
@@ -324,6 +333,7 @@ mod tests {
         FaultClass::LinkSpike,
         FaultClass::ClockJump,
         FaultClass::DiskFaults,
+        FaultClass::DiskCorruption,
     ];
 
     fn bounds() -> Bounds {

@@ -29,3 +29,13 @@ fn register_crash() {
 fn wireguard_mesh() {
     check("wireguard-mesh");
 }
+
+#[test]
+fn lsm_crash() {
+    check("lsm-crash");
+}
+
+#[test]
+fn gossip_cluster() {
+    check("gossip-cluster");
+}

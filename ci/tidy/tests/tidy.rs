@@ -54,10 +54,10 @@ fn long_functions(text: &str) -> Vec<(usize, usize)> {
         }
         let indent = line.len() - trimmed.len();
         let closing = " ".repeat(indent) + "}";
-        if let Some(length) = lines[start..].iter().position(|line| *line == closing) {
-            if length + 1 > FUNCTION_LINES_MAX {
-                found.push((start + 1, length + 1));
-            }
+        if let Some(length) = lines[start..].iter().position(|line| *line == closing)
+            && length + 1 > FUNCTION_LINES_MAX
+        {
+            found.push((start + 1, length + 1));
         }
     }
     found
