@@ -147,6 +147,9 @@ fn list() -> String {
     for scenario in scenarios::all() {
         text.push_str(&format!("{}\n  {}\n", scenario.name(), scenario.summary()));
         text.push_str(&format!("  checks: {}\n", scenario.checks().join(", ")));
+        if scenario.sweep_only() {
+            text.push_str("  sweep only: cargo test runs it only with SIM_SEED or SIM_SEEDS\n");
+        }
     }
     text
 }

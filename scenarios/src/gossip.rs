@@ -98,27 +98,50 @@ async fn node_main(env: SimEnv, config: Config, shared: Shared) {
     }
 }
 
-/// The `gossip-cluster` scenario.
+/// A gossip cluster scenario: `gossip-cluster` (8-40 nodes, quick enough for every
+/// `cargo test`) and `gossip-large` (50-200 nodes, for sweeps).
 #[derive(Clone, Copy, Debug)]
-pub struct GossipCluster;
+pub struct GossipCluster {
+    /// Its name.
+    pub name: &'static str,
+    /// Nodes a seed may choose.
+    pub node_count: Span,
+}
+
+impl GossipCluster {
+    /// 8-40 nodes.
+    pub const SMALL: GossipCluster =
+        GossipCluster { name: "gossip-cluster", node_count: Span::new(8, 40) };
+    /// 50-200 nodes.
+    pub const LARGE: GossipCluster =
+        GossipCluster { name: "gossip-large", node_count: Span::new(50, 200) };
+}
 
 impl Scenario for GossipCluster {
     fn name(&self) -> &'static str {
-        "gossip-cluster"
+        self.name
     }
 
     fn summary(&self) -> &'static str {
-        "8-40 gossip nodes (SWIM + Lifeguard, Plumtree, MST anti-entropy, persisted state) under \
-         splits, one-way cuts, crashes, pauses, clogs, loss spikes and clock jumps"
+        if self.node_count.max > 40 {
+            "gossip-cluster with 50-200 nodes (for sweeps; too slow for every cargo test)"
+        } else {
+            "8-40 gossip nodes (SWIM + Lifeguard, Plumtree, MST anti-entropy, persisted state) \
+             under splits, one-way cuts, crashes, pauses, clogs, loss spikes and clock jumps"
+        }
     }
 
     fn checks(&self) -> &'static [&'static str] {
         &["no-invented-values", "membership-agreement", "convergence"]
     }
 
+    fn sweep_only(&self) -> bool {
+        self.node_count.max > 40
+    }
+
     fn bounds(&self) -> Bounds {
         Bounds {
-            node_count: Span::new(8, 40),
+            node_count: self.node_count,
             client_count: Span::exactly(0),
             key_count: Span::new(4, 64),
             faulty_ms: Span::new(10_000, 60_000),

@@ -45,7 +45,8 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     }
     list.push(Box::new(lsm::LsmCrash));
     list.push(Box::new(wireguard::WireguardMesh));
-    list.push(Box::new(gossip::GossipCluster));
+    list.push(Box::new(gossip::GossipCluster::SMALL));
+    list.push(Box::new(gossip::GossipCluster::LARGE));
     list
 }
 

@@ -28,6 +28,10 @@ pub trait Scenario: Send + Sync {
     fn feature(&self) -> Option<&'static str> {
         None
     }
+    /// Too slow for every `cargo test` in a debug build: only sweeps and `SIM_SEED` run it.
+    fn sweep_only(&self) -> bool {
+        false
+    }
     /// What a seed may choose.
     fn bounds(&self) -> Bounds;
     /// Adjusts the world's configuration (clock skew, budgets) before the world is built.

@@ -39,3 +39,12 @@ fn lsm_crash() {
 fn gossip_cluster() {
     check("gossip-cluster");
 }
+
+/// Sweep-only: runs with `SIM_SEED`/`SIM_SEEDS` (release build advised).
+#[test]
+fn gossip_large() {
+    let scenario = scenarios::find("gossip-large").expect("scenario exists");
+    for outcome in check_seeds(scenario.as_ref()) {
+        assert!(outcome.metrics.op_ok_count > 0, "{}", outcome.headline());
+    }
+}
