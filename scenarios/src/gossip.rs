@@ -31,15 +31,6 @@ use crate::swarm::{Bounds, Span, Swarm};
 const PORT: u16 = 7946;
 const SEED_NODE_COUNT: usize = 3;
 const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(5);
-const FAULTS: &[FaultClass] = &[
-    FaultClass::Split,
-    FaultClass::Oneway,
-    FaultClass::Crash,
-    FaultClass::Pause,
-    FaultClass::Clog,
-    FaultClass::LinkSpike,
-    FaultClass::ClockJump,
-];
 
 fn addr(index: usize) -> SocketAddr {
     let [high, low] = (index as u16 + 1).to_be_bytes();
@@ -148,7 +139,7 @@ impl Scenario for GossipCluster {
             healed_ms: 60_000,
             liveness_bound_ms: 60_000,
             fault_count: Span::new(1, 8),
-            fault_classes: FAULTS,
+            fault_classes: FaultClass::CLUSTER,
             link_loss_percent_max: 5,
             think_ms: Span::new(200, 2_000),
             read_percent: Span::exactly(0),

@@ -45,6 +45,33 @@ pub enum FaultClass {
     DiskCorruption,
 }
 
+impl FaultClass {
+    /// Every class.
+    pub const ALL: &[FaultClass] = &[
+        FaultClass::Split,
+        FaultClass::Oneway,
+        FaultClass::Crash,
+        FaultClass::Pause,
+        FaultClass::Clog,
+        FaultClass::LinkSpike,
+        FaultClass::ClockJump,
+        FaultClass::DiskFaults,
+        FaultClass::DiskCorruption,
+    ];
+
+    /// Everything that happens to a cluster's network and nodes (no disk faults): what a
+    /// networked system must survive.
+    pub const CLUSTER: &[FaultClass] = &[
+        FaultClass::Split,
+        FaultClass::Oneway,
+        FaultClass::Crash,
+        FaultClass::Pause,
+        FaultClass::Clog,
+        FaultClass::LinkSpike,
+        FaultClass::ClockJump,
+    ];
+}
+
 /// What one fault does while it lasts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -324,18 +351,6 @@ mod tests {
     use super::*;
     use crate::swarm::Span;
 
-    const CLASSES: &[FaultClass] = &[
-        FaultClass::Split,
-        FaultClass::Oneway,
-        FaultClass::Crash,
-        FaultClass::Pause,
-        FaultClass::Clog,
-        FaultClass::LinkSpike,
-        FaultClass::ClockJump,
-        FaultClass::DiskFaults,
-        FaultClass::DiskCorruption,
-    ];
-
     fn bounds() -> Bounds {
         Bounds {
             node_count: Span::new(3, 5),
@@ -345,7 +360,7 @@ mod tests {
             healed_ms: 1_000,
             liveness_bound_ms: 1_000,
             fault_count: Span::new(5, 10),
-            fault_classes: CLASSES,
+            fault_classes: FaultClass::ALL,
             link_loss_percent_max: 2,
             think_ms: Span::new(0, 5),
             read_percent: Span::new(50, 50),

@@ -50,6 +50,8 @@ pub struct RegisterScenario {
     pub bug: Option<PlantedBug>,
 }
 
+/// Every cluster fault, and disk errors (not bit flips: this test register's log treats any bad
+/// record as a torn tail).
 const REPLICATED_FAULTS: &[FaultClass] = &[
     FaultClass::Split,
     FaultClass::Oneway,

@@ -14,6 +14,8 @@
 //! - `ip`: the IP header fields the tunnel and device read.
 //! - `config`: the `wg` configuration format, parsed into a `DeviceConfig`.
 //! - `allowed_ips`: cryptokey routing, longest-prefix match for IPv4 and IPv6.
+//! - `mesh`: a test mesh (peers, an attacker, checks) shared by `tests/sim_mesh.rs` and the
+//!   harness's `wireguard-mesh` scenario.
 //! - `device`: `DeviceCore` (many peers, one socket, sans-IO) and `Device`, its driver over
 //!   an `Env` with a packet interface a simulated TUN feeds.
 //!
@@ -29,6 +31,7 @@ pub mod crypto;
 pub mod device;
 pub mod error;
 pub mod ip;
+pub mod mesh;
 pub mod messages;
 pub mod noise;
 pub mod replay;

@@ -18,171 +18,23 @@
 //!
 //! Seeds are fixed; a failure prints the seed. The same seed twice gives the same trace hash.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::FutureExt;
+use sim::Instant;
 use sim::world::{LinkConfig, NodeId, SimConfig, World};
-use sim::{Env, Instant, UdpSocket};
-use wireguard::ip::ipv4_packet;
+use wireguard::mesh::{MeshHistory, attacker_main, check_deliveries, first_deliveries_after};
+use wireguard::mesh::{node_ip, peer_main};
 use wireguard::timers::{
     KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX,
 };
-use wireguard::{Device, DeviceConfig, DeviceHandle, IpNet, PeerConfig};
-use zeroize::Zeroizing;
 
 const PEER_COUNT: usize = 4;
-const PORT: u16 = 51820;
-const SEND_INTERVAL: Duration = Duration::from_millis(100);
 const FAULTY_PHASE: Duration = Duration::from_secs(30);
 const CUT_PHASE: Duration = Duration::from_secs(200);
 const HEALED_PHASE: Duration = Duration::from_secs(20);
 
 const _: () = assert!(CUT_PHASE.as_secs() > REJECT_AFTER_TIME.as_secs());
-
-fn node_ip(index: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1 + index as u8))
-}
-
-fn tunnel_ip(index: usize) -> Ipv4Addr {
-    Ipv4Addr::new(172, 16, 0, 1 + index as u8)
-}
-
-fn private_key(seed: u64, index: usize) -> [u8; 32] {
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    key[8] = index as u8;
-    key[9] = 0x77;
-    key
-}
-
-fn public_key(private: [u8; 32]) -> [u8; 32] {
-    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(private)).to_bytes()
-}
-
-/// One delivered packet, as the receiving node saw it.
-#[derive(Clone, Debug)]
-struct Delivery {
-    at: Instant,
-    receiver: usize,
-    peer: [u8; 32],
-    packet: Vec<u8>,
-}
-
-/// Everything the nodes recorded.
-#[derive(Default)]
-struct History {
-    sent: BTreeSet<(u8, u8, u8, u32)>,
-    deliveries: Vec<Delivery>,
-    drops: BTreeMap<(usize, &'static str), u64>,
-}
-
-fn device_config(seed: u64, index: usize) -> DeviceConfig {
-    let peers = (0..PEER_COUNT)
-        .filter(|other| *other != index)
-        .map(|other| PeerConfig {
-            public_key: public_key(private_key(seed, other)),
-            preshared_key: None,
-            allowed_ips: vec![IpNet::new(IpAddr::V4(tunnel_ip(other)), 32).expect("valid")],
-            endpoint: Some(SocketAddr::new(node_ip(other), PORT)),
-            persistent_keepalive: None,
-        })
-        .collect();
-    DeviceConfig {
-        private_key: Zeroizing::new(private_key(seed, index)),
-        listen_port: PORT,
-        peers,
-        handshake_load_limit_per_sec: 50,
-        mtu: 1420,
-    }
-}
-
-/// A peer's life: start the device, send to every other peer every `SEND_INTERVAL`, record
-/// what arrives.
-async fn peer_main(env: sim::world::SimEnv, seed: u64, index: usize, history: Arc<Mutex<History>>) {
-    let mut device = Device::start(env.clone(), device_config(seed, index)).await.expect("start");
-    let mut sequence = 0u32;
-    let mut next_send = env.now();
-    loop {
-        let wake = {
-            let sleep = env.sleep_until(next_send).fuse();
-            let received = device.recv().fuse();
-            futures::pin_mut!(sleep, received);
-            futures::select_biased! {
-                received = received => Some(received.expect("device runs")),
-                () = sleep => None,
-            }
-        };
-        let Some(received) = wake else {
-            next_send = env.now() + SEND_INTERVAL;
-            send_round(&env, &mut device, index, sequence, &history).await;
-            sequence += 1;
-            continue;
-        };
-        history.lock().expect("lock").deliveries.push(Delivery {
-            at: env.now(),
-            receiver: index,
-            peer: received.peer,
-            packet: received.packet,
-        });
-    }
-}
-
-/// Sends packet `sequence` to every other peer and snapshots the drop counters.
-async fn send_round(
-    env: &sim::world::SimEnv,
-    device: &mut DeviceHandle,
-    index: usize,
-    sequence: u32,
-    history: &Mutex<History>,
-) {
-    for target in (0..PEER_COUNT).filter(|target| *target != index) {
-        let generation = env.generation() as u8;
-        let mut payload = vec![index as u8, target as u8, generation];
-        payload.extend_from_slice(&sequence.to_le_bytes());
-        payload.extend_from_slice(&env.now().as_nanos().to_le_bytes());
-        let packet = ipv4_packet(tunnel_ip(index), tunnel_ip(target), &payload);
-        let key = (index as u8, target as u8, generation, sequence);
-        history.lock().expect("lock").sent.insert(key);
-        device.send(packet).await.expect("device runs");
-    }
-    let mut history = history.lock().expect("lock");
-    for (reason, count) in device.stats().drops {
-        history.drops.insert((index, reason), count);
-    }
-}
-
-/// A node that knows every member's public key but is nobody's peer: it handshakes under its
-/// own key, spoofs member 0's tunnel address, and sends garbage.
-async fn attacker_main(env: sim::world::SimEnv, seed: u64) {
-    let mut config = device_config(seed, 0);
-    config.private_key = Zeroizing::new(private_key(seed, 99));
-    config.peers.push(PeerConfig {
-        public_key: public_key(private_key(seed, 0)),
-        preshared_key: None,
-        allowed_ips: vec!["172.16.0.0/24".parse().expect("valid")],
-        endpoint: Some(SocketAddr::new(node_ip(0), PORT)),
-        persistent_keepalive: None,
-    });
-    config.listen_port = PORT + 1;
-    let mut device = Device::start(env.clone(), config).await.expect("start");
-    let socket = env.bind_udp(SocketAddr::new(node_ip(PEER_COUNT), 9)).await.expect("bind");
-    let mut round = 0u8;
-    loop {
-        env.sleep(Duration::from_millis(500)).await;
-        round = round.wrapping_add(1);
-        for target in 1..PEER_COUNT {
-            let spoofed = ipv4_packet(tunnel_ip(0), tunnel_ip(target), &[0xee, round]);
-            device.send(spoofed).await.expect("device runs");
-            let garbage = [[4, 0, 0, 0, round, 0, 0, 0].as_slice(), &[round; 40]].concat();
-            let to = SocketAddr::new(node_ip(target), PORT);
-            // A dropped datagram is fine: the attacker does not care.
-            let _ = socket.send_to(&garbage, to).await;
-        }
-    }
-}
 
 fn faulty_link() -> LinkConfig {
     LinkConfig {
@@ -207,7 +59,7 @@ enum Fault {
 }
 
 struct Run {
-    history: History,
+    history: MeshHistory,
     heal_at: Instant,
     trace_hash: u64,
 }
@@ -221,16 +73,19 @@ fn run(seed: u64, fault: Fault) -> Run {
     config.clock_offset_max = Duration::from_secs(30);
     config.clock_drift_ppm_max = 200;
     let world = World::new(config);
-    let history = Arc::new(Mutex::new(History::default()));
+    let history = Arc::new(Mutex::new(MeshHistory::default()));
     let nodes: Vec<NodeId> = (0..PEER_COUNT)
         .map(|index| {
             let history = Arc::clone(&history);
             world.add_node_with(&format!("wg{index}"), node_ip(index), move |env| {
-                peer_main(env, seed, index, Arc::clone(&history))
+                let generation = env.generation() as u8;
+                peer_main(env, seed, index, PEER_COUNT, generation, Arc::clone(&history))
             })
         })
         .collect();
-    world.add_node_with("attacker", node_ip(PEER_COUNT), move |env| attacker_main(env, seed));
+    world.add_node_with("attacker", node_ip(PEER_COUNT), move |env| {
+        attacker_main(env, seed, PEER_COUNT)
+    });
     world.set_all_links(faulty_link());
     world.run_for(FAULTY_PHASE).expect("faulty phase");
     match fault {
@@ -258,36 +113,15 @@ fn run(seed: u64, fault: Fault) -> Run {
 /// Authenticity and no duplicates, over the whole history.
 #[track_caller]
 fn check_safety(seed: u64, run: &Run) {
-    let keys: Vec<[u8; 32]> = (0..PEER_COUNT).map(|i| public_key(private_key(seed, i))).collect();
-    let mut delivered = BTreeSet::new();
-    for delivery in &run.history.deliveries {
-        let packet = &delivery.packet;
-        let sender = usize::from(packet[20]);
-        let target = usize::from(packet[21]);
-        let generation = packet[22];
-        let sequence = u32::from_le_bytes(packet[23..27].try_into().expect("payload"));
-        assert!(sender < PEER_COUNT, "seed {seed:#x}: foreign packet {packet:?}");
-        assert_eq!(delivery.peer, keys[sender], "seed {seed:#x}: wrong authenticated peer");
-        assert_eq!(target, delivery.receiver, "seed {seed:#x}: delivered to the wrong node");
-        assert_eq!(packet[12..16], tunnel_ip(sender).octets(), "seed {seed:#x}: spoofed source");
-        let key = (sender as u8, target as u8, generation, sequence);
-        assert!(run.history.sent.contains(&key), "seed {seed:#x}: never sent {key:?}");
-        assert!(delivered.insert(key), "seed {seed:#x}: delivered twice {key:?}");
+    if let Err(violation) = check_deliveries(&run.history, seed, PEER_COUNT) {
+        panic!("seed {seed:#x}: {violation:?}");
     }
 }
 
 /// Every ordered pair delivers a packet sent after the heal within `bound` of the heal.
 #[track_caller]
 fn check_liveness(seed: u64, run: &Run, bound: Duration) {
-    let mut first: BTreeMap<(usize, usize), Instant> = BTreeMap::new();
-    for delivery in &run.history.deliveries {
-        let sent_nanos = u64::from_le_bytes(delivery.packet[27..35].try_into().expect("payload"));
-        if Instant::from_nanos(sent_nanos) < run.heal_at {
-            continue;
-        }
-        let pair = (usize::from(delivery.packet[20]), delivery.receiver);
-        first.entry(pair).or_insert(delivery.at);
-    }
+    let first = first_deliveries_after(&run.history, run.heal_at);
     for sender in 0..PEER_COUNT {
         for receiver in (0..PEER_COUNT).filter(|receiver| *receiver != sender) {
             let at = first.get(&(sender, receiver)).copied();
