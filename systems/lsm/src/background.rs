@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::key::Entry;
 use crate::manifest::{ManifestState, TableMeta};
 use crate::memtable::Memtable;
-use crate::table::{Table, TableBuilder, TableCursor, TableOptions};
+use crate::table::{Table, TableCursor, TableWriter};
 use crate::version::{TableFile, Version};
 
 /// Units of work (one flush or one compaction) per doorbell ring before yielding.
@@ -110,9 +110,10 @@ impl<E: Env> Inner<E> {
             (memtable, state.next_file_number - 1)
         };
         let mut version = (*lock(&self.state).version).clone();
-        let builder = build_from_memtable(&memtable, self.options.table_options());
-        if builder.entry_count() > 0 {
-            let file = self.write_table(number, 0, builder).await?;
+        if !memtable.is_empty() {
+            let mut writer = self.create_table(number).await?;
+            write_memtable(&memtable, &mut writer).await?;
+            let file = self.install_table(number, 0, writer).await?;
             self.counters.flush_bytes.fetch_add(file.meta.size, Ordering::Relaxed);
             version.add(file);
         }
@@ -132,27 +133,26 @@ impl<E: Env> Inner<E> {
         Ok(true)
     }
 
-    /// Writes a finished table as file `number`, syncs it and its directory entry, opens it.
-    async fn write_table(
+    /// Creates table file `number` and a writer streaming a new table into it.
+    async fn create_table(&self, number: u64) -> Result<TableWriter<E::File>> {
+        let path = join(&self.dir, &table_name(number));
+        let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
+        Ok(TableWriter::new(file, self.options.table_options()))
+    }
+
+    /// Finishes and syncs table `number` and its directory entry, and opens it.
+    async fn install_table(
         &self,
         number: u64,
         level: u8,
-        builder: TableBuilder,
+        writer: TableWriter<E::File>,
     ) -> Result<Arc<TableFile<E::File>>> {
-        let (bytes, summary) = builder.finish();
-        let name = table_name(number);
-        let path = join(&self.dir, &name);
-        let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
-        file_write_all(&file, &bytes).await?;
+        let (file, size, summary) = writer.finish().await?;
         self.env.sync_dir(&self.dir).await?;
+        let name = table_name(number);
         let table = Table::open(file, number, name, Arc::clone(&self.cache)).await?;
-        let meta = TableMeta {
-            level,
-            number,
-            size: bytes.len() as u64,
-            smallest: summary.smallest,
-            largest: summary.largest,
-        };
+        let meta =
+            TableMeta { level, number, size, smallest: summary.smallest, largest: summary.largest };
         Ok(Arc::new(TableFile { meta, table: Arc::new(table) }))
     }
 
@@ -342,7 +342,7 @@ impl<E: Env> Inner<E> {
             cursors.push(TableCursor::for_compaction(table).await?);
         }
         let mut outputs = Vec::new();
-        let mut builder: Option<TableBuilder> = None;
+        let mut builder: Option<(u64, TableWriter<E::File>)> = None;
         let mut current_key: Option<Vec<u8>> = None;
         let mut last_sequence_for_key = u64::MAX;
         while let Some(index) = smallest_cursor(&cursors) {
@@ -350,9 +350,8 @@ impl<E: Env> Inner<E> {
             cursors[index].advance().await?;
             let new_key = current_key.as_deref() != Some(&entry.key[..]);
             if new_key {
-                if let Some(full) =
-                    builder.take_if(|b| b.size_estimate() as u64 >= self.options.table_bytes_target)
-                {
+                let target = self.options.table_bytes_target;
+                if let Some(full) = builder.take_if(|(_, b)| b.size_estimate() as u64 >= target) {
                     outputs.push(self.finish_output(full, output_level).await?);
                 }
                 current_key = Some(entry.key.clone());
@@ -365,27 +364,33 @@ impl<E: Env> Inner<E> {
             if shadowed || dead_tombstone {
                 continue;
             }
-            builder
-                .get_or_insert_with(|| TableBuilder::new(self.options.table_options()))
-                .add(&entry);
+            if builder.is_none() {
+                builder = Some(self.new_output().await?);
+            }
+            builder.as_mut().expect("just set").1.add(&entry).await?;
         }
-        if let Some(last) = builder.filter(|b| b.entry_count() > 0) {
+        if let Some(last) = builder {
             outputs.push(self.finish_output(last, output_level).await?);
         }
         Ok(outputs)
     }
 
-    async fn finish_output(
-        &self,
-        builder: TableBuilder,
-        level: usize,
-    ) -> Result<Arc<TableFile<E::File>>> {
+    /// A new compaction output table: its number and writer.
+    async fn new_output(&self) -> Result<(u64, TableWriter<E::File>)> {
         let number = {
             let mut state = lock(&self.state);
             state.next_file_number += 1;
             state.next_file_number - 1
         };
-        let file = self.write_table(number, level as u8, builder).await?;
+        Ok((number, self.create_table(number).await?))
+    }
+
+    async fn finish_output(
+        &self,
+        (number, writer): (u64, TableWriter<E::File>),
+        level: usize,
+    ) -> Result<Arc<TableFile<E::File>>> {
+        let file = self.install_table(number, level as u8, writer).await?;
         self.counters.compaction_bytes.fetch_add(file.meta.size, Ordering::Relaxed);
         Ok(file)
     }
@@ -394,21 +399,23 @@ impl<E: Env> Inner<E> {
 /// Memtable entries copied out per step of a flush (bounds the extra memory a flush takes).
 const FLUSH_CHUNK_COUNT: usize = 1024;
 
-/// A table builder holding every entry of a frozen memtable, copied out in bounded chunks so
+/// Streams every entry of a frozen memtable into `writer`, copied out in bounded chunks so
 /// readers of the memtable are never locked out for long.
-fn build_from_memtable(memtable: &Memtable, options: TableOptions) -> TableBuilder {
-    let mut builder = TableBuilder::new(options);
+async fn write_memtable<F: sim::File>(
+    memtable: &Memtable,
+    writer: &mut TableWriter<F>,
+) -> Result<()> {
     let mut resume = Bound::Unbounded;
     loop {
         let chunk = memtable.chunk_forward(&resume, FLUSH_CHUNK_COUNT);
         for entry in &chunk {
-            builder.add(entry);
+            writer.add(entry).await?;
         }
         match chunk.last() {
             Some(last) if chunk.len() == FLUSH_CHUNK_COUNT => {
                 resume = Bound::Excluded((last.key.clone(), last.sequence));
             }
-            _ => return builder,
+            _ => return Ok(()),
         }
     }
 }

@@ -115,6 +115,10 @@ pub struct Stats {
     pub level_bytes: Vec<u64>,
     /// Bytes in the block cache.
     pub block_cache_bytes: usize,
+    /// Lookups of absent keys in live tables that their bloom filter rejected.
+    pub bloom_negative_count: u64,
+    /// Lookups of absent keys in live tables that their bloom filter let through.
+    pub bloom_false_positive_count: u64,
 }
 
 impl Stats {
@@ -125,6 +129,16 @@ impl Stats {
         }
         let written = self.wal_bytes + self.flush_bytes + self.compaction_bytes;
         written as f64 / self.user_bytes as f64
+    }
+
+    /// The measured bloom filter false-positive rate over lookups of absent keys in the live
+    /// tables; 0 before any.
+    pub fn bloom_false_positive_rate(&self) -> f64 {
+        let probes = self.bloom_negative_count + self.bloom_false_positive_count;
+        if probes == 0 {
+            return 0.0;
+        }
+        self.bloom_false_positive_count as f64 / probes as f64
     }
 }
 
@@ -619,6 +633,12 @@ impl<E: Env> Db<E> {
     pub fn stats(&self) -> Stats {
         let counters = &self.inner.counters;
         let version = Arc::clone(&lock(&self.inner.state).version);
+        let (mut bloom_negative_count, mut bloom_false_positive_count) = (0, 0);
+        for file in version.levels.iter().flatten() {
+            let (negative, false_positive) = file.table.bloom_counts();
+            bloom_negative_count += negative;
+            bloom_false_positive_count += false_positive;
+        }
         Stats {
             user_bytes: counters.user_bytes.load(Ordering::Relaxed),
             wal_bytes: counters.wal_bytes.load(Ordering::Relaxed),
@@ -632,6 +652,8 @@ impl<E: Env> Db<E> {
                 .map(|level| version.level_bytes(level))
                 .collect(),
             block_cache_bytes: self.inner.cache.bytes(),
+            bloom_negative_count,
+            bloom_false_positive_count,
         }
     }
 

@@ -88,6 +88,18 @@ impl<F: File> LevelSource<F> {
     }
 }
 
+/// Whether every key of `file` lies before `start` in the walk's direction (so a walk from
+/// `start` skips the file without opening it).
+fn before_start<F: File>(file: &TableFile<F>, forward: bool, start: &Bound<Vec<u8>>) -> bool {
+    match (start, forward) {
+        (Bound::Unbounded, _) => false,
+        (Bound::Included(key), true) => file.largest_user() < key.as_slice(),
+        (Bound::Excluded(key), true) => file.largest_user() <= key.as_slice(),
+        (Bound::Included(key), false) => file.smallest_user() > key.as_slice(),
+        (Bound::Excluded(key), false) => file.smallest_user() >= key.as_slice(),
+    }
+}
+
 fn as_ref_bound(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     match bound {
         Bound::Included(key) => Bound::Included(key),
@@ -169,8 +181,9 @@ impl<F: File> Iter<F> {
             if !forward {
                 files.reverse();
             }
-            let mut level =
-                LevelSource { files, next_file: 0, cursor: None, forward, start: start.clone() };
+            let next_file = files.partition_point(|file| before_start(file, forward, &start));
+            let start = start.clone();
+            let mut level = LevelSource { files, next_file, cursor: None, forward, start };
             level.open_next().await?;
             sources.push(Source::Level(level));
         }

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::manifest::ManifestState;
 use crate::memtable::Memtable;
 use crate::options::Options;
-use crate::table::{Table, TableBuilder};
+use crate::table::{Table, TableWriter};
 use crate::version::{TableFile, Version, level_is_disjoint};
 use crate::wal;
 
@@ -223,21 +223,19 @@ async fn write_recovered_table<E: Env>(
     memtable: &Memtable,
     number: u64,
 ) -> Result<Arc<TableFile<E::File>>> {
-    let mut builder = TableBuilder::new(options.table_options());
-    for entry in memtable.entries() {
-        builder.add(&entry);
-    }
-    let (bytes, summary) = builder.finish();
     let name = table_name(number);
     let file = env.open(&join(dir, &name), OpenOptions::CREATE_NEW).await?;
-    file.write_at(0, &bytes).await?;
-    file.sync().await?;
+    let mut writer = TableWriter::new(file, options.table_options());
+    for entry in memtable.entries() {
+        writer.add(&entry).await?;
+    }
+    let (file, size, summary) = writer.finish().await?;
     env.sync_dir(dir).await?;
     let table = Table::open(file, number, name, Arc::clone(cache)).await?;
     let meta = crate::manifest::TableMeta {
         level: 0,
         number,
-        size: bytes.len() as u64,
+        size,
         smallest: summary.smallest,
         largest: summary.largest,
     };

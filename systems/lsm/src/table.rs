@@ -20,6 +20,7 @@
 use std::cmp::Ordering;
 use std::ops::Bound;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use sim::File;
 
@@ -83,11 +84,15 @@ pub struct TableSummary {
     pub entry_count: u64,
 }
 
-/// Builds a table in memory; `finish` returns the file's bytes.
+/// Builds a table's bytes in order. Used alone it holds the whole file and `finish` returns
+/// it; a `TableWriter` instead drains the finished blocks (`buffered`, `consume_buffered`) to
+/// the file as they accumulate, so only the unwritten tail is in memory.
 #[derive(Debug)]
 pub struct TableBuilder {
     options: TableOptions,
+    // Finished bytes not yet taken out; they start at file offset `consumed`.
     out: Vec<u8>,
+    consumed: u64,
     data: BlockBuilder,
     index: BlockBuilder,
     hashes: Vec<u64>,
@@ -103,6 +108,7 @@ impl TableBuilder {
         TableBuilder {
             options,
             out: Vec::new(),
+            consumed: 0,
             data: BlockBuilder::new(options.restart_interval),
             index: BlockBuilder::new(1),
             hashes: Vec::new(),
@@ -144,7 +150,24 @@ impl TableBuilder {
 
     /// Approximate file size so far.
     pub fn size_estimate(&self) -> usize {
-        self.out.len() + self.data.size_estimate()
+        self.consumed as usize + self.out.len() + self.data.size_estimate()
+    }
+
+    /// Finished bytes not yet taken out with `consume_buffered`; they belong at file offset
+    /// `consumed_bytes()`.
+    pub fn buffered(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Bytes taken out so far (the file offset of `buffered`).
+    pub fn consumed_bytes(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Marks the `buffered` bytes as written elsewhere and forgets them (keeping the space).
+    pub fn consume_buffered(&mut self) {
+        self.consumed += self.out.len() as u64;
+        self.out.clear();
     }
 
     fn finish_data_block(&mut self) {
@@ -153,23 +176,27 @@ impl TableBuilder {
         }
         let last_key = self.data.last_key().to_vec();
         let raw = self.data.finish();
-        let (offset, size) = write_block(&mut self.out, &raw, self.options.compression);
+        let (offset, size) =
+            write_block(&mut self.out, self.consumed, &raw, self.options.compression);
         let mut handle = Vec::new();
         put_varint(&mut handle, offset);
         put_varint(&mut handle, size);
         self.index.add(&last_key, &handle);
     }
 
-    /// The table's bytes and summary. Panics if no entry was added.
+    /// The table's bytes not yet consumed (all of them if nothing was) and its summary. Panics
+    /// if no entry was added.
     pub fn finish(mut self) -> (Vec<u8>, TableSummary) {
         assert!(self.entry_count > 0, "an empty table");
         let largest = self.data.last_key().to_vec();
         let largest = if self.data.is_empty() { self.index.last_key().to_vec() } else { largest };
         self.finish_data_block();
         let filter = bloom::build(&self.hashes, self.options.bloom_bits_per_key);
-        let (filter_offset, filter_size) = write_block(&mut self.out, &filter, Compression::None);
+        let (filter_offset, filter_size) =
+            write_block(&mut self.out, self.consumed, &filter, Compression::None);
         let index = self.index.finish();
-        let (index_offset, index_size) = write_block(&mut self.out, &index, Compression::None);
+        let (index_offset, index_size) =
+            write_block(&mut self.out, self.consumed, &index, Compression::None);
         let mut footer = Vec::with_capacity(FOOTER_BYTES);
         footer.extend_from_slice(&filter_offset.to_le_bytes());
         footer.extend_from_slice(&(filter_size as u32).to_le_bytes());
@@ -186,9 +213,10 @@ impl TableBuilder {
     }
 }
 
-/// Appends a block and its trailer; returns (offset, stored size without trailer).
-fn write_block(out: &mut Vec<u8>, raw: &[u8], compression: Compression) -> (u64, u64) {
-    let offset = out.len() as u64;
+/// Appends a block and its trailer to `out`, which starts at file offset `base`; returns (offset,
+/// stored size without trailer).
+fn write_block(out: &mut Vec<u8>, base: u64, raw: &[u8], compression: Compression) -> (u64, u64) {
+    let offset = base + out.len() as u64;
     let compressed = match compression {
         Compression::Lz4 => Some(lz4_flex::compress_prepend_size(raw)),
         Compression::None => None,
@@ -205,8 +233,69 @@ fn write_block(out: &mut Vec<u8>, raw: &[u8], compression: Compression) -> (u64,
     (offset, stored.len() as u64)
 }
 
+/// Buffered table bytes a `TableWriter` lets accumulate before it writes them out.
+pub const TABLE_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Streams a table to its file while it is built: memory is bounded by the write buffer, the
+/// filter's key hashes and the index, not the table size.
+#[derive(Debug)]
+pub struct TableWriter<F: File> {
+    file: F,
+    builder: TableBuilder,
+}
+
+impl<F: File> TableWriter<F> {
+    /// A writer of a new table into the empty `file`.
+    pub fn new(file: F, options: TableOptions) -> TableWriter<F> {
+        TableWriter { file, builder: TableBuilder::new(options) }
+    }
+
+    /// Appends an entry (in internal-key order), writing out a full buffer.
+    pub async fn add(&mut self, entry: &Entry) -> Result<()> {
+        self.builder.add(entry);
+        if self.builder.buffered().len() >= TABLE_WRITE_BUFFER_BYTES {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<()> {
+        let offset = self.builder.consumed_bytes();
+        self.file.write_at(offset, self.builder.buffered()).await?;
+        self.builder.consume_buffered();
+        Ok(())
+    }
+
+    /// Entries added so far.
+    pub fn entry_count(&self) -> u64 {
+        self.builder.entry_count()
+    }
+
+    /// Approximate file size so far.
+    pub fn size_estimate(&self) -> usize {
+        self.builder.size_estimate()
+    }
+
+    /// Writes the rest of the table and syncs the file; returns the file, its size and the
+    /// table's summary. Panics if no entry was added.
+    pub async fn finish(self) -> Result<(F, u64, TableSummary)> {
+        let TableWriter { file, builder } = self;
+        let offset = builder.consumed_bytes();
+        let (tail, summary) = builder.finish();
+        file.write_at(offset, &tail).await?;
+        file.sync().await?;
+        Ok((file, offset + tail.len() as u64, summary))
+    }
+}
+
 /// Checks a block's trailer and decompresses it.
 fn decode_block(stored: &[u8]) -> DecodeResult<Vec<u8>> {
+    decode_block_owned(stored, |body| body.to_vec())
+}
+
+/// Like `decode_block`, taking the bytes of an uncompressed block from `take` (given the block
+/// body) only after the checksum matched, so a caller owning the read buffer can reuse it.
+fn decode_block_owned(stored: &[u8], take: impl FnOnce(&[u8]) -> Vec<u8>) -> DecodeResult<Vec<u8>> {
     if stored.len() < BLOCK_TRAILER_BYTES {
         return Err("block shorter than its trailer");
     }
@@ -216,7 +305,7 @@ fn decode_block(stored: &[u8]) -> DecodeResult<Vec<u8>> {
     }
     let body = &stored[..body_len - 1];
     match stored[body_len - 1] {
-        0 => Ok(body.to_vec()),
+        0 => Ok(take(body)),
         1 => {
             if body.len() < 4 || fixed_u32(body, 0) as usize > BLOCK_BYTES_MAX {
                 return Err("compressed block length out of range");
@@ -225,6 +314,25 @@ fn decode_block(stored: &[u8]) -> DecodeResult<Vec<u8>> {
         }
         _ => Err("unknown block compression"),
     }
+}
+
+/// Checks and decodes a data block read into `buffer`; an uncompressed block takes the
+/// buffer's bytes without a copy (leaving `buffer` empty).
+fn decode_data_block(buffer: &mut Vec<u8>) -> DecodeResult<Block> {
+    let mut owned = None;
+    let decoded = decode_block_owned(buffer, |body| {
+        owned = Some(body.len());
+        Vec::new()
+    })?;
+    let raw = match owned {
+        Some(body_len) => {
+            let mut raw = std::mem::take(buffer);
+            raw.truncate(body_len);
+            raw
+        }
+        None => decoded,
+    };
+    Block::new(raw)
 }
 
 /// Where a block is: offset and stored size (without trailer).
@@ -301,6 +409,9 @@ pub struct Table<F: File> {
     bloom: Bloom,
     entry_count: u64,
     cache: Arc<BlockCache>,
+    // Lookups of keys the table does not hold: rejected by the bloom filter, or let through.
+    bloom_negative_count: AtomicU64,
+    bloom_false_positive_count: AtomicU64,
 }
 
 /// Reads `size` bytes at `offset`, retrying while `check` fails; the last failure otherwise.
@@ -309,11 +420,12 @@ async fn read_checked<F: File, T>(
     name: &str,
     offset: u64,
     size: usize,
-    check: impl Fn(&[u8]) -> DecodeResult<T>,
+    check: impl Fn(&mut Vec<u8>) -> DecodeResult<T>,
 ) -> Result<T> {
-    let mut buffer = vec![0u8; size];
+    let mut buffer = Vec::new();
     let mut reason = "unread";
     for _ in 0..READ_ATTEMPTS_MAX {
+        buffer.resize(size, 0);
         file.read_exact_at(offset, &mut buffer).await.map_err(|error| {
             if error.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corruption(name, offset, "block past end of file")
@@ -321,7 +433,7 @@ async fn read_checked<F: File, T>(
                 Error::Io(error)
             }
         })?;
-        match check(&buffer) {
+        match check(&mut buffer) {
             Ok(value) => return Ok(value),
             Err(why) => reason = why,
         }
@@ -337,7 +449,9 @@ impl<F: File> Table<F> {
             return Err(Error::corruption(&name, 0, "table shorter than its footer"));
         }
         let footer_offset = file_bytes - FOOTER_BYTES as u64;
-        let footer = read_checked(&file, &name, footer_offset, FOOTER_BYTES, decode_footer).await?;
+        let footer =
+            read_checked(&file, &name, footer_offset, FOOTER_BYTES, |bytes| decode_footer(bytes))
+                .await?;
         let limit = footer_offset;
         for handle in [footer.filter, footer.index] {
             let end = handle.offset.checked_add(handle.size + BLOCK_TRAILER_BYTES as u64);
@@ -356,7 +470,17 @@ impl<F: File> Table<F> {
         })
         .await?;
         let entry_count = footer.entry_count;
-        Ok(Table { file, number, name, index, bloom, entry_count, cache })
+        Ok(Table {
+            file,
+            number,
+            name,
+            index,
+            bloom,
+            entry_count,
+            cache,
+            bloom_negative_count: AtomicU64::new(0),
+            bloom_false_positive_count: AtomicU64::new(0),
+        })
     }
 
     /// The table's number.
@@ -367,6 +491,17 @@ impl<F: File> Table<F> {
     /// Entries in the table.
     pub fn entry_count(&self) -> u64 {
         self.entry_count
+    }
+
+    /// Lookups of absent keys so far: (rejected by the bloom filter, let through by it). The
+    /// false-positive rate is the second over their sum.
+    pub fn bloom_counts(&self) -> (u64, u64) {
+        let negative = self.bloom_negative_count.load(AtomicOrdering::Relaxed);
+        (negative, self.bloom_false_positive_count.load(AtomicOrdering::Relaxed))
+    }
+
+    fn count_false_positive(&self) {
+        self.bloom_false_positive_count.fetch_add(1, AtomicOrdering::Relaxed);
     }
 
     /// Number of data blocks.
@@ -386,10 +521,8 @@ impl<F: File> Table<F> {
             return Ok(block);
         }
         let size = handle.size as usize + BLOCK_TRAILER_BYTES;
-        let block = read_checked(&self.file, &self.name, handle.offset, size, |bytes| {
-            Block::new(decode_block(bytes)?)
-        })
-        .await?;
+        let block =
+            read_checked(&self.file, &self.name, handle.offset, size, decode_data_block).await?;
         let block = Arc::new(block);
         if fill_cache {
             self.cache.insert(self.number, handle.offset, Arc::clone(&block));
@@ -405,6 +538,7 @@ impl<F: File> Table<F> {
         sequence: u64,
     ) -> Result<Option<(u64, Option<Vec<u8>>)>> {
         if !self.bloom.may_contain(hash) {
+            self.bloom_negative_count.fetch_add(1, AtomicOrdering::Relaxed);
             return Ok(None);
         }
         let target = internal_key(key, sequence, KIND_PUT);
@@ -412,16 +546,19 @@ impl<F: File> Table<F> {
             .index
             .partition_point(|entry| compare_internal(&entry.last_key, &target) == Ordering::Less);
         if block_index == self.index.len() {
+            self.count_false_positive();
             return Ok(None);
         }
         let block = self.read_block(block_index).await?;
         let corrupt =
             |reason| Error::corruption(&self.name, self.index[block_index].handle.offset, reason);
         let Some((found, value)) = block.seek(&target, compare_internal).map_err(corrupt)? else {
+            self.count_false_positive();
             return Ok(None);
         };
         let (found_key, found_sequence, kind) = split_internal(&found).map_err(corrupt)?;
         if found_key != key {
+            self.count_false_positive();
             return Ok(None);
         }
         let value = (kind == KIND_PUT).then(|| block.value(&value).to_vec());
