@@ -11,6 +11,7 @@
 //! - `swim`: SWIM + Lifeguard membership and failure detection (sans-IO).
 //! - `hyparview`: HyParView active/passive overlay (sans-IO).
 //! - `plumtree`: Plumtree eager/lazy push broadcast over the active view (sans-IO).
+//! - `idindex`: the compact digest -> ticket table behind Plumtree's duplicate check.
 //! - `wire`: the versioned, length-checked datagram format (`docs/formats.md`).
 //! - `sync`: anti-entropy pull sessions over datagrams (sans-IO).
 //! - `node`: one sans-IO node: membership, overlay, store, hot-key push, anti-entropy, all on
@@ -32,6 +33,7 @@ pub mod driver;
 pub mod hash;
 pub mod hlc;
 pub mod hyparview;
+pub mod idindex;
 pub mod mst;
 pub mod node;
 pub mod persist;

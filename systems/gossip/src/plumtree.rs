@@ -10,7 +10,7 @@
 //! moves the link back to eager: the tree repairs itself after failures. Message ids are
 //! content digests; ids are remembered for `message_ttl` to suppress duplicates.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use sim::Instant;
 
 use crate::hash::{Digest, hash_bytes};
 use crate::hyparview::Peer;
+use crate::idindex::IdIndex;
 use crate::swim::MemberId;
 
 /// A broadcast message's id: the digest of its payload.
@@ -144,6 +145,13 @@ pub struct PtStats {
 }
 
 #[derive(Clone, Debug)]
+struct Received {
+    expiry: Instant,
+    id: MessageId,
+    payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
 struct Missing {
     announcements: Vec<(Peer, u16)>,
     timer_at: Instant,
@@ -156,12 +164,15 @@ pub struct Plumtree {
     // Invariant: `eager` and `lazy` are disjoint.
     eager: BTreeMap<MemberId, Peer>,
     lazy: BTreeMap<MemberId, Peer>,
-    // Message id -> (expiry, payload).
-    received: BTreeMap<MessageId, (Instant, Vec<u8>)>,
-    // Invariant: the ids of `received` in expiry order (expiries only grow: `now` never goes
-    // back and the TTL is fixed).
-    expiries: VecDeque<(Instant, MessageId)>,
+    // Message id -> ticket of its entry in `log` (the hot "seen it?" check; never iterated).
+    received: IdIndex,
+    // Invariant: the remembered messages in arrival order, which is expiry order (expiries
+    // only grow: `now` never goes back and the TTL is fixed); ticket `t` is at `t - log_base`.
+    log: VecDeque<Received>,
+    log_base: u64,
     missing: BTreeMap<MessageId, Missing>,
+    // Invariant: exactly the `(timer_at, id)` pairs of `missing`, so the earliest is first.
+    timers: BTreeSet<(Instant, MessageId)>,
     // Announcements waiting for the next flush, per lazy neighbour.
     announcements: BTreeMap<MemberId, (Peer, Vec<(MessageId, u16)>)>,
     flush_at: Option<Instant>,
@@ -175,9 +186,11 @@ impl Plumtree {
             config,
             eager: BTreeMap::new(),
             lazy: BTreeMap::new(),
-            received: BTreeMap::new(),
-            expiries: VecDeque::new(),
+            received: IdIndex::new(),
+            log: VecDeque::new(),
+            log_base: 0,
             missing: BTreeMap::new(),
+            timers: BTreeSet::new(),
             announcements: BTreeMap::new(),
             flush_at: None,
             stats: PtStats::default(),
@@ -201,9 +214,9 @@ impl Plumtree {
 
     /// When `step(Tick)` next has work.
     pub fn deadline(&self) -> Instant {
-        let timers = self.missing.values().map(|missing| missing.timer_at);
-        let expiry = self.expiries.front().map(|(expiry, _)| *expiry);
-        timers.chain(expiry).chain(self.flush_at).min().unwrap_or(Instant::MAX)
+        let timer = self.timers.first().map(|(at, _)| *at);
+        let expiry = self.log.front().map(|received| received.expiry);
+        timer.into_iter().chain(expiry).chain(self.flush_at).min().unwrap_or(Instant::MAX)
     }
 
     /// The one transition function.
@@ -213,7 +226,7 @@ impl Plumtree {
             PtInput::Message { from, message } => self.on_message(now, from, message, effects),
             PtInput::Broadcast(payload) => {
                 let id = hash_bytes(&payload);
-                if !self.received.contains_key(&id) {
+                if !self.received.contains(id) {
                     self.deliver(now, id, payload, 0, None, effects);
                 }
             }
@@ -232,7 +245,8 @@ impl Plumtree {
         }
         assert!(self.eager.keys().all(|id| !self.lazy.contains_key(id)));
         assert!(self.received.len() <= RECEIVED_MAX);
-        assert_eq!(self.received.len(), self.expiries.len());
+        assert_eq!(self.received.len(), self.log.len());
+        assert_eq!(self.timers.len(), self.missing.len());
     }
 
     /// Records, delivers and pushes on a first copy.
@@ -245,14 +259,14 @@ impl Plumtree {
         sender: Option<MemberId>,
         effects: &mut Vec<PtEffect>,
     ) {
-        self.missing.remove(&id);
+        self.forget_missing(id);
         if self.received.len() >= RECEIVED_MAX {
-            let (_, oldest) = self.expiries.pop_front().expect("full");
-            self.received.remove(&oldest);
+            self.forget_oldest();
         }
         let expiry = now + self.config.message_ttl;
-        self.received.insert(id, (expiry, payload.clone()));
-        self.expiries.push_back((expiry, id));
+        let ticket = self.log_base + self.log.len() as u64;
+        self.received.insert(id, ticket);
+        self.log.push_back(Received { expiry, id, payload: payload.clone() });
         self.stats.delivered_count += 1;
         let next = round.saturating_add(1);
         for peer in self.eager.values().filter(|peer| Some(peer.id) != sender) {
@@ -315,7 +329,7 @@ impl Plumtree {
                 if hash_bytes(&payload) != id {
                     return;
                 }
-                if self.received.contains_key(&id) {
+                if self.received.contains(id) {
                     self.stats.duplicate_count += 1;
                     self.stats.prune_count += 1;
                     self.make_lazy(from);
@@ -332,8 +346,10 @@ impl Plumtree {
             }
             PtMessage::Graft { id, round } => {
                 self.make_eager(from);
-                if let Some((_, payload)) = self.received.get(&id) {
-                    let message = PtMessage::Gossip { id, round, payload: payload.clone() };
+                if let Some(ticket) = self.received.get(id) {
+                    let index = usize::try_from(ticket - self.log_base).expect("in the log");
+                    let payload = self.log[index].payload.clone();
+                    let message = PtMessage::Gossip { id, round, payload };
                     effects.push(PtEffect::Send { to: from, message });
                 }
             }
@@ -342,15 +358,17 @@ impl Plumtree {
     }
 
     fn on_ihave(&mut self, now: Instant, from: Peer, id: MessageId, round: u16) {
-        if self.received.contains_key(&id) {
+        if self.received.contains(id) {
             return;
         }
         if !self.missing.contains_key(&id) && self.missing.len() >= MISSING_MAX {
             return;
         }
         let timer_at = now + self.config.ihave_timeout;
-        let missing =
-            self.missing.entry(id).or_insert(Missing { announcements: Vec::new(), timer_at });
+        let missing = self.missing.entry(id).or_insert_with(|| {
+            self.timers.insert((timer_at, id));
+            Missing { announcements: Vec::new(), timer_at }
+        });
         if missing.announcements.len() < ANNOUNCEMENTS_MAX {
             missing.announcements.push((from, round));
         }
@@ -360,27 +378,42 @@ impl Plumtree {
         if self.flush_at.is_some_and(|at| at <= now) {
             self.flush(effects);
         }
-        while let Some((_, id)) = self.expiries.front().copied().filter(|(at, _)| *at <= now) {
-            self.expiries.pop_front();
-            self.received.remove(&id);
+        while self.log.front().is_some_and(|received| received.expiry <= now) {
+            self.forget_oldest();
         }
-        let due: Vec<MessageId> = self
-            .missing
-            .iter()
-            .filter(|(_, missing)| missing.timer_at <= now)
-            .map(|(id, _)| *id)
-            .collect();
+        // Due timers in id order, as a scan of `missing` would find them.
+        let mut due: Vec<MessageId> =
+            self.timers.iter().take_while(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
+        due.sort_unstable();
         for id in due {
             let missing = self.missing.get_mut(&id).expect("due");
             if missing.announcements.is_empty() {
-                self.missing.remove(&id);
+                self.forget_missing(id);
                 continue;
             }
             let (peer, round) = missing.announcements.remove(0);
-            missing.timer_at = now + self.config.graft_timeout;
+            let timer_at = now + self.config.graft_timeout;
+            self.timers.remove(&(missing.timer_at, id));
+            self.timers.insert((timer_at, id));
+            missing.timer_at = timer_at;
             self.stats.graft_count += 1;
             self.make_eager(peer);
             effects.push(PtEffect::Send { to: peer, message: PtMessage::Graft { id, round } });
+        }
+    }
+
+    /// Drops the oldest remembered message.
+    fn forget_oldest(&mut self) {
+        let oldest = self.log.pop_front().expect("a remembered message");
+        let ticket = self.received.remove(oldest.id);
+        assert_eq!(ticket, Some(self.log_base));
+        self.log_base += 1;
+    }
+
+    /// Stops waiting for `id` (if we were).
+    fn forget_missing(&mut self, id: MessageId) {
+        if let Some(missing) = self.missing.remove(&id) {
+            self.timers.remove(&(missing.timer_at, id));
         }
     }
 

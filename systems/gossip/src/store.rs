@@ -129,7 +129,11 @@ impl Store {
     }
 
     fn merge_checked(&mut self, key: &[u8], value: &Value) -> bool {
-        let entry = self.entries.entry(key.to_vec()).or_default();
+        // Look up before allocating: nearly every merge is of a key already held.
+        if !self.entries.contains_key(key) {
+            self.entries.insert(key.to_vec(), Value::default());
+        }
+        let entry = self.entries.get_mut(key).expect("just ensured");
         let before = entry.stamp();
         entry.merge(value);
         if entry.stamp() == before {

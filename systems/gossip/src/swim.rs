@@ -281,6 +281,10 @@ pub struct Swim {
     me: MemberId,
     // Invariant: holds `me`, with our own incarnation and state.
     members: BTreeMap<MemberId, Member>,
+    // Invariant: equals `members[&me]` (read on every deadline and tick; a copy saves a walk).
+    own: Member,
+    // Invariant: how many of `members` are live (read per piggyback; a count saves a walk).
+    live_count: usize,
     // Invariant: at most `config.awareness_max`.
     awareness: u32,
     probe: Option<Probe>,
@@ -288,6 +292,8 @@ pub struct Swim {
     next_probe_at: Instant,
     relays: BTreeMap<u32, Relay>,
     suspicions: BTreeMap<MemberId, Suspicion>,
+    // Invariant: exactly the `(deadline, id)` pairs of `suspicions`, so the earliest is first.
+    suspicion_timers: BTreeSet<(Instant, MemberId)>,
     broadcasts: Vec<Broadcast>,
     seeds: Vec<SocketAddr>,
     joined: bool,
@@ -322,12 +328,15 @@ impl Swim {
             config,
             me,
             members: BTreeMap::from([(me, own)]),
+            own,
+            live_count: 1,
             awareness: 0,
             probe: None,
             probe_order: Vec::new(),
             next_probe_at: Instant::ZERO,
             relays: BTreeMap::new(),
             suspicions: BTreeMap::new(),
+            suspicion_timers: BTreeSet::new(),
             broadcasts: Vec::new(),
             seeds: Vec::new(),
             joined: true,
@@ -346,7 +355,7 @@ impl Swim {
 
     /// This node as it presents itself.
     pub fn own(&self) -> Member {
-        self.members[&self.me]
+        self.own
     }
 
     /// Every known member, including this node, by id.
@@ -361,7 +370,18 @@ impl Swim {
 
     /// Members believed alive or suspect, this node included.
     pub fn live_count(&self) -> usize {
-        self.members.values().filter(|member| is_live(member.state)).count()
+        self.live_count
+    }
+
+    /// Records `member` (the one write path of `members`, keeping `own` and `live_count`).
+    fn put_member(&mut self, member: Member) {
+        let old = self.members.insert(member.id, member);
+        let was_live = old.is_some_and(|old| is_live(old.state));
+        self.live_count =
+            self.live_count + usize::from(is_live(member.state)) - usize::from(was_live);
+        if member.id == self.me {
+            self.own = member;
+        }
     }
 
     /// The Lifeguard local health multiplier (0 = healthy).
@@ -397,8 +417,8 @@ impl Swim {
         {
             deadline = deadline.min(probe.timeout_at);
         }
-        for suspicion in self.suspicions.values() {
-            deadline = deadline.min(suspicion.deadline);
+        if let Some((earliest, _)) = self.suspicion_timers.first() {
+            deadline = deadline.min(*earliest);
         }
         for relay in self.relays.values() {
             deadline = deadline.min(relay.nack_at);
@@ -429,6 +449,12 @@ impl Swim {
         }
         assert!(self.awareness <= self.config.awareness_max);
         assert!(self.broadcasts.len() <= BROADCAST_QUEUE_MAX);
+        debug_assert_eq!(self.members.get(&self.me), Some(&self.own));
+        assert_eq!(self.suspicion_timers.len(), self.suspicions.len());
+        debug_assert_eq!(
+            self.live_count,
+            self.members.values().filter(|member| is_live(member.state)).count()
+        );
     }
 
     fn scaled(&self, duration: Duration) -> Duration {
@@ -457,12 +483,14 @@ impl Swim {
             self.finish_probe(now, effects);
             self.start_probe(now, rng, effects);
         }
-        let due: Vec<MemberId> = self
-            .suspicions
+        // Due suspicions in id order, as a scan of `suspicions` would find them.
+        let mut due: Vec<MemberId> = self
+            .suspicion_timers
             .iter()
-            .filter(|(_, suspicion)| suspicion.deadline <= now)
-            .map(|(id, _)| *id)
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| *id)
             .collect();
+        due.sort_unstable();
         for id in due {
             self.declare_dead(now, id, effects);
         }
@@ -733,7 +761,7 @@ impl Swim {
                 self.stats.member_overflow_count += 1;
                 return false;
             }
-            self.members.insert(new.id, new);
+            self.put_member(new);
             if new.state == MemberState::Suspect {
                 self.start_suspicion(now, update);
             }
@@ -750,8 +778,8 @@ impl Swim {
             }
             return false;
         }
-        self.members.insert(new.id, new);
-        self.suspicions.remove(&new.id);
+        self.put_member(new);
+        self.remove_suspicion(new.id);
         if new.state == MemberState::Suspect {
             self.start_suspicion(now, update);
         }
@@ -767,8 +795,16 @@ impl Swim {
             confirmations: BTreeSet::new(),
             deadline: now,
         };
+        self.remove_suspicion(update.member.id);
+        self.suspicion_timers.insert((suspicion.deadline, update.member.id));
         self.suspicions.insert(update.member.id, suspicion);
         self.confirm(now, update.member.id, update);
+    }
+
+    fn remove_suspicion(&mut self, id: MemberId) -> Option<Suspicion> {
+        let suspicion = self.suspicions.remove(&id)?;
+        self.suspicion_timers.remove(&(suspicion.deadline, id));
+        Some(suspicion)
     }
 
     /// Counts an independent confirmation of a suspicion and shrinks its timeout (Lifeguard).
@@ -786,7 +822,9 @@ impl Swim {
         let count = suspicion.confirmations.len().saturating_sub(1) as f64;
         let fraction = ((count + 1.0).ln() / (expected + 1.0).ln()).min(1.0);
         let timeout = maximum.saturating_sub(maximum.saturating_sub(minimum).mul_f64(fraction));
+        self.suspicion_timers.remove(&(suspicion.deadline, id));
         suspicion.deadline = suspicion.started + timeout.max(minimum);
+        self.suspicion_timers.insert((suspicion.deadline, id));
         let _ = now;
         if count > 0.0 {
             self.queue(update);
@@ -816,14 +854,14 @@ impl Swim {
         // Refute: only we raise our incarnation.
         let incarnation = claim.incarnation.saturating_add(1);
         let refuted = Member { incarnation, ..own };
-        self.members.insert(self.me, refuted);
+        self.put_member(refuted);
         self.stats.refute_count += 1;
         self.awareness = (self.awareness + 1).min(self.config.awareness_max);
         self.queue(Update { member: refuted, reporter: self.me });
     }
 
     fn declare_dead(&mut self, now: Instant, id: MemberId, effects: &mut Vec<SwimEffect>) {
-        let suspicion = self.suspicions.remove(&id).expect("due suspicion");
+        let suspicion = self.remove_suspicion(id).expect("due suspicion");
         let Some(member) = self.members.get(&id).copied() else { return };
         if member.state != MemberState::Suspect || member.incarnation != suspicion.incarnation {
             return;
@@ -843,7 +881,7 @@ impl Swim {
             state: MemberState::Left,
             ..own
         };
-        self.members.insert(self.me, left);
+        self.put_member(left);
         self.queue(Update { member: left, reporter: self.me });
         let live: Vec<Member> = self
             .members
@@ -907,7 +945,8 @@ impl Swim {
     /// incarnation (a live peer's suspicion, carrying the same incarnation, still wins), and
     /// the probes that follow find out who is really there.
     pub fn restore(&mut self, members: &[Member]) {
-        for member in members.iter().filter(|member| member.id != self.me) {
+        let me = self.me;
+        for member in members.iter().filter(|member| member.id != me) {
             if self.members.len() >= MEMBERS_MAX {
                 self.stats.member_overflow_count += 1;
                 break;
@@ -916,7 +955,9 @@ impl Swim {
                 MemberState::Suspect => MemberState::Alive,
                 state => state,
             };
-            self.members.entry(member.id).or_insert(Member { state, ..*member });
+            if !self.members.contains_key(&member.id) {
+                self.put_member(Member { state, ..*member });
+            }
         }
     }
 
