@@ -38,24 +38,6 @@ const REOPEN_COUNT_MAX: u32 = 10_000;
 const FAULTS: &[FaultClass] =
     &[FaultClass::Crash, FaultClass::DiskFaults, FaultClass::DiskCorruption, FaultClass::Pause];
 
-/// Small tables and memtables, so a few hundred writes flush and compact through every level.
-fn options() -> Options {
-    Options {
-        memtable_bytes_max: 1024,
-        immutable_memtable_count_max: 2,
-        block_bytes: 256,
-        block_restart_interval: 4,
-        block_cache_bytes: 8192,
-        level0_compaction_trigger: 2,
-        level0_stop_writes: 6,
-        level1_bytes_max: 2048,
-        level_size_ratio: 4,
-        table_bytes_target: 1024,
-        level_count: 4,
-        ..Options::default()
-    }
-}
-
 fn key(index: u32) -> Vec<u8> {
     format!("key-{index:03}").into_bytes()
 }
@@ -110,7 +92,7 @@ struct Config {
 
 async fn open(env: &SimEnv) -> Option<Db<SimEnv>> {
     for _ in 0..OPEN_ATTEMPTS_MAX {
-        match Db::open(env.clone(), DB_DIR, options()).await {
+        match Db::open(env.clone(), DB_DIR, Options::tiny()).await {
             Ok(db) => return Some(db),
             Err(error) => {
                 tracing::debug!(target: "lsm", %error, "open failed, retrying");

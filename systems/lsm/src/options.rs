@@ -66,6 +66,25 @@ impl Default for Options {
 }
 
 impl Options {
+    /// Tiny memtables, blocks, tables and levels, so that a few hundred writes go through every
+    /// path (flushes, leveled compactions, stalls): for tests and simulation scenarios.
+    pub fn tiny() -> Options {
+        Options {
+            memtable_bytes_max: 1024,
+            immutable_memtable_count_max: 2,
+            block_bytes: 256,
+            block_restart_interval: 4,
+            block_cache_bytes: 8192,
+            level0_compaction_trigger: 2,
+            level0_stop_writes: 6,
+            level1_bytes_max: 2048,
+            level_size_ratio: 4,
+            table_bytes_target: 1024,
+            level_count: 4,
+            ..Options::default()
+        }
+    }
+
     /// Checks the options; the reason if they cannot work.
     pub(crate) fn check(&self) -> Result<(), String> {
         let level_count_max = crate::manifest::LEVEL_COUNT_MAX;

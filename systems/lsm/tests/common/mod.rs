@@ -31,20 +31,7 @@ where
 
 /// Options with tiny memtables, blocks and levels so a few hundred writes exercise every path.
 pub fn small_options() -> Options {
-    Options {
-        memtable_bytes_max: 1024,
-        immutable_memtable_count_max: 2,
-        block_bytes: 256,
-        block_restart_interval: 4,
-        block_cache_bytes: 8192,
-        level0_compaction_trigger: 2,
-        level0_stop_writes: 6,
-        level1_bytes_max: 2048,
-        level_size_ratio: 4,
-        table_bytes_target: 1024,
-        level_count: 4,
-        ..Options::default()
-    }
+    Options::tiny()
 }
 
 /// The seeds to run: `count` fixed ones, or `SIM_SEEDS` of them.
