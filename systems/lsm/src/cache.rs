@@ -3,6 +3,12 @@
 //!
 //! Keys are (table number, block offset); table numbers are never reused, so a stale entry of a
 //! deleted table is never served, only aged out. A lookup and an insert are O(log n).
+//!
+//! Recency is tracked lazily so a hit costs one ordered-map lookup: a hit only stamps the
+//! entry with a fresh tick, and the recency queue keeps the tick the entry had when it was last
+//! queued. Eviction pops the oldest queued tick; if the entry was touched since, it is queued
+//! again under its current tick instead of being evicted. The evicted entry is still exactly the
+//! least recently used one: every queued tick is at most its entry's current tick.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,8 +19,9 @@ type CacheKey = (u64, u64);
 
 #[derive(Debug, Default)]
 struct Lru {
+    // The tick beside each block is the tick of its latest use.
     entries: BTreeMap<CacheKey, (u64, Arc<Block>)>,
-    // Invariant: holds exactly one tick per entry, the tick stored beside it.
+    // Invariant: holds exactly one tick per entry, at most the tick stored beside it.
     recency: BTreeMap<u64, CacheKey>,
     tick: u64,
     // Invariant: the sum of `bytes()` over entries.
@@ -43,14 +50,9 @@ impl BlockCache {
         let mut lru = self.lock();
         lru.tick += 1;
         let tick = lru.tick;
-        let (old_tick, block) = lru.entries.get_mut(&(table, offset)).map(|(old, block)| {
-            let old_tick = *old;
-            *old = tick;
-            (old_tick, Arc::clone(block))
-        })?;
-        lru.recency.remove(&old_tick);
-        lru.recency.insert(tick, (table, offset));
-        Some(block)
+        let (used, block) = lru.entries.get_mut(&(table, offset))?;
+        *used = tick;
+        Some(Arc::clone(block))
     }
 
     /// Caches `block`, evicting the least recently used blocks past the budget.
@@ -62,14 +64,19 @@ impl BlockCache {
         lru.tick += 1;
         let tick = lru.tick;
         lru.bytes += block.bytes();
-        if let Some((old_tick, old)) = lru.entries.insert((table, offset), (tick, block)) {
-            lru.recency.remove(&old_tick);
+        if let Some((_, old)) = lru.entries.insert((table, offset), (tick, block)) {
+            // Already queued under an older tick: the lazy requeue below handles it.
             lru.bytes -= old.bytes();
+        } else {
+            lru.recency.insert(tick, (table, offset));
         }
-        lru.recency.insert(tick, (table, offset));
         while lru.bytes > self.bytes_max {
-            let Some((_, key)) = lru.recency.pop_first() else { break };
-            if let Some((_, evicted)) = lru.entries.remove(&key) {
+            let Some((queued, key)) = lru.recency.pop_first() else { break };
+            let used = lru.entries.get(&key).map(|(used, _)| *used);
+            assert!(used.is_some_and(|used| used >= queued), "recency queue out of sync");
+            if let Some(used) = used.filter(|&used| used != queued) {
+                lru.recency.insert(used, key);
+            } else if let Some((_, evicted)) = lru.entries.remove(&key) {
                 lru.bytes -= evicted.bytes();
             }
         }
@@ -104,5 +111,24 @@ mod tests {
         assert!(cache.get(1, 1).is_none(), "least recently used goes first");
         assert!(cache.get(1, 0).is_some());
         assert!(cache.bytes() <= 350);
+    }
+
+    #[test]
+    fn reinserted_and_repeatedly_hit_blocks_stay_in_lru_order() {
+        let cache = BlockCache::new(250);
+        cache.insert(1, 0, block(100));
+        cache.insert(1, 1, block(100));
+        cache.insert(1, 0, block(100)); // Replaces: (1, 0) is now the most recent.
+        assert_eq!(cache.bytes(), block(100).bytes() * 2);
+        for _ in 0..3 {
+            assert!(cache.get(1, 1).is_some());
+        }
+        assert!(cache.get(1, 0).is_some());
+        cache.insert(1, 2, block(100));
+        assert!(cache.get(1, 1).is_none(), "(1, 1) was used before (1, 0)");
+        assert!(cache.get(1, 0).is_some() && cache.get(1, 2).is_some());
+        cache.insert(1, 3, block(100));
+        assert!(cache.get(1, 0).is_none(), "(1, 0) is now the least recently used");
+        assert!(cache.get(1, 2).is_some() && cache.get(1, 3).is_some());
     }
 }

@@ -74,6 +74,14 @@ pub fn compare_internal(a: &[u8], b: &[u8]) -> Ordering {
         .then_with(|| trailer_value(&b[split_b..]).cmp(&trailer_value(&a[split_a..])))
 }
 
+/// `compare_internal(encoded, target)` where `target` is the encoded internal key of
+/// (`user_key`, `sequence`, `kind`), without encoding it.
+pub fn compare_internal_to(encoded: &[u8], user_key: &[u8], sequence: u64, kind: u8) -> Ordering {
+    let split = encoded.len().saturating_sub(TRAILER_BYTES);
+    let trailer = sequence << 8 | u64::from(kind);
+    encoded[..split].cmp(user_key).then_with(|| trailer.cmp(&trailer_value(&encoded[split..])))
+}
+
 /// A trailer's bytes as the little-endian u64 they encode.
 fn trailer_value(bytes: &[u8]) -> u64 {
     let mut array = [0u8; 8];
@@ -96,5 +104,12 @@ mod tests {
         assert_eq!(compare_internal(&internal_key(b"k", 300, 1), &newer), Ordering::Less);
         assert_eq!(split_internal(&newer), Ok((&b"k"[..], 9, KIND_DELETE)));
         assert!(split_internal(b"short").is_err());
+        for (encoded, user, sequence) in
+            [(&older, &b"k"[..], 7), (&newer, b"k", 9), (&next, b"k", 2)]
+        {
+            let target = internal_key(user, sequence, KIND_PUT);
+            let expected = compare_internal(encoded, &target);
+            assert_eq!(compare_internal_to(encoded, user, sequence, KIND_PUT), expected);
+        }
     }
 }

@@ -30,8 +30,8 @@ use crate::cache::BlockCache;
 use crate::coding::{DecodeResult, Reader, fixed_u32, put_varint};
 use crate::error::{Error, Result};
 use crate::key::{
-    Entry, KIND_DELETE, KIND_PUT, SEQUENCE_MAX, compare_internal, encode_internal, internal_key,
-    split_internal, user_key,
+    Entry, KIND_DELETE, KIND_PUT, SEQUENCE_MAX, compare_internal, compare_internal_to,
+    encode_internal, internal_key, split_internal, user_key,
 };
 
 /// Bytes of the footer.
@@ -541,10 +541,10 @@ impl<F: File> Table<F> {
             self.bloom_negative_count.fetch_add(1, AtomicOrdering::Relaxed);
             return Ok(None);
         }
-        let target = internal_key(key, sequence, KIND_PUT);
-        let block_index = self
-            .index
-            .partition_point(|entry| compare_internal(&entry.last_key, &target) == Ordering::Less);
+        // Compares against the encoded target (key, sequence, KIND_PUT) without building it.
+        let before_target = |encoded: &[u8]| compare_internal_to(encoded, key, sequence, KIND_PUT);
+        let block_index =
+            self.index.partition_point(|entry| before_target(&entry.last_key) == Ordering::Less);
         if block_index == self.index.len() {
             self.count_false_positive();
             return Ok(None);
@@ -552,7 +552,9 @@ impl<F: File> Table<F> {
         let block = self.read_block(block_index).await?;
         let corrupt =
             |reason| Error::corruption(&self.name, self.index[block_index].handle.offset, reason);
-        let Some((found, value)) = block.seek(&target, compare_internal).map_err(corrupt)? else {
+        let Some((found, value)) =
+            block.seek(key, |encoded, _| before_target(encoded)).map_err(corrupt)?
+        else {
             self.count_false_positive();
             return Ok(None);
         };
