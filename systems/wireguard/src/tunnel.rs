@@ -488,6 +488,14 @@ impl Tunnel {
         out: &'o mut [u8],
     ) -> Result<Action<'o>, DecapsulateError> {
         let result = self.decapsulate_inner(now, from, datagram, out);
+        self.count_drop(result)
+    }
+
+    /// Counts a rejected datagram: every path that refuses one goes through here.
+    fn count_drop<T>(
+        &mut self,
+        result: Result<T, DecapsulateError>,
+    ) -> Result<T, DecapsulateError> {
         if result.is_err() {
             self.stats.dropped_count += 1;
         }
@@ -571,10 +579,7 @@ impl Tunnel {
         out: &'o mut [u8],
     ) -> Result<Action<'o>, DecapsulateError> {
         let result = self.consume_initiation(now, from, initiation, opened, out);
-        if result.is_err() {
-            self.stats.dropped_count += 1;
-        }
-        result
+        self.count_drop(result)
     }
 
     fn consume_initiation<'o>(
@@ -816,10 +821,7 @@ impl Tunnel {
         let counter = u64::from_le_bytes(datagram[8..16].try_into().expect("eight bytes"));
         let sealed = Sealed::InPlace(&mut datagram[messages::DATA_HEADER_LEN..]);
         let result = self.handle_data(now, from, receiver_index, counter, sealed);
-        if result.is_err() {
-            self.stats.dropped_count += 1;
-        }
-        result
+        self.count_drop(result)
     }
 
     /// The initiator rekeys before its keypair nears `REJECT_AFTER_TIME`, even without sending.
