@@ -97,6 +97,17 @@ fn order(random: bool) -> Vec<u32> {
     order
 }
 
+/// Runs `run` `iters` times, each on a fresh temp dir, and sums the times it reports (setup
+/// and teardown inside `run` stay outside its own timing).
+fn on_fresh_dirs(iters: u64, mut run: impl FnMut(&std::path::Path) -> Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let dir = tempfile::tempdir().expect("tempdir");
+        total += run(dir.path());
+    }
+    total
+}
+
 fn bench_fill(criterion: &mut Criterion, name: &str, random: bool) {
     let runtime = runtime();
     let order = order(random);
@@ -106,11 +117,9 @@ fn bench_fill(criterion: &mut Criterion, name: &str, random: bool) {
     group.sample_size(10);
     group.bench_function("lsm", |bencher| {
         bencher.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                total += runtime.block_on(async {
-                    let db = open_ours(dir.path()).await;
+            on_fresh_dirs(iters, |dir| {
+                runtime.block_on(async {
+                    let db = open_ours(dir).await;
                     let start = Instant::now();
                     for &index in &order {
                         let value = &values[index as usize];
@@ -119,28 +128,25 @@ fn bench_fill(criterion: &mut Criterion, name: &str, random: bool) {
                     let elapsed = start.elapsed();
                     db.close().await.expect("close");
                     elapsed
-                });
-            }
-            total
+                })
+            })
         });
     });
     group.bench_function("fjall", |bencher| {
         bencher.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let (db, keyspace) = open_fjall(dir.path());
+            on_fresh_dirs(iters, |dir| {
+                let (db, keyspace) = open_fjall(dir);
                 let start = Instant::now();
                 for &index in &order {
                     keyspace
                         .insert(key(index, false), values[index as usize].as_slice())
                         .expect("insert");
                 }
-                total += start.elapsed();
+                let elapsed = start.elapsed();
                 drop(keyspace);
                 drop(db);
-            }
-            total
+                elapsed
+            })
         });
     });
     group.finish();
@@ -161,11 +167,9 @@ fn fillsync(criterion: &mut Criterion) {
     let per_writer = SYNC_WRITE_COUNT / SYNC_WRITER_COUNT;
     group.bench_function("lsm", |bencher| {
         bencher.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                total += runtime.block_on(async {
-                    let db = open_ours(dir.path()).await;
+            on_fresh_dirs(iters, |dir| {
+                runtime.block_on(async {
+                    let db = open_ours(dir).await;
                     let start = Instant::now();
                     let mut writers = Vec::new();
                     for writer in 0..SYNC_WRITER_COUNT {
@@ -189,17 +193,14 @@ fn fillsync(criterion: &mut Criterion) {
                     );
                     db.close().await.expect("close");
                     elapsed
-                });
-            }
-            total
+                })
+            })
         });
     });
     group.bench_function("fjall", |bencher| {
         bencher.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let (db, keyspace) = open_fjall(dir.path());
+            on_fresh_dirs(iters, |dir| {
+                let (db, keyspace) = open_fjall(dir);
                 let start = Instant::now();
                 std::thread::scope(|scope| {
                     for writer in 0..SYNC_WRITER_COUNT {
@@ -213,9 +214,8 @@ fn fillsync(criterion: &mut Criterion) {
                         });
                     }
                 });
-                total += start.elapsed();
-            }
-            total
+                start.elapsed()
+            })
         });
     });
     group.finish();
