@@ -2,13 +2,18 @@
 //! cluster under splits, one-way cuts, crashes with restarts from disk, pauses, clogs, loss
 //! spikes and clock jumps.
 //!
-//! Every node writes unique values to a small shared keyspace at random intervals until the
-//! workload stops. Nodes persist their state (snapshot + WAL) and restore it on restart.
+//! Every node updates a small shared keyspace at random intervals until the workload stops:
+//! unique values into LWW registers (`k*`), amounts in -3..=5 added to PN-counters (`c*`), and
+//! unique elements inserted into, or its own earlier elements removed from, OR-Sets (`s*`).
+//! Nodes persist their state (snapshot + WAL) and restore it on restart.
 //!
-//! Safety: no node ever holds a value that no node wrote (no invented data). Liveness (end of
-//! the healed phase): every live node sees exactly the live nodes as alive, and all live nodes
-//! hold the same MST root (convergence), so every write survived anti-entropy and the last
-//! writer won everywhere.
+//! Safety: no node holds a register value or set element that no node wrote, and no counter
+//! lies outside what the attempted updates allow (no invented data). Liveness (end of the
+//! healed phase): every live node sees exactly the live nodes as alive; all live nodes hold
+//! the same MST root (convergence), so the last writer won everywhere; and every acknowledged
+//! (WAL-synced) update survived: each counter is at least the acknowledged sum plus every
+//! unacknowledged decrement, each acknowledged insert nobody tried to remove is present, and
+//! each acknowledged remove's element is gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,6 +22,7 @@ use std::time::Duration;
 
 use gossip::driver::{Handle, start_persistent};
 use gossip::node::NodeConfig;
+use gossip::store::{Update, Value};
 use gossip::swim::{MemberId, MemberState};
 use invariants::Violation;
 use rand::Rng;
@@ -41,10 +47,37 @@ fn addr(index: usize) -> SocketAddr {
 struct State {
     /// Each node's current handle (replaced on restart).
     handles: Vec<Option<Arc<Handle<SimEnv>>>>,
-    /// Every (key, value) any node wrote.
+    /// Every (key, value) any node wrote to a register.
     written: BTreeSet<(Vec<u8>, Vec<u8>)>,
-    /// When each acknowledged write returned.
+    /// When each acknowledged update returned.
     acked_nanos: Vec<u64>,
+    /// Updates attempted, of every kind.
+    attempted_count: u64,
+    /// Per counter key: what its value may be.
+    counters: BTreeMap<Vec<u8>, CounterBounds>,
+    /// Per set element (key, element): what happened to it.
+    elements: BTreeMap<(Vec<u8>, Vec<u8>), ElementFate>,
+}
+
+/// The sums that bound a counter: acknowledged updates must count, unacknowledged ones may.
+#[derive(Clone, Copy, Debug, Default)]
+struct CounterBounds {
+    acked: i128,
+    pending_up: i128,
+    pending_down: i128,
+}
+
+/// What the workload did to one set element (each is inserted once, by one node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ElementFate {
+    /// The insert was tried but not acknowledged.
+    MaybeInserted,
+    /// The insert was acknowledged and no remove was tried.
+    Inserted,
+    /// A remove was tried but not acknowledged.
+    MaybeRemoved,
+    /// The remove was acknowledged.
+    Removed,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -80,13 +113,83 @@ async fn node_main(env: SimEnv, config: Config, shared: Shared) {
             break;
         }
         counter += 1;
-        let key = format!("k{}", rng.random_range(0..config.key_count)).into_bytes();
-        let value = format!("n{index}-g{}-{counter}", env.generation()).into_bytes();
-        lock(&shared).written.insert((key.clone(), value.clone()));
-        if handle.put(&key, Some(value)).await.is_ok() {
-            lock(&shared).acked_nanos.push(env.now().as_nanos());
+        let slot = rng.random_range(0..config.key_count);
+        let unique = format!("n{index}-g{}-{counter}", env.generation()).into_bytes();
+        let (key, update) = match rng.random_range(0..4u8) {
+            0 | 1 => {
+                let key = format!("k{slot}").into_bytes();
+                lock(&shared).written.insert((key.clone(), unique.clone()));
+                (key, Update::Register(Some(unique)))
+            }
+            2 => (format!("c{slot}").into_bytes(), Update::Add(rng.random_range(-3..=5))),
+            _ => {
+                let key = format!("s{slot}").into_bytes();
+                let owned = own_elements(&lock(&shared), &key, index);
+                match owned.get(rng.random_range(0..owned.len().max(1))) {
+                    Some(element) if rng.random_bool(0.4) => (key, Update::Remove(element.clone())),
+                    _ => (key, Update::Insert(unique)),
+                }
+            }
+        };
+        record(&mut lock(&shared), &key, &update, Ack::Pending);
+        let acked = handle.update(&key, update.clone()).await.is_ok();
+        if acked {
+            let mut state = lock(&shared);
+            state.acked_nanos.push(env.now().as_nanos());
+            record(&mut state, &key, &update, Ack::Done);
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    Pending,
+    Done,
+}
+
+/// Notes an update before it is tried (`Pending`) and once acknowledged (`Done`).
+fn record(state: &mut State, key: &[u8], update: &Update, ack: Ack) {
+    if ack == Ack::Pending {
+        state.attempted_count += 1;
+    }
+    match update {
+        Update::Add(amount) => {
+            let bounds = state.counters.entry(key.to_vec()).or_default();
+            let amount = i128::from(*amount);
+            let pending =
+                if amount >= 0 { &mut bounds.pending_up } else { &mut bounds.pending_down };
+            match ack {
+                Ack::Pending => *pending += amount,
+                Ack::Done => {
+                    *pending -= amount;
+                    bounds.acked += amount;
+                }
+            }
+        }
+        Update::Insert(element) | Update::Remove(element) => {
+            let fate = match (update, ack) {
+                (Update::Insert(_), Ack::Pending) => ElementFate::MaybeInserted,
+                (Update::Insert(_), Ack::Done) => ElementFate::Inserted,
+                (_, Ack::Pending) => ElementFate::MaybeRemoved,
+                (_, Ack::Done) => ElementFate::Removed,
+            };
+            state.elements.insert((key.to_vec(), element.clone()), fate);
+        }
+        _ => {}
+    }
+}
+
+/// Elements of set `key` that node `index` inserted (acknowledged) and never tried to remove.
+fn own_elements(state: &State, key: &[u8], index: usize) -> Vec<Vec<u8>> {
+    let prefix = format!("n{index}-");
+    state
+        .elements
+        .iter()
+        .filter(|((set, element), fate)| {
+            set == key && **fate == ElementFate::Inserted && element.starts_with(prefix.as_bytes())
+        })
+        .map(|((_, element), _)| element.clone())
+        .collect()
 }
 
 /// A gossip cluster scenario: `gossip-cluster` (8-40 nodes, quick enough for every
@@ -117,13 +220,19 @@ impl Scenario for GossipCluster {
         if self.node_count.max > 40 {
             "gossip-cluster with 50-200 nodes (for sweeps; too slow for every cargo test)"
         } else {
-            "8-40 gossip nodes (SWIM + Lifeguard, Plumtree, MST anti-entropy, persisted state) \
-             under splits, one-way cuts, crashes, pauses, clogs, loss spikes and clock jumps"
+            "8-40 gossip nodes (SWIM + Lifeguard, Plumtree, MST anti-entropy, persisted \
+             registers, counters and sets) under splits, one-way cuts, crashes, pauses, clogs, \
+             loss spikes and clock jumps"
         }
     }
 
     fn checks(&self) -> &'static [&'static str] {
-        &["no-invented-values", "membership-agreement", "convergence"]
+        &[
+            "no-invented-values",
+            "membership-agreement",
+            "convergence",
+            "acknowledged-updates-survive",
+        ]
     }
 
     fn sweep_only(&self) -> bool {
@@ -188,6 +297,7 @@ struct FinalState {
     views: BTreeMap<usize, Vec<u64>>,
     roots: BTreeMap<usize, u128>,
     invented: Option<String>,
+    lost: Option<String>,
 }
 
 struct GossipRun {
@@ -207,9 +317,10 @@ impl GossipRun {
         let mut views = BTreeMap::new();
         let mut roots = BTreeMap::new();
         let mut invented = None;
+        let mut lost = None;
         for index in &live {
             let Some(handle) = state.handles[*index].clone() else { continue };
-            let (view, root, values) = handle.with_node(|node| {
+            let (view, root, entries) = handle.with_node(|node| {
                 let view: Vec<u64> = node
                     .swim()
                     .members()
@@ -218,24 +329,75 @@ impl GossipRun {
                     })
                     .map(|member| member.id.0)
                     .collect();
-                let values: Vec<(Vec<u8>, Vec<u8>)> = node
+                let entries: Vec<(Vec<u8>, Value)> = node
                     .store()
                     .entries()
-                    .filter_map(|(key, value)| {
-                        Some((key.to_vec(), value.value()?.as_ref()?.clone()))
-                    })
+                    .map(|(key, value)| (key.to_vec(), value.clone()))
                     .collect();
-                (view, node.store_mut().root().0, values)
+                (view, node.store_mut().root().0, entries)
             });
-            if let Some((key, value)) = values.iter().find(|entry| !state.written.contains(entry)) {
-                let (key, value) = (String::from_utf8_lossy(key), String::from_utf8_lossy(value));
-                invented.get_or_insert(format!("n{index} holds {key}={value}, which nobody wrote"));
+            for (key, value) in &entries {
+                if let Some(message) = invented_in(&state, key, value) {
+                    invented.get_or_insert(format!("n{index} holds {message}"));
+                }
+            }
+            if let Some(message) = lost_in(&state, &entries) {
+                lost.get_or_insert(format!("n{index}: {message}"));
             }
             views.insert(*index, view);
             roots.insert(*index, root);
         }
-        FinalState { views, roots, invented }
+        FinalState { views, roots, invented, lost }
     }
+}
+
+/// Something in `value` that no update allows: a register value or set element nobody wrote,
+/// or a counter beyond every attempted update.
+fn invented_in(state: &State, key: &[u8], value: &Value) -> Option<String> {
+    let name = String::from_utf8_lossy(key);
+    if let Some(bytes) = value.bytes()
+        && !state.written.contains(&(key.to_vec(), bytes.to_vec()))
+    {
+        return Some(format!("{name}={}, which nobody wrote", String::from_utf8_lossy(bytes)));
+    }
+    for element in value.elements().unwrap_or_default() {
+        if !state.elements.contains_key(&(key.to_vec(), element.to_vec())) {
+            let element = String::from_utf8_lossy(element);
+            return Some(format!("{element} in set {name}, which nobody inserted"));
+        }
+    }
+    let count = value.count()?;
+    let bounds = state.counters.get(key).copied().unwrap_or_default();
+    let high = bounds.acked + bounds.pending_up;
+    (count > high).then(|| format!("counter {name}={count}, above every attempted sum {high}"))
+}
+
+/// An acknowledged update missing from a node's final entries.
+fn lost_in(state: &State, entries: &[(Vec<u8>, Value)]) -> Option<String> {
+    let find = |key: &[u8]| entries.iter().find(|(held, _)| held == key).map(|(_, value)| value);
+    for (key, bounds) in &state.counters {
+        let count = find(key).and_then(Value::count).unwrap_or(0);
+        let low = bounds.acked + bounds.pending_down;
+        if count < low {
+            let name = String::from_utf8_lossy(key);
+            return Some(format!("counter {name}={count}, below the acknowledged sum {low}"));
+        }
+    }
+    for ((key, element), fate) in &state.elements {
+        let elements = find(key).and_then(Value::elements).unwrap_or_default();
+        let present = elements.contains(&element.as_slice());
+        let (name, element) = (String::from_utf8_lossy(key), String::from_utf8_lossy(element));
+        match fate {
+            ElementFate::Inserted if !present => {
+                return Some(format!("acknowledged insert of {element} into {name} is gone"));
+            }
+            ElementFate::Removed if present => {
+                return Some(format!("acknowledged remove of {element} from {name} undone"));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Workload for GossipRun {
@@ -278,7 +440,11 @@ impl Workload for GossipRun {
             .iter()
             .map(|(index, root)| (format!("n{index}"), (*root as u64) ^ ((*root >> 64) as u64)))
             .collect();
-        invariants::convergence::check_convergence(&digests)
+        invariants::convergence::check_convergence(&digests)?;
+        match &final_state.lost {
+            Some(message) => Err(Violation::new("acknowledged-updates-survive", message.clone())),
+            None => Ok(()),
+        }
     }
 
     fn history(&self) -> serde_json::Value {
@@ -289,14 +455,17 @@ impl Workload for GossipRun {
             .flat_map(|final_state| final_state.roots.values().map(|root| format!("{root:#034x}")))
             .collect();
         serde_json::json!({
-            "writes": state.written.len(),
-            "writes_acked": state.acked_nanos.len(),
+            "updates": state.attempted_count,
+            "updates_acked": state.acked_nanos.len(),
+            "register_values": state.written.len(),
+            "counters": state.counters.len(),
+            "set_elements": state.elements.len(),
             "distinct_final_roots": roots,
         })
     }
 
     fn op_counts(&self) -> (u64, u64) {
         let state = lock(&self.shared);
-        (state.written.len() as u64, state.acked_nanos.len() as u64)
+        (state.attempted_count, state.acked_nanos.len() as u64)
     }
 }

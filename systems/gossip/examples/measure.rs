@@ -215,7 +215,7 @@ fn diverged_stores(key_count: u64, diverge_every: u64) -> [Store; 2] {
     for index in (0..key_count).filter(|index| diverges(*index)) {
         first.put(1_000, &key(index), Some(b"base".to_vec())).expect("put");
         if (index / diverge_every).is_multiple_of(2) {
-            let value = first.register(&key(index)).expect("just written").clone();
+            let value = first.value(&key(index)).expect("just written").clone();
             second.merge(1_000, &key(index), &value).expect("merge");
             second.put(2_000, &key(index), Some(b"changed".to_vec())).expect("put");
         }

@@ -6,12 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, UNIX_EPOCH};
 
+use rand_core::RngCore;
 use sim::{Env, File, Instant, TaskHandle, UdpSocket};
 
 use crate::crdt::ReplicaId;
 use crate::node::{Effect, Input, Node, NodeConfig, Now};
 use crate::persist::{self, PersistError, Snapshot, encode_record, wal_path};
-use crate::store::Store;
+use crate::store::{Store, Update};
 use crate::swim::{MemberId, MemberState};
 use crate::wire::DATAGRAM_SIZE_BYTES_MAX;
 
@@ -66,11 +67,13 @@ pub async fn start<E: Env>(
 
 async fn launch<E: Env>(
     env: E,
-    node: Node,
+    mut node: Node,
     seeds: Vec<SocketAddr>,
     observer: Option<Observer>,
     persistence: Option<Persistence<E>>,
 ) -> io::Result<Arc<Handle<E>>> {
+    // A fresh replica id per boot: see `Store::set_replica`.
+    node.store_mut().set_replica(ReplicaId(env.rng().next_u64()));
     let socket = Arc::new(env.bind_udp(node.config().addr).await?);
     let handle = Arc::new(Handle {
         env: env.clone(),
@@ -136,14 +139,23 @@ impl<E: Env> Handle<E> {
         f(&mut lock(&self.node))
     }
 
-    /// Writes (`Some`) or deletes (`None`) `key`, pushing it to peers. With persistence the
-    /// write is in the synced WAL when this returns.
+    /// Writes (`Some`) or deletes (`None`) register `key`, pushing it to peers. With
+    /// persistence the write is in the synced WAL when this returns.
     pub async fn put(&self, key: &[u8], value: Option<Vec<u8>>) -> io::Result<()> {
-        self.input(Input::Put { key, value }).await;
+        self.update(key, Update::Register(value)).await
+    }
+
+    /// Applies a typed update to `key` (counter, set or register), pushing the delta to peers.
+    /// With persistence the key's new value is in the synced WAL when this returns. An update
+    /// the store refuses (wrong kind, too large) is an `InvalidInput` error.
+    pub async fn update(&self, key: &[u8], update: Update) -> io::Result<()> {
+        let refused = self.input(Input::Update { key, update }).await;
+        if let Some(reason) = refused {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, reason));
+        }
         let Some(persistence) = &self.persistence else { return Ok(()) };
-        let record = self.with_node(|node| {
-            node.store().register(key).map(|register| encode_record(key, register))
-        });
+        let record =
+            self.with_node(|node| node.store().value(key).map(|value| encode_record(key, value)));
         let Some(record) = record else { return Ok(()) };
         let file = Arc::clone(&persistence.wal.lock().unwrap_or_else(|p| p.into_inner()).1);
         file.append(&record).await?;
@@ -190,13 +202,20 @@ impl<E: Env> Handle<E> {
         }
     }
 
-    async fn input(&self, input: Input<'_>) {
+    /// Steps the node with `input` and carries out the effects; returns why a local update
+    /// was refused, if it was.
+    async fn input(&self, input: Input<'_>) -> Option<String> {
         let mut effects = Vec::new();
         {
             let mut rng = self.env.rng();
             lock(&self.node).step(now_of(&self.env), &mut rng, input, &mut effects);
         }
+        let refused = effects.iter().find_map(|effect| match effect {
+            Effect::PutRefused(reason) => Some(reason.clone()),
+            _ => None,
+        });
         self.carry_out(effects).await;
+        refused
     }
 
     async fn carry_out(&self, effects: Vec<Effect>) {

@@ -18,7 +18,7 @@ use sim::Instant;
 use crate::crdt::{ReplicaId, TOMBSTONE_TTL_SESSIONS_MIN};
 use crate::hyparview::{HvConfig, HvEffect, HvInput, HyParView, Peer};
 use crate::plumtree::{Plumtree, PtConfig, PtEffect, PtInput};
-use crate::store::{Store, Value};
+use crate::store::{Store, Update, Value};
 use crate::swim::{Member, MemberId, MemberState, Swim, SwimConfig, SwimEffect, SwimInput};
 use crate::sync::{Requester, SessionStats, respond};
 use crate::wire::{Datagram, Message, WireError, decode, encode};
@@ -112,12 +112,19 @@ pub enum Input<'a> {
     Join(&'a [SocketAddr]),
     /// Leave gracefully.
     Leave,
-    /// Write (`Some`) or delete (`None`) a key.
+    /// Write (`Some`) or delete (`None`) a register.
     Put {
         /// Key.
         key: &'a [u8],
         /// Value, or `None` to delete.
         value: Option<Vec<u8>>,
+    },
+    /// Apply a typed update (counter, set, register) to a key.
+    Update {
+        /// Key.
+        key: &'a [u8],
+        /// The change.
+        update: Update,
     },
 }
 
@@ -128,7 +135,7 @@ pub enum Effect {
     Send(Datagram),
     /// The membership view changed.
     MemberChanged(Member),
-    /// A key's register changed (by a local write or a merge).
+    /// A key's value changed (by a local write or a merge).
     EntryChanged {
         /// The key.
         key: Vec<u8>,
@@ -286,7 +293,10 @@ impl Node {
                 }
             }
             Input::Leave => self.swim_step(now, rng, SwimInput::Leave, effects),
-            Input::Put { key, value } => self.put(now, rng, key, value, effects),
+            Input::Put { key, value } => {
+                self.update(now, rng, key, Update::Register(value), effects);
+            }
+            Input::Update { key, update } => self.update(now, rng, key, update, effects),
         }
     }
 
@@ -458,15 +468,15 @@ impl Node {
         self.pull = Some(Pull { peer: peer.addr, requester, reached: false });
     }
 
-    fn put(
+    fn update(
         &mut self,
         now: Now,
         rng: &mut impl RngCore,
         key: &[u8],
-        value: Option<Vec<u8>>,
+        update: Update,
         effects: &mut Vec<Effect>,
     ) {
-        match self.store.put(now.wall_ms, key, value) {
+        match self.store.apply(now.wall_ms, key, update) {
             Ok(delta) => {
                 effects.push(Effect::EntryChanged { key: key.to_vec() });
                 let entries = vec![(key.to_vec(), delta)];
@@ -578,7 +588,8 @@ impl Node {
             Message::RootResponse { session, .. }
             | Message::NodePart { session, .. }
             | Message::NodeMissing { session, .. }
-            | Message::EntriesResponse { session, .. } => *session,
+            | Message::EntriesResponse { session, .. }
+            | Message::ValuePart { session, .. } => *session,
             _ => return,
         };
         let Some(pull) = self.pull.as_mut() else { return };

@@ -8,7 +8,7 @@
 //! ```text
 //! snapshot          | magic "GSNP" | version u8 | body_len u32 LE | checksum u128 LE | body |
 //!                   body = postcard(Snapshot)
-//! wal-<seq:016x>    records: | body_len u32 LE | checksum u64 LE | body = postcard((key, Value)) |
+//! log-<seq:016x>    records: | body_len u32 LE | checksum u64 LE | body = postcard((key, Value)) |
 //! ```
 //!
 //! Checksums are the low bits of `hash::hash_bytes(body)`. A snapshot is written to
@@ -16,6 +16,12 @@
 //! taken the node switches to a new WAL file; once the snapshot is durable, WAL files older than
 //! the one named in it are removed. Replay stops at the first torn or corrupt record (a crash
 //! mid-append); merges are idempotent, so replaying a write the snapshot holds is harmless.
+//! A WAL record holds the key's whole value after the local update (state, not operation), so
+//! replay needs no ordering.
+//!
+//! Format history: version 1 stored only LWW registers and named its logs `wal-<seq>`. A
+//! directory holding a version-1 snapshot or log is refused with `PersistError::Version(1)`
+//! rather than misread.
 
 use std::io;
 
@@ -29,14 +35,14 @@ use crate::swim::Member;
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"GSNP";
 /// The snapshot format version.
-pub const SNAPSHOT_VERSION: u8 = 1;
+pub const SNAPSHOT_VERSION: u8 = 2;
 const SNAPSHOT_HEADER_BYTES: usize = 4 + 1 + 4 + 16;
 const _: () = assert!(SNAPSHOT_HEADER_BYTES == 25);
 const RECORD_HEADER_BYTES: usize = 4 + 8;
 /// The largest snapshot body read back (1 GiB).
 pub const SNAPSHOT_BODY_BYTES_MAX: u32 = 1 << 30;
 /// The largest WAL record body.
-pub const RECORD_BODY_BYTES_MAX: u32 = 1 << 16;
+pub const RECORD_BODY_BYTES_MAX: u32 = 1 << 17;
 /// WAL files replayed at most.
 pub const WAL_FILES_MAX: usize = 1024;
 
@@ -101,8 +107,13 @@ fn corrupt(reason: &'static str) -> PersistError {
 
 /// The path of WAL file `sequence` in `dir`.
 pub fn wal_path(dir: &str, sequence: u64) -> String {
-    format!("{dir}/wal-{sequence:016x}")
+    format!("{dir}/{WAL_PREFIX}{sequence:016x}")
 }
+
+/// The name prefix of WAL files.
+const WAL_PREFIX: &str = "log-";
+/// The name prefix of version-1 WAL files.
+const WAL_PREFIX_V1: &str = "wal-";
 
 /// Encodes a snapshot file.
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
@@ -202,9 +213,12 @@ pub async fn load<E: Env>(
     };
     let mut records = Vec::new();
     let names = env.list(dir).await?;
+    if names.iter().any(|name| name.starts_with(WAL_PREFIX_V1)) {
+        return Err(PersistError::Version(1));
+    }
     let mut sequences: Vec<u64> = names
         .iter()
-        .filter_map(|name| name.strip_prefix("wal-"))
+        .filter_map(|name| name.strip_prefix(WAL_PREFIX))
         .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
         .filter(|sequence| *sequence >= snapshot.wal_sequence)
         .collect();
@@ -232,7 +246,7 @@ pub async fn save<E: Env>(env: &E, dir: &str, snapshot: &Snapshot) -> io::Result
     env.rename(&temporary, &format!("{dir}/snapshot")).await?;
     env.sync_dir(dir).await?;
     for name in env.list(dir).await? {
-        let Some(hex) = name.strip_prefix("wal-") else { continue };
+        let Some(hex) = name.strip_prefix(WAL_PREFIX) else { continue };
         let old = u64::from_str_radix(hex, 16).is_ok_and(|seq| seq < snapshot.wal_sequence);
         if old {
             env.remove(&format!("{dir}/{name}")).await?;
@@ -249,7 +263,7 @@ mod tests {
     use crate::crdt::ReplicaId;
 
     fn value(text: &str) -> Value {
-        Value::new(Timestamp { wall_ms: 5, logical: 1 }, ReplicaId(1), Some(text.into()))
+        Value::register(Timestamp { wall_ms: 5, logical: 1 }, ReplicaId(1), Some(text.into()))
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Anti-entropy pull sessions over datagrams: a requester fetches a peer's MST root, then the
 //! nodes of the subtrees that differ (as fragments, reassembled and checked against their
-//! digests), then the values of the entries it lacks, and merges them. Requests are re-sent
+//! digests), then the values of the entries it lacks (a value too large for one datagram comes
+//! as fragments, reassembled by key), and merges them. Requests are re-sent
 //! after `SyncConfig::retry_interval` without progress; a session gives up after
 //! `ATTEMPTS_MAX` silent intervals (the next session starts over). The responder is stateless.
 
@@ -11,7 +12,7 @@ use sim::Instant;
 
 use crate::hash::Digest;
 use crate::mst::{DiffError, MstNode, PullSession};
-use crate::store::Store;
+use crate::store::{Store, Value};
 use crate::wire::{DATAGRAM_SIZE_BYTES_MAX, FRAGMENT_SIZE_BYTES, Message};
 
 /// Node digests in one request.
@@ -37,6 +38,8 @@ pub enum SyncError {
     Diff(DiffError),
     /// A fragment that does not fit the node it claims to belong to.
     BadFragment(Digest),
+    /// A value fragment that does not fit the value it claims to belong to.
+    BadValueFragment,
 }
 
 impl std::fmt::Display for SyncError {
@@ -45,6 +48,7 @@ impl std::fmt::Display for SyncError {
             SyncError::TimedOut => write!(f, "peer stopped answering"),
             SyncError::Diff(error) => write!(f, "diff: {error}"),
             SyncError::BadFragment(digest) => write!(f, "bad fragment of node {digest:?}"),
+            SyncError::BadValueFragment => write!(f, "bad value fragment"),
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Requester {
     attempt_count: u32,
     pull: PullSession,
     fragments: BTreeMap<Digest, Reassembly>,
+    value_fragments: BTreeMap<Vec<u8>, Reassembly>,
     keys_wanted: Vec<Vec<u8>>,
     keys_in_flight: BTreeSet<Vec<u8>>,
     merged: Vec<Vec<u8>>,
@@ -117,6 +122,7 @@ impl Requester {
             attempt_count: 0,
             pull: PullSession::default(),
             fragments: BTreeMap::new(),
+            value_fragments: BTreeMap::new(),
             keys_wanted: Vec::new(),
             keys_in_flight: BTreeSet::new(),
             merged: Vec::new(),
@@ -218,20 +224,48 @@ impl Requester {
                     self.keys_in_flight.remove(&key);
                 }
                 for (key, value) in entries {
-                    if self.keys_in_flight.remove(&key) {
-                        self.stats.value_count += 1;
-                        // A value the store refuses (clock, size) is skipped, not fatal.
-                        if store.merge(wall_ms, &key, &value).unwrap_or(false) {
-                            self.stats.merged_count += 1;
-                            self.merged.push(key);
-                        }
-                    }
+                    self.on_value(wall_ms, store, key, &value);
+                }
+            }
+            Message::ValuePart { key, index, count, bytes, .. } if self.phase == Phase::Entries => {
+                if let Some(value) = self.on_value_fragment(&key, index, count, bytes)? {
+                    self.on_value(wall_ms, store, key, &value);
                 }
             }
             _ => return Ok(()),
         }
         self.advance(out);
         Ok(())
+    }
+
+    fn on_value(&mut self, wall_ms: u64, store: &mut Store, key: Vec<u8>, value: &Value) {
+        if !self.keys_in_flight.remove(&key) {
+            return;
+        }
+        self.value_fragments.remove(&key);
+        self.stats.value_count += 1;
+        // A value the store refuses (clock, size) is skipped, not fatal.
+        if store.merge(wall_ms, &key, value).unwrap_or(false) {
+            self.stats.merged_count += 1;
+            self.merged.push(key);
+        }
+    }
+
+    fn on_value_fragment(
+        &mut self,
+        key: &[u8],
+        index: u16,
+        count: u16,
+        bytes: Vec<u8>,
+    ) -> Result<Option<Value>, SyncError> {
+        if !self.keys_in_flight.contains(key) {
+            return Ok(None);
+        }
+        let reassembled = reassemble(&mut self.value_fragments, key.to_vec(), index, count, bytes);
+        let Some(encoded) = reassembled.map_err(|()| SyncError::BadValueFragment)? else {
+            return Ok(None);
+        };
+        postcard::from_bytes(&encoded).map(Some).map_err(|_| SyncError::BadValueFragment)
     }
 
     fn on_fragment(
@@ -244,21 +278,10 @@ impl Requester {
         if !self.pull.is_in_flight(digest) {
             return Ok(None);
         }
-        let (index, count) = (usize::from(index), usize::from(count));
-        if count == 0 || count > FRAGMENTS_MAX || index >= count {
-            return Err(SyncError::BadFragment(digest));
-        }
-        let reassembly =
-            self.fragments.entry(digest).or_insert_with(|| Reassembly { parts: vec![None; count] });
-        if reassembly.parts.len() != count {
-            return Err(SyncError::BadFragment(digest));
-        }
-        reassembly.parts[index] = Some(bytes);
-        if reassembly.parts.iter().any(Option::is_none) {
+        let reassembled = reassemble(&mut self.fragments, digest, index, count, bytes);
+        let Some(encoded) = reassembled.map_err(|()| SyncError::BadFragment(digest))? else {
             return Ok(None);
-        }
-        let reassembly = self.fragments.remove(&digest).expect("present");
-        let encoded: Vec<u8> = reassembly.parts.into_iter().flatten().flatten().collect();
+        };
         let node: MstNode =
             postcard::from_bytes(&encoded).map_err(|_| SyncError::BadFragment(digest))?;
         let actual = node.digest();
@@ -298,6 +321,34 @@ impl Requester {
             }
         }
     }
+}
+
+/// Adds one fragment to the reassembly under `id`; returns the whole encoding once every
+/// fragment is in, or `Err` for a fragment that contradicts its index or the others' count.
+fn reassemble<K: Ord + Clone>(
+    reassemblies: &mut BTreeMap<K, Reassembly>,
+    id: K,
+    index: u16,
+    count: u16,
+    bytes: Vec<u8>,
+) -> Result<Option<Vec<u8>>, ()> {
+    let (index, count) = (usize::from(index), usize::from(count));
+    if count == 0 || count > FRAGMENTS_MAX || index >= count {
+        return Err(());
+    }
+    let parts = &mut reassemblies
+        .entry(id.clone())
+        .or_insert_with(|| Reassembly { parts: vec![None; count] })
+        .parts;
+    if parts.len() != count {
+        return Err(());
+    }
+    parts[index] = Some(bytes);
+    if parts.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let reassembly = reassemblies.remove(&id).expect("present");
+    Ok(Some(reassembly.parts.into_iter().flatten().flatten().collect()))
 }
 
 /// Answers one anti-entropy request from `store` (stateless); other messages are ignored.
@@ -345,12 +396,16 @@ fn respond_entries(store: &Store, session: u64, keys: &[Vec<u8>], out: &mut Vec<
     let mut absent = Vec::new();
     let mut size = 0;
     for key in keys.iter().take(KEYS_PER_REQUEST_MAX) {
-        let Some(value) = store.register(key) else {
+        let Some(value) = store.value(key) else {
             absent.push(key.clone());
             size += key.len() + 2;
             continue;
         };
-        let entry_size = postcard::to_stdvec(&(key, value)).map_or(budget, |bytes| bytes.len());
+        let entry_size = postcard::experimental::serialized_size(&(key, value)).unwrap_or(budget);
+        if entry_size > budget {
+            respond_value_parts(session, key, value, out);
+            continue;
+        }
         if size + entry_size > budget && !entries.is_empty() {
             let batch = std::mem::take(&mut entries);
             out.push(Message::EntriesResponse { session, entries: batch, absent: Vec::new() });
@@ -360,6 +415,27 @@ fn respond_entries(store: &Store, session: u64, keys: &[Vec<u8>], out: &mut Vec<
         entries.push((key.clone(), value.clone()));
     }
     out.push(Message::EntriesResponse { session, entries, absent });
+}
+
+/// Sends a value too large for an `EntriesResponse` as fragments (or as absent if it would
+/// take more than `FRAGMENTS_MAX`, which the store's size limit rules out).
+fn respond_value_parts(session: u64, key: &[u8], value: &Value, out: &mut Vec<Message>) {
+    let encoded = postcard::to_stdvec(value).expect("serializable");
+    let count = encoded.len().div_ceil(FRAGMENT_SIZE_BYTES);
+    if count > FRAGMENTS_MAX {
+        let absent = vec![key.to_vec()];
+        out.push(Message::EntriesResponse { session, entries: Vec::new(), absent });
+        return;
+    }
+    for (index, chunk) in encoded.chunks(FRAGMENT_SIZE_BYTES).enumerate() {
+        out.push(Message::ValuePart {
+            session,
+            key: key.to_vec(),
+            index: index as u16,
+            count: count as u16,
+            bytes: chunk.to_vec(),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -413,7 +489,8 @@ mod tests {
         for (key, value) in extra.entries() {
             remote.merge(0, key, value).expect("merge");
         }
-        let stats = pull(&mut local, &mut remote, 0);
+        // Every 4th reply lost: a round of 9 replies shifts which fragments are lost.
+        let stats = pull(&mut local, &mut remote, 4);
         assert_eq!(stats.value_count, 20);
         assert_eq!(stats.merged_count, 20);
         assert_eq!(local.root(), remote.root());
@@ -427,5 +504,52 @@ mod tests {
         pull(&mut right, &mut left, 5);
         assert_eq!(left.root(), right.root());
         assert_eq!(left.len(), 900);
+    }
+
+    #[test]
+    fn a_value_larger_than_a_datagram_moves_in_fragments() {
+        use crate::store::Update;
+        let mut remote = Store::new(ReplicaId(2));
+        for index in 0..40u32 {
+            let element = format!("{index:04}-{}", "e".repeat(200)).into_bytes();
+            remote.apply(0, b"big", Update::Insert(element)).expect("insert");
+        }
+        remote.apply(0, b"small", Update::Add(-5)).expect("add");
+        let mut local = Store::new(ReplicaId(1));
+        // Every 4th reply lost: a round of 9 replies shifts which fragments are lost.
+        let stats = pull(&mut local, &mut remote, 4);
+        assert_eq!(stats.merged_count, 2);
+        assert_eq!(local.value(b"big").and_then(Value::elements).map(|e| e.len()), Some(40));
+        assert_eq!(local.value(b"small").and_then(Value::count), Some(-5));
+        assert_eq!(local.root(), remote.root());
+    }
+
+    #[test]
+    fn contradicting_value_fragments_end_the_session() {
+        let mut out = Vec::new();
+        let retry = Duration::from_millis(100);
+        let mut requester = Requester::start(Instant::ZERO, 1, retry, &mut out);
+        let mut store = Store::new(ReplicaId(1));
+        let mut remote = Store::new(ReplicaId(2));
+        remote.put(0, b"k", Some(b"v".to_vec())).expect("put");
+        // Answer honestly until the session asks for values.
+        while !out.iter().any(|request| matches!(request, Message::EntriesRequest { .. })) {
+            let mut replies = Vec::new();
+            for request in out.drain(..) {
+                respond(&mut remote, &request, &mut replies);
+            }
+            assert!(!replies.is_empty(), "the session stalled");
+            for reply in replies {
+                requester.on_message(Instant::ZERO, 0, &mut store, reply, &mut out).expect("ok");
+            }
+        }
+        let mut part = |index, count| {
+            let bytes = vec![0];
+            let message =
+                Message::ValuePart { session: 1, key: b"k".to_vec(), index, count, bytes };
+            requester.on_message(Instant::ZERO, 0, &mut store, message, &mut Vec::new())
+        };
+        assert_eq!(part(0, 2), Ok(()));
+        assert_eq!(part(1, 3), Err(SyncError::BadValueFragment));
     }
 }

@@ -21,10 +21,10 @@ use crate::store::Value;
 use crate::swim::SwimMessage;
 
 /// The version byte of this format.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// The largest datagram we send or accept (fits a 1472-byte UDP payload with room to spare).
 pub const DATAGRAM_SIZE_BYTES_MAX: usize = 1400;
-/// Payload bytes per MST node fragment.
+/// Payload bytes per MST node or value fragment.
 pub const FRAGMENT_SIZE_BYTES: usize = 1200;
 
 /// Everything nodes say to each other.
@@ -102,6 +102,20 @@ pub enum Message {
         entries: Vec<(Vec<u8>, Value)>,
         /// Requested keys we do not hold.
         absent: Vec<Vec<u8>>,
+    },
+    /// Anti-entropy: one fragment of a postcard-encoded value too large for an
+    /// `EntriesResponse` (a big counter or set).
+    ValuePart {
+        /// Session id.
+        session: u64,
+        /// The key.
+        key: Vec<u8>,
+        /// Fragment index.
+        index: u16,
+        /// Fragment count.
+        count: u16,
+        /// Fragment bytes.
+        bytes: Vec<u8>,
     },
 }
 
@@ -207,6 +221,20 @@ mod tests {
         assert!(matches!(decode(&trailing), Err(WireError::Trailing { count: 1 })));
         assert!(matches!(decode(&[]), Err(WireError::Empty)));
         assert!(matches!(decode(&[1; 2000]), Err(WireError::Oversized { .. })));
+    }
+
+    #[test]
+    fn the_largest_value_fragment_fits_a_datagram() {
+        use crate::store::KEY_SIZE_BYTES_MAX;
+        let message = Message::ValuePart {
+            session: u64::MAX,
+            key: vec![0xff; KEY_SIZE_BYTES_MAX],
+            index: u16::MAX,
+            count: u16::MAX,
+            bytes: vec![0xff; FRAGMENT_SIZE_BYTES],
+        };
+        let bytes = encode(&message).expect("fits");
+        assert_eq!(decode(&bytes).expect("decodes"), message);
     }
 
     #[test]

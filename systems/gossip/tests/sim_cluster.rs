@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, Event, Options, assert_converged, node_count, seeds};
+use gossip::store::Update;
 use gossip::swim::MemberState;
 
 #[test]
@@ -36,6 +37,45 @@ fn partition_heal_converges_views_and_roots() {
         assert_converged(&cluster, seed);
         let keys = cluster.handle(0).with_node(|node| node.store().len());
         assert_eq!(keys, 30, "seed {seed:#x}");
+    }
+}
+
+/// Counters and sets updated on both sides of a partition converge after the heal to the sum
+/// of every increment and the add-wins union of the set operations.
+#[test]
+fn typed_values_converge_across_a_partition() {
+    for seed in seeds(0x5eed_0150, 1) {
+        let nodes = node_count(12);
+        let cluster = Cluster::new(seed, &Options::new(nodes, 0.02));
+        cluster.run(Duration::from_secs(10));
+        let (left, right): (Vec<_>, Vec<_>) = cluster.nodes.iter().partition(|n| n.0 % 2 == 0);
+        cluster.world.split(&left, &right);
+        let mut expected_sum = 0i128;
+        for round in 0..12i64 {
+            let index = (round as usize * 5) % nodes;
+            cluster.update(index, b"hits", Update::Add(round - 4));
+            expected_sum += i128::from(round - 4);
+            cluster.update(index, b"tags", Update::Insert(format!("t{round}").into_bytes()));
+            cluster.run(Duration::from_millis(500));
+        }
+        // Removed on one side only: the other side never saw these adds, so the removes win.
+        cluster.update(0, b"tags", Update::Remove(b"t0".to_vec()));
+        cluster.update(1, b"tags", Update::Remove(b"t1".to_vec()));
+        cluster.run(Duration::from_secs(2));
+        cluster.world.heal();
+        cluster.run(Duration::from_secs(60));
+        assert_converged(&cluster, seed);
+        let mut want: Vec<Vec<u8>> =
+            (2..12).map(|round| format!("t{round}").into_bytes()).collect();
+        want.sort();
+        for index in 0..nodes {
+            let hits = cluster.value(index, b"hits").and_then(|value| value.count());
+            assert_eq!(hits, Some(expected_sum), "seed {seed:#x}: n{index}");
+            let tags = cluster.value(index, b"tags").expect("held");
+            let tags: Vec<Vec<u8>> =
+                tags.elements().expect("a set").into_iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(tags, want, "seed {seed:#x}: n{index}");
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use gossip::driver::start_persistent;
 use gossip::node::NodeConfig;
+use gossip::store::{Update, Value};
 use gossip::swim::{MemberId, MemberState};
 use sim::tokio_env::TokioEnv;
 use sim::{Env, UdpSocket};
@@ -59,6 +60,8 @@ fn three_nodes_converge_over_real_udp() {
             handles.push(handle);
         }
         handles[1].put(b"hello", Some(b"world".to_vec())).await.expect("put");
+        handles[0].update(b"hits", Update::Add(5)).await.expect("add");
+        handles[2].update(b"hits", Update::Add(-2)).await.expect("add");
         let converged = async {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -84,6 +87,10 @@ fn three_nodes_converge_over_real_udp() {
         tokio::time::timeout(TIME_MAX, converged).await.expect("converges within 30 s");
         let value = handles[2].with_node(|node| node.store().get(b"hello").map(<[u8]>::to_vec));
         assert_eq!(value.as_deref(), Some(&b"world"[..]));
+        for handle in &handles {
+            let hits = handle.with_node(|node| node.store().value(b"hits").and_then(Value::count));
+            assert_eq!(hits, Some(3));
+        }
         for handle in &handles {
             handle.stop();
         }

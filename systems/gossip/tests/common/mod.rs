@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use gossip::driver::{Handle, Observer, start, start_persistent};
 use gossip::node::{Effect, Node, NodeConfig};
+use gossip::store::{Update, Value};
 use gossip::swim::{MemberId, MemberState};
 use sim::Instant;
 use sim::world::{LinkConfig, NodeId, SimConfig, SimEnv, World};
@@ -124,6 +125,18 @@ impl Cluster {
         let handle = self.handle(index);
         let (key, value) = (key.to_vec(), value.to_vec());
         self.world.spawn(self.nodes[index], async move { handle.put(&key, Some(value)).await });
+    }
+
+    /// Applies a typed update to `key` on node `index` now.
+    pub fn update(&self, index: usize, key: &[u8], update: Update) {
+        let handle = self.handle(index);
+        let key = key.to_vec();
+        self.world.spawn(self.nodes[index], async move { handle.update(&key, update).await });
+    }
+
+    /// Node `index`'s value of `key`.
+    pub fn value(&self, index: usize, key: &[u8]) -> Option<Value> {
+        self.handle(index).with_node(|node| node.store().value(key).cloned())
     }
 
     /// Crashes node `index`.
