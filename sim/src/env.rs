@@ -239,4 +239,10 @@ pub trait File: Send + Sync + 'static {
 
     /// Truncates or zero-extends the file to `len` bytes.
     fn set_len(&self, len: u64) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Takes an exclusive advisory lock on the file, held until this handle is dropped (or the
+    /// node crashes); fails with `WouldBlock` at once if another handle holds it (on tokio, a
+    /// handle of this or another process). Stores use it to refuse a second opener of their
+    /// directory.
+    fn try_lock(&self) -> io::Result<()>;
 }

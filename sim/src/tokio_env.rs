@@ -216,7 +216,8 @@ impl Env for TokioEnv {
         assert!(metadata.is_file(), "opened read-write, so {path:?} is a file");
         let key = FileKey { device: metadata.dev(), inode: metadata.ino() };
         let state = self.inner.files.register(key, file, metadata.len());
-        let file = TokioFile { state, path: path.to_owned() };
+        let token = NEXT_LOCK_TOKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = TokioFile { state, path: path.to_owned(), token };
         if options.truncate {
             file.set_len(0).await?;
         }
@@ -516,7 +517,13 @@ impl FileTable {
             return state;
         }
         let table = Arc::downgrade(self);
-        let state = Arc::new(FileState { file, key, table, len_bytes: Mutex::new(len_bytes) });
+        let state = Arc::new(FileState {
+            file,
+            key,
+            table,
+            len_bytes: Mutex::new(len_bytes),
+            lock_holder: Mutex::new(None),
+        });
         files.insert(key, Arc::downgrade(&state));
         state
     }
@@ -530,6 +537,8 @@ struct FileState {
     // Invariant: equals the file's length on disk (unless another process changes it, or a
     // write failed part way). Held across every write and `set_len`, which serializes them.
     len_bytes: Mutex<u64>,
+    // The token of the handle holding the advisory lock (the OS lock is held while `Some`).
+    lock_holder: Mutex<Option<u64>>,
 }
 
 impl Drop for FileState {
@@ -554,6 +563,22 @@ impl Drop for FileState {
 pub struct TokioFile {
     state: Arc<FileState>,
     path: String,
+    // Names this handle for advisory locks.
+    token: u64,
+}
+
+/// Hands out lock tokens (unique per process).
+static NEXT_LOCK_TOKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Drop for TokioFile {
+    fn drop(&mut self) {
+        let mut holder = lock(&self.state.lock_holder);
+        if *holder == Some(self.token) {
+            *holder = None;
+            // Closing the last handle would release it too; this releases it now.
+            let _ = self.state.file.unlock();
+        }
+    }
 }
 
 impl fmt::Debug for TokioFile {
@@ -592,6 +617,31 @@ fn offset_overflow() -> io::Error {
 }
 
 impl File for TokioFile {
+    fn try_lock(&self) -> io::Result<()> {
+        let mut holder = lock(&self.state.lock_holder);
+        match *holder {
+            Some(token) if token == self.token => return Ok(()),
+            Some(_) => {
+                return Err(io::Error::new(
+                    ErrorKind::WouldBlock,
+                    "file is locked by another handle",
+                ));
+            }
+            None => {}
+        }
+        match self.state.file.try_lock() {
+            Ok(()) => {
+                *holder = Some(self.token);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+                ErrorKind::WouldBlock,
+                format!("{} is locked by another process", self.path),
+            )),
+            Err(std::fs::TryLockError::Error(error)) => Err(annotate(error, "lock", &self.path)),
+        }
+    }
+
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         self.read_full(offset, buf).map_err(|error| annotate(error, "read", &self.path))
     }

@@ -301,8 +301,10 @@ impl Env for TurmoilEnv {
     }
 
     async fn open(&self, path: &str, options: OpenOptions) -> io::Result<TurmoilFile> {
-        let file = lock(&self.node.disk).open(path, options)?;
-        Ok(TurmoilFile { disk: Arc::clone(&self.node.disk), file })
+        let mut disk = lock(&self.node.disk);
+        let file = disk.open(path, options)?;
+        let token = disk.token();
+        Ok(TurmoilFile { disk: Arc::clone(&self.node.disk), file, token })
     }
 
     async fn create_dir_all(&self, path: &str) -> io::Result<()> {
@@ -463,6 +465,8 @@ impl AsyncWrite for TurmoilTcpStream {
 pub struct TurmoilFile {
     disk: SharedDisk,
     file: FileId,
+    // Names this handle for advisory locks.
+    token: u64,
 }
 
 impl std::fmt::Debug for TurmoilFile {
@@ -473,7 +477,9 @@ impl std::fmt::Debug for TurmoilFile {
 
 impl Drop for TurmoilFile {
     fn drop(&mut self) {
-        let closed = lock(&self.disk).close(self.file);
+        let mut disk = lock(&self.disk);
+        disk.unlock(self.file, self.token);
+        let closed = disk.close(self.file);
         // After `crash_disk` every handle from before the crash is stale: closing it is a no-op.
         if let Err(error) = closed
             && !std::thread::panicking()
@@ -484,6 +490,10 @@ impl Drop for TurmoilFile {
 }
 
 impl File for TurmoilFile {
+    fn try_lock(&self) -> io::Result<()> {
+        lock(&self.disk).try_lock(self.file, self.token)
+    }
+
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let count = lock(&self.disk).read_at(self.file, offset, buf)?;
         assert!(count <= buf.len());

@@ -182,6 +182,20 @@ async fn disk_reopen<E: Env>(env: E) -> io::Result<()> {
     Ok(())
 }
 
+/// Advisory locks: one handle at a time, re-entrant for the holder, released on drop.
+async fn file_locks<E: Env>(env: E) -> io::Result<()> {
+    env.create_dir_all("locked").await?;
+    let first = env.open("locked/LOCK", OpenOptions::CREATE).await?;
+    let second = env.open("locked/LOCK", OpenOptions::CREATE).await?;
+    first.try_lock()?;
+    first.try_lock()?;
+    let refused = second.try_lock().expect_err("another handle holds the lock");
+    assert_eq!(refused.kind(), io::ErrorKind::WouldBlock, "{refused}");
+    drop(first);
+    second.try_lock()?;
+    Ok(())
+}
+
 fn record(writer: u32, sequence: u32) -> [u8; RECORD_BYTES] {
     let mut record = [(writer * 7 + sequence) as u8; RECORD_BYTES];
     record[..4].copy_from_slice(&writer.to_le_bytes());
@@ -301,6 +315,31 @@ fn disk_roundtrip_on_tokio_lands_in_real_files() {
 }
 
 #[test]
+fn file_locks_on_tokio() {
+    run_in_tempdir(file_locks);
+}
+
+/// The lock is the operating system's: a second process (here, a child `flock`) is refused
+/// while a handle holds it. Skipped where no `flock` command exists.
+#[test]
+fn file_locks_on_tokio_hold_against_other_processes() {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let path = root.path().join("LOCK");
+    let probe =
+        || std::process::Command::new("flock").arg("--nonblock").arg(&path).arg("true").status();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+    let runtime = runtime.expect("a tokio runtime");
+    let env = TokioEnv::with_seed(root.path(), SEED);
+    let file = runtime.block_on(env.open("LOCK", OpenOptions::CREATE)).expect("open");
+    let Ok(free) = probe() else { return };
+    assert!(free.success(), "nothing holds the lock yet");
+    file.try_lock().expect("lock");
+    assert!(!probe().expect("flock runs").success(), "the child is refused");
+    drop(file);
+    assert!(probe().expect("flock runs").success(), "released on drop");
+}
+
+#[test]
 fn concurrent_appends_on_tokio_are_atomic() {
     run_in_tempdir(concurrent_appends);
 }
@@ -360,6 +399,7 @@ async fn every_program<E: Env>(env: E) -> io::Result<()> {
     disk_roundtrip(env.clone()).await?;
     disk_reopen(env.clone()).await?;
     concurrent_appends(env.clone()).await?;
+    file_locks(env.clone()).await?;
     timeouts(env.clone()).await?;
     spawn_and_abort(env).await
 }

@@ -260,3 +260,30 @@ fn a_misdirected_write_lands_whole_sectors_away_and_reports_success() {
     assert!(content[landed..landed + 512].iter().all(|byte| *byte == 0xAA));
     assert_eq!(fault_records(&world), vec![5]);
 }
+
+#[test]
+fn a_crash_releases_file_locks() {
+    let (world, node) = node_world(11);
+    let env = world.env(node);
+    let holder = world
+        .block_on(node, Duration::from_secs(60), async move {
+            let file = env.open("LOCK", OpenOptions::CREATE).await.expect("open");
+            env.sync_dir("").await.expect("the entry survives the crash");
+            file.try_lock().expect("lock");
+            file
+        })
+        .expect("runs");
+    let refused = run(&world, node, |env| async move {
+        let other = env.open("LOCK", OpenOptions::CREATE).await.expect("open");
+        other.try_lock().map_err(|error| error.kind())
+    });
+    assert_eq!(refused, Err(ErrorKind::WouldBlock));
+    world.crash(node);
+    world.restart(node);
+    let after = run(&world, node, |env| async move {
+        let file = env.open("LOCK", OpenOptions::CREATE).await.expect("open");
+        file.try_lock().map_err(|error| error.kind())
+    });
+    assert_eq!(after, Ok(()), "the crashed process held the lock; the new one takes it");
+    drop(holder);
+}

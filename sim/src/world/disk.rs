@@ -178,6 +178,10 @@ pub struct Disk {
     inodes: BTreeMap<FileId, Inode>,
     // Invariant: greater than every id handed out.
     next_id: FileId,
+    // Advisory locks: file -> the token of the handle holding it. Cleared by a crash.
+    locks: BTreeMap<FileId, u64>,
+    // Invariant: greater than every lock token handed out.
+    next_token: u64,
 }
 
 impl Disk {
@@ -191,6 +195,36 @@ impl Disk {
             entries_durable: BTreeMap::new(),
             inodes: BTreeMap::new(),
             next_id: 1,
+            locks: BTreeMap::new(),
+            next_token: 1,
+        }
+    }
+
+    /// A fresh token naming one open handle (for `try_lock`).
+    pub fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token - 1
+    }
+
+    /// Takes the exclusive advisory lock of `file` for the handle `token`; `WouldBlock` if
+    /// another handle holds it. Taking it again through the same handle succeeds.
+    pub fn try_lock(&mut self, file: FileId, token: u64) -> io::Result<()> {
+        self.inode_mut(file)?;
+        match self.locks.get(&file) {
+            Some(holder) if *holder != token => {
+                Err(io::Error::new(ErrorKind::WouldBlock, "file is locked by another handle"))
+            }
+            _ => {
+                self.locks.insert(file, token);
+                Ok(())
+            }
+        }
+    }
+
+    /// Releases the lock of `file` if the handle `token` holds it.
+    pub fn unlock(&mut self, file: FileId, token: u64) {
+        if self.locks.get(&file) == Some(&token) {
+            self.locks.remove(&file);
         }
     }
 
@@ -437,6 +471,8 @@ impl Disk {
             self.next_id += 1;
         }
         self.record_lost(&renumbered, &mut records);
+        // The process died: every lock it held is gone.
+        self.locks.clear();
         self.inodes = inodes;
         self.entries_durable = (self.entries_durable.iter())
             .map(|(path, file)| (path.clone(), renumbered[file]))

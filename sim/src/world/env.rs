@@ -179,10 +179,12 @@ impl Env for SimEnv {
         let file = self
             .disk_op(OpClass::Meta, 0, move |state, node| {
                 state.record(node, TraceKind::DiskMeta, 0, 0);
-                state.nodes[node as usize].disk.open(&path, options)
+                let disk = &mut state.nodes[node as usize].disk;
+                Ok((disk.open(&path, options)?, disk.token()))
             })
             .await?;
-        Ok(SimFile { env: self.clone(), file })
+        let (file, token) = file;
+        Ok(SimFile { env: self.clone(), file, token })
     }
 
     async fn create_dir_all(&self, path: &str) -> io::Result<()> {
@@ -411,6 +413,8 @@ impl Drop for SimTcpStream {
 pub struct SimFile {
     env: SimEnv,
     file: FileId,
+    // Names this handle for advisory locks.
+    token: u64,
 }
 
 impl Drop for SimFile {
@@ -418,7 +422,9 @@ impl Drop for SimFile {
         let mut state = self.env.shared.lock();
         if state.node_alive(self.env.node, self.env.generation) {
             // A handle from before a crash is already stale; there is nothing to release.
-            let _ = state.nodes[self.env.node as usize].disk.close(self.file);
+            let disk = &mut state.nodes[self.env.node as usize].disk;
+            disk.unlock(self.file, self.token);
+            let _ = disk.close(self.file);
         }
     }
 }
@@ -497,6 +503,14 @@ impl File for SimFile {
         self.env
             .disk_op(OpClass::Meta, 0, |state, node| state.nodes[node as usize].disk.len(file))
             .await
+    }
+
+    fn try_lock(&self) -> io::Result<()> {
+        let mut state = self.env.shared.lock();
+        if !state.node_alive(self.env.node, self.env.generation) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "stale handle"));
+        }
+        state.nodes[self.env.node as usize].disk.try_lock(self.file, self.token)
     }
 
     async fn set_len(&self, length: u64) -> io::Result<()> {
