@@ -30,8 +30,13 @@ pub const TOMBSTONE_TTL_SESSIONS_MIN: u32 = 32;
 
 /// A join-semilattice: `merge` is commutative, associative and idempotent.
 pub trait Crdt: Clone + PartialEq {
+    /// Joins `other` into `self`; returns whether `self` changed.
+    fn join(&mut self, other: &Self) -> bool;
+
     /// Joins `other` into `self`.
-    fn merge(&mut self, other: &Self);
+    fn merge(&mut self, other: &Self) {
+        self.join(other);
+    }
 }
 
 /// A last-writer-wins register. Ties on timestamp break by replica id, then by value, so the
@@ -73,8 +78,8 @@ impl<T: Ord + Clone> LwwRegister<T> {
 }
 
 impl<T: Ord + Clone> Crdt for LwwRegister<T> {
-    fn merge(&mut self, other: &Self) {
-        let Some(theirs) = &other.entry else { return };
+    fn join(&mut self, other: &Self) -> bool {
+        let Some(theirs) = &other.entry else { return false };
         let newer = match &self.entry {
             None => true,
             Some(ours) => (theirs.0, theirs.1, &theirs.2) > (ours.0, ours.1, &ours.2),
@@ -82,6 +87,7 @@ impl<T: Ord + Clone> Crdt for LwwRegister<T> {
         if newer {
             self.entry = Some(theirs.clone());
         }
+        newer
     }
 }
 
@@ -111,11 +117,22 @@ impl GCounter {
 }
 
 impl Crdt for GCounter {
-    fn merge(&mut self, other: &GCounter) {
+    fn join(&mut self, other: &GCounter) -> bool {
+        let mut changed = false;
         for (replica, count) in &other.counts {
-            let ours = self.counts.entry(*replica).or_insert(0);
-            *ours = (*ours).max(*count);
+            match self.counts.get_mut(replica) {
+                Some(ours) if *ours >= *count => {}
+                Some(ours) => {
+                    *ours = *count;
+                    changed = true;
+                }
+                None => {
+                    self.counts.insert(*replica, *count);
+                    changed = true;
+                }
+            }
         }
+        changed
     }
 }
 
@@ -150,9 +167,10 @@ impl PnCounter {
 }
 
 impl Crdt for PnCounter {
-    fn merge(&mut self, other: &PnCounter) {
-        self.increments.merge(&other.increments);
-        self.decrements.merge(&other.decrements);
+    fn join(&mut self, other: &PnCounter) -> bool {
+        let up = self.increments.join(&other.increments);
+        let down = self.decrements.join(&other.decrements);
+        up || down
     }
 }
 
@@ -234,23 +252,47 @@ impl<T: Ord + Clone> OrSet<T> {
 }
 
 impl<T: Ord + Clone> Crdt for OrSet<T> {
-    fn merge(&mut self, other: &Self) {
+    fn join(&mut self, other: &Self) -> bool {
+        let mut changed = false;
+        let mut tombstoned = false;
         for (dot, removed) in &other.tombstones {
-            let ours = self.tombstones.entry(*dot).or_insert(*removed);
-            *ours = (*ours).max(*removed);
+            match self.tombstones.get_mut(dot) {
+                Some(ours) if *ours >= *removed => {}
+                Some(ours) => {
+                    *ours = *removed;
+                    changed = true;
+                }
+                None => {
+                    self.tombstones.insert(*dot, *removed);
+                    (changed, tombstoned) = (true, true);
+                }
+            }
         }
         for (element, dots) in &other.adds {
-            self.adds.entry(element.clone()).or_default().extend(dots.iter().copied());
+            for dot in dots.iter().filter(|dot| !self.tombstones.contains_key(dot)) {
+                match self.adds.get_mut(element) {
+                    Some(ours) => changed |= ours.insert(*dot),
+                    None => {
+                        self.adds.insert(element.clone(), BTreeSet::from([*dot]));
+                        changed = true;
+                    }
+                }
+            }
         }
         for (replica, counter) in &other.counters {
             let ours = self.counters.entry(*replica).or_insert(0);
+            changed |= *counter > *ours;
             *ours = (*ours).max(*counter);
         }
-        let tombstones = &self.tombstones;
-        self.adds.retain(|_, dots| {
-            dots.retain(|dot| !tombstones.contains_key(dot));
-            !dots.is_empty()
-        });
+        if tombstoned {
+            // Only a new tombstone can hide a dot this set already held.
+            let tombstones = &self.tombstones;
+            self.adds.retain(|_, dots| {
+                dots.retain(|dot| !tombstones.contains_key(dot));
+                !dots.is_empty()
+            });
+        }
+        changed
     }
 }
 
@@ -264,8 +306,18 @@ mod tests {
         Timestamp { wall_ms, logical: 0 }
     }
 
+    /// `join` reports a change exactly when the state changed.
+    #[track_caller]
+    fn check_join_reports_change<C: Crdt + std::fmt::Debug>(a: &C, b: &C) {
+        let mut joined = a.clone();
+        let changed = joined.join(b);
+        assert_eq!(changed, joined != *a, "{a:?} join {b:?}");
+    }
+
     #[track_caller]
     fn check_laws<C: Crdt + std::fmt::Debug>(a: &C, b: &C, c: &C) {
+        check_join_reports_change(a, b);
+        check_join_reports_change(b, c);
         let mut ab = a.clone();
         ab.merge(b);
         let mut ba = b.clone();

@@ -122,24 +122,14 @@ impl Value {
             return true;
         }
         match (&mut *self, other) {
-            (Value::Register(ours), Value::Register(theirs)) => {
-                let before = ours.stamp();
-                ours.merge(theirs);
-                ours.stamp() != before
-            }
-            (Value::GCounter(ours), Value::GCounter(theirs)) => merge_changed(ours, theirs),
-            (Value::PnCounter(ours), Value::PnCounter(theirs)) => merge_changed(ours, theirs),
-            (Value::Set(ours), Value::Set(theirs)) => merge_changed(ours, theirs),
+            (Value::Register(ours), Value::Register(theirs)) => ours.join(theirs),
+            (Value::GCounter(ours), Value::GCounter(theirs)) => ours.join(theirs),
+            (Value::PnCounter(ours), Value::PnCounter(theirs)) => ours.join(theirs),
+            (Value::Set(ours), Value::Set(theirs)) => ours.join(theirs),
             // `other` ranks lower: the join is `self`.
             _ => false,
         }
     }
-}
-
-fn merge_changed<C: Crdt>(ours: &mut C, theirs: &C) -> bool {
-    let before = ours.clone();
-    ours.merge(theirs);
-    *ours != before
 }
 
 /// A local change to one key.
@@ -362,17 +352,21 @@ impl Store {
                 let (stamp, _) = register.stamp().expect("written");
                 self.hlc.observe(wall_ms, stamp)?;
             }
-            typed => check_encoded(current_size(typed))?,
-        }
-        if let Some(held) = self.entries.get(key)
-            && held.kind() == value.kind()
-            && !matches!(value, Value::Register(_))
-        {
-            let mut joined = held.clone();
-            if !joined.merge(value) {
-                return Ok(false);
+            typed => {
+                let incoming = current_size(typed);
+                check_encoded(incoming)?;
+                // A join is no larger than its parts: check it only when they could overflow.
+                if let Some(held) = self.entries.get(key)
+                    && held.kind() == typed.kind()
+                    && current_size(held) + incoming > TYPED_VALUE_BYTES_MAX
+                {
+                    let mut joined = held.clone();
+                    if !joined.merge(typed) {
+                        return Ok(false);
+                    }
+                    check_encoded(current_size(&joined))?;
+                }
             }
-            check_encoded(current_size(&joined))?;
         }
         Ok(self.merge_checked(key, value))
     }
