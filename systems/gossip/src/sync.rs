@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sim::Instant;
 
-use crate::hash::Digest;
+use crate::hash::{Digest, hash_bytes};
 use crate::mst::{DiffError, MstNode, PullSession};
 use crate::store::{Store, Value};
 use crate::wire::{DATAGRAM_SIZE_BYTES_MAX, FRAGMENT_SIZE_BYTES, Message};
@@ -84,6 +84,13 @@ enum Phase {
     Done,
 }
 
+/// One fragment's place and bytes.
+struct Part {
+    index: u16,
+    count: u16,
+    bytes: Vec<u8>,
+}
+
 #[derive(Clone, Debug)]
 struct Reassembly {
     parts: Vec<Option<Vec<u8>>>,
@@ -99,7 +106,8 @@ pub struct Requester {
     attempt_count: u32,
     pull: PullSession,
     fragments: BTreeMap<Digest, Reassembly>,
-    value_fragments: BTreeMap<Vec<u8>, Reassembly>,
+    // Keyed by (key, digest of the whole encoding); at most one digest per key.
+    value_fragments: BTreeMap<(Vec<u8>, Digest), Reassembly>,
     keys_wanted: Vec<Vec<u8>>,
     keys_in_flight: BTreeSet<Vec<u8>>,
     merged: Vec<Vec<u8>>,
@@ -227,8 +235,11 @@ impl Requester {
                     self.on_value(wall_ms, store, key, &value);
                 }
             }
-            Message::ValuePart { key, index, count, bytes, .. } if self.phase == Phase::Entries => {
-                if let Some(value) = self.on_value_fragment(&key, index, count, bytes)? {
+            Message::ValuePart { key, digest, index, count, bytes, .. }
+                if self.phase == Phase::Entries =>
+            {
+                let part = Part { index, count, bytes };
+                if let Some(value) = self.on_value_fragment(&key, digest, part)? {
                     self.on_value(wall_ms, store, key, &value);
                 }
             }
@@ -242,7 +253,7 @@ impl Requester {
         if !self.keys_in_flight.remove(&key) {
             return;
         }
-        self.value_fragments.remove(&key);
+        self.value_fragments.retain(|(held, _), _| *held != key);
         self.stats.value_count += 1;
         // A value the store refuses (clock, size) is skipped, not fatal.
         if store.merge(wall_ms, &key, value).unwrap_or(false) {
@@ -254,17 +265,23 @@ impl Requester {
     fn on_value_fragment(
         &mut self,
         key: &[u8],
-        index: u16,
-        count: u16,
-        bytes: Vec<u8>,
+        digest: Digest,
+        part: Part,
     ) -> Result<Option<Value>, SyncError> {
         if !self.keys_in_flight.contains(key) {
             return Ok(None);
         }
-        let reassembled = reassemble(&mut self.value_fragments, key.to_vec(), index, count, bytes);
+        // The value changed between two answers: start over on the newer encoding.
+        self.value_fragments.retain(|(held, version), _| held != key || *version == digest);
+        let id = (key.to_vec(), digest);
+        let Part { index, count, bytes } = part;
+        let reassembled = reassemble(&mut self.value_fragments, id, index, count, bytes);
         let Some(encoded) = reassembled.map_err(|()| SyncError::BadValueFragment)? else {
             return Ok(None);
         };
+        if hash_bytes(&encoded) != digest {
+            return Err(SyncError::BadValueFragment);
+        }
         postcard::from_bytes(&encoded).map(Some).map_err(|_| SyncError::BadValueFragment)
     }
 
@@ -421,6 +438,7 @@ fn respond_entries(store: &Store, session: u64, keys: &[Vec<u8>], out: &mut Vec<
 /// take more than `FRAGMENTS_MAX`, which the store's size limit rules out).
 fn respond_value_parts(session: u64, key: &[u8], value: &Value, out: &mut Vec<Message>) {
     let encoded = postcard::to_stdvec(value).expect("serializable");
+    let digest = hash_bytes(&encoded);
     let count = encoded.len().div_ceil(FRAGMENT_SIZE_BYTES);
     if count > FRAGMENTS_MAX {
         let absent = vec![key.to_vec()];
@@ -431,6 +449,7 @@ fn respond_value_parts(session: u64, key: &[u8], value: &Value, out: &mut Vec<Me
         out.push(Message::ValuePart {
             session,
             key: key.to_vec(),
+            digest,
             index: index as u16,
             count: count as u16,
             bytes: chunk.to_vec(),
@@ -543,13 +562,65 @@ mod tests {
                 requester.on_message(Instant::ZERO, 0, &mut store, reply, &mut out).expect("ok");
             }
         }
-        let mut part = |index, count| {
-            let bytes = vec![0];
-            let message =
-                Message::ValuePart { session: 1, key: b"k".to_vec(), index, count, bytes };
+        let mut part = |digest, index, count, byte| {
+            let (key, bytes, digest) = (b"k".to_vec(), vec![byte], Digest(digest));
+            let message = Message::ValuePart { session: 1, key, digest, index, count, bytes };
             requester.on_message(Instant::ZERO, 0, &mut store, message, &mut Vec::new())
         };
-        assert_eq!(part(0, 2), Ok(()));
-        assert_eq!(part(1, 3), Err(SyncError::BadValueFragment));
+        assert_eq!(part(7, 0, 2, 0), Ok(()));
+        // Another encoding's fragment restarts the reassembly rather than joining it.
+        assert_eq!(part(8, 1, 2, 0), Ok(()));
+        assert_eq!(part(8, 1, 3, 0), Err(SyncError::BadValueFragment), "count contradicts");
+    }
+
+    #[test]
+    fn fragments_of_two_encodings_never_combine_and_a_forged_digest_is_caught() {
+        use crate::store::Update;
+        let mut remote = Store::new(ReplicaId(2));
+        for index in 0..40u32 {
+            let element = format!("{index:04}-{}", "e".repeat(200)).into_bytes();
+            remote.apply(0, b"big", Update::Insert(element)).expect("insert");
+        }
+        let parts = |store: &Store| {
+            let mut out = Vec::new();
+            respond_value_parts(1, b"big", store.value(b"big").expect("held"), &mut out);
+            out
+        };
+        let old = parts(&remote);
+        remote.apply(0, b"big", Update::Insert(b"0000-newer".to_vec())).expect("insert");
+        let new = parts(&remote);
+        // The old first fragment, then every newer one but the first: nothing completes.
+        let mut requester = requester_wanting(b"big");
+        let mut store = Store::new(ReplicaId(1));
+        for message in std::iter::once(&old[0]).chain(&new[1..]) {
+            requester
+                .on_message(Instant::ZERO, 0, &mut store, message.clone(), &mut Vec::new())
+                .expect("a fragment");
+        }
+        assert!(store.value(b"big").is_none(), "a spliced value was merged");
+        requester
+            .on_message(Instant::ZERO, 0, &mut store, new[0].clone(), &mut Vec::new())
+            .expect("the last fragment");
+        assert_eq!(store.value(b"big"), remote.value(b"big"));
+        // A forged digest over honest bytes is refused.
+        let mut requester = requester_wanting(b"big");
+        let mut store = Store::new(ReplicaId(1));
+        let mut last = Ok(());
+        for mut message in old {
+            if let Message::ValuePart { digest, .. } = &mut message {
+                *digest = Digest(1);
+            }
+            last = requester.on_message(Instant::ZERO, 0, &mut store, message, &mut Vec::new());
+        }
+        assert_eq!(last, Err(SyncError::BadValueFragment));
+    }
+
+    /// A requester in its entries phase with `key` in flight.
+    fn requester_wanting(key: &[u8]) -> Requester {
+        let retry = Duration::from_millis(100);
+        let mut requester = Requester::start(Instant::ZERO, 1, retry, &mut Vec::new());
+        requester.phase = Phase::Entries;
+        requester.keys_in_flight.insert(key.to_vec());
+        requester
     }
 }

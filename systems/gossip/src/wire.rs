@@ -110,6 +110,9 @@ pub enum Message {
         session: u64,
         /// The key.
         key: Vec<u8>,
+        /// `hash_bytes` of the whole encoding: fragments of different encodings (the value
+        /// changed between two answers) are never combined, and the result is checked.
+        digest: Digest,
         /// Fragment index.
         index: u16,
         /// Fragment count.
@@ -229,6 +232,7 @@ mod tests {
         let message = Message::ValuePart {
             session: u64::MAX,
             key: vec![0xff; KEY_SIZE_BYTES_MAX],
+            digest: Digest(u128::MAX),
             index: u16::MAX,
             count: u16::MAX,
             bytes: vec![0xff; FRAGMENT_SIZE_BYTES],
