@@ -111,7 +111,7 @@ impl<E: Env> Inner<E> {
         };
         let mut version = (*lock(&self.state).version).clone();
         if !memtable.is_empty() {
-            let mut writer = self.create_table(number).await?;
+            let mut writer = self.create_table(number, true).await?;
             write_memtable(&memtable, &mut writer).await?;
             let file = self.install_table(number, 0, writer).await?;
             self.counters.flush_bytes.fetch_add(file.meta.size, Ordering::Relaxed);
@@ -133,11 +133,12 @@ impl<E: Env> Inner<E> {
         Ok(true)
     }
 
-    /// Creates table file `number` and a writer streaming a new table into it.
-    async fn create_table(&self, number: u64) -> Result<TableWriter<E::File>> {
+    /// Creates table file `number` and a writer streaming a new table (of level 0 if `level0`)
+    /// into it.
+    async fn create_table(&self, number: u64, level0: bool) -> Result<TableWriter<E::File>> {
         let path = join(&self.dir, &table_name(number));
         let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
-        Ok(TableWriter::new(file, self.options.table_options()))
+        Ok(TableWriter::new(file, self.options.table_options(level0)))
     }
 
     /// Finishes and syncs table `number` and its directory entry, and opens it.
@@ -382,7 +383,7 @@ impl<E: Env> Inner<E> {
             state.next_file_number += 1;
             state.next_file_number - 1
         };
-        Ok((number, self.create_table(number).await?))
+        Ok((number, self.create_table(number, false).await?))
     }
 
     async fn finish_output(

@@ -144,6 +144,11 @@ impl Block {
         self.data.len()
     }
 
+    /// The block's bytes, for reuse as a buffer.
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+
     fn restart(&self, index: usize) -> usize {
         fixed_u32(&self.data, self.restarts_offset + 4 * index) as usize
     }

@@ -65,12 +65,30 @@ pub fn user_key(encoded: &[u8]) -> &[u8] {
     &encoded[..encoded.len().saturating_sub(TRAILER_BYTES)]
 }
 
+/// `a.cmp(b)` (bytewise): keys of up to 16 bytes compare as one number, without a call to
+/// `memcmp` (point lookups compare user keys many times).
+pub fn compare_user(a: &[u8], b: &[u8]) -> Ordering {
+    if a.len() > 16 || b.len() > 16 {
+        return a.cmp(b);
+    }
+    // Zero-padded big-endian words order like the keys, except that a key and the same key
+    // followed by zero bytes tie: then the shorter one is first.
+    let word = |key: &[u8]| {
+        let bytes = <[u8; 16]>::try_from(key).unwrap_or_else(|_| {
+            let mut bytes = [0u8; 16];
+            bytes[..key.len()].copy_from_slice(key);
+            bytes
+        });
+        u128::from_be_bytes(bytes)
+    };
+    word(a).cmp(&word(b)).then(a.len().cmp(&b.len()))
+}
+
 /// Orders encoded internal keys: user key ascending, then trailer (sequence) descending.
 pub fn compare_internal(a: &[u8], b: &[u8]) -> Ordering {
     let split_a = a.len().saturating_sub(TRAILER_BYTES);
     let split_b = b.len().saturating_sub(TRAILER_BYTES);
-    a[..split_a]
-        .cmp(&b[..split_b])
+    compare_user(&a[..split_a], &b[..split_b])
         .then_with(|| trailer_value(&b[split_b..]).cmp(&trailer_value(&a[split_a..])))
 }
 
@@ -79,7 +97,8 @@ pub fn compare_internal(a: &[u8], b: &[u8]) -> Ordering {
 pub fn compare_internal_to(encoded: &[u8], user_key: &[u8], sequence: u64, kind: u8) -> Ordering {
     let split = encoded.len().saturating_sub(TRAILER_BYTES);
     let trailer = sequence << 8 | u64::from(kind);
-    encoded[..split].cmp(user_key).then_with(|| trailer.cmp(&trailer_value(&encoded[split..])))
+    compare_user(&encoded[..split], user_key)
+        .then_with(|| trailer.cmp(&trailer_value(&encoded[split..])))
 }
 
 /// A trailer's bytes as the little-endian u64 they encode.
@@ -110,6 +129,27 @@ mod tests {
             let target = internal_key(user, sequence, KIND_PUT);
             let expected = compare_internal(encoded, &target);
             assert_eq!(compare_internal_to(encoded, user, sequence, KIND_PUT), expected);
+        }
+    }
+
+    /// Goal: `compare_user` is bytewise order. Method: every pair of a set of short and long
+    /// keys with zero and 0xff bytes, shared prefixes and lengths around 16.
+    #[test]
+    fn compare_user_is_bytewise_order() {
+        let mut keys: Vec<Vec<u8>> = vec![vec![], vec![0], vec![0, 0], vec![0xff], vec![1, 0]];
+        for length in [7, 8, 15, 16, 17, 24] {
+            for last in [0u8, 1, 0xff] {
+                let mut key = vec![b'k'; length];
+                key[length - 1] = last;
+                keys.push(key.clone());
+                key[0] = b'a';
+                keys.push(key);
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(compare_user(a, b), a.cmp(b), "{a:?} vs {b:?}");
+            }
         }
     }
 }

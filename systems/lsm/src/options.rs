@@ -25,8 +25,13 @@ pub struct Options {
     pub block_bytes: usize,
     /// Entries between restart points in a block.
     pub block_restart_interval: usize,
-    /// Bloom filter bits per key (about 1% false positives at 10).
+    /// Bloom filter bits per key of tables below level 0 (about 1% false positives at 10).
     pub bloom_bits_per_key: u32,
+    /// Bloom filter bits per key of level-0 tables (flush outputs; about 0.02% false positives
+    /// at 20). Every point lookup probes every level-0 table, as their key ranges overlap, so
+    /// their false positives cost the most block reads; they are few and small, so the extra
+    /// filter memory is small.
+    pub level0_bloom_bits_per_key: u32,
     /// Data block compression.
     pub compression: Compression,
     /// Byte budget of the block cache.
@@ -53,6 +58,7 @@ impl Default for Options {
             block_bytes: 4096,
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
+            level0_bloom_bits_per_key: 20,
             compression: Compression::None,
             block_cache_bytes: 8 << 20,
             level0_compaction_trigger: 4,
@@ -108,12 +114,14 @@ impl Options {
         Ok(())
     }
 
-    /// What table builders need.
-    pub(crate) fn table_options(&self) -> TableOptions {
+    /// What builders of tables of level 0 (`level0`) or a deeper level need.
+    pub(crate) fn table_options(&self, level0: bool) -> TableOptions {
+        let bloom_bits_per_key =
+            if level0 { self.level0_bloom_bits_per_key } else { self.bloom_bits_per_key };
         TableOptions {
             block_bytes: self.block_bytes,
             restart_interval: self.block_restart_interval,
-            bloom_bits_per_key: self.bloom_bits_per_key,
+            bloom_bits_per_key,
             compression: self.compression,
         }
     }

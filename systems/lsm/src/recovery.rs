@@ -225,7 +225,7 @@ async fn write_recovered_table<E: Env>(
 ) -> Result<Arc<TableFile<E::File>>> {
     let name = table_name(number);
     let file = env.open(&join(dir, &name), OpenOptions::CREATE_NEW).await?;
-    let mut writer = TableWriter::new(file, options.table_options());
+    let mut writer = TableWriter::new(file, options.table_options(true));
     for entry in memtable.entries() {
         writer.add(&entry).await?;
     }

@@ -1,7 +1,7 @@
 //! SSTables: immutable sorted files of internal keys, built once by a flush or a compaction and
 //! read through a block cache.
 //!
-//! ## Format (version 1, little-endian; `docs/format.md` has the full description)
+//! ## Format (version 2, little-endian; `docs/format.md` has the full description)
 //!
 //! `| data block + trailer |* | filter block + trailer | index block + trailer | footer |`
 //!
@@ -10,7 +10,8 @@
 //!   uncompressed length prepended as a u32 (`lz4_flex::compress_prepend_size`).
 //! - Data blocks (see `block.rs`) map encoded internal keys (see `key.rs`) to values; a
 //!   tombstone has an empty value.
-//! - The filter block is one bloom filter over the table's user keys (see `bloom.rs`).
+//! - The filter block is one bloom filter over the table's user keys (see `bloom.rs`): a
+//!   blocked filter in version 2, a legacy one in version 1 (still read).
 //! - The index block (block format) maps each data block's last internal key to
 //!   `| offset varint | stored size varint |` of that block (size without the trailer).
 //! - The footer is 48 bytes: `| filter offset u64 | filter size u32 | index offset u64 |
@@ -25,13 +26,13 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use sim::File;
 
 use crate::block::{Block, BlockBuilder, BlockPosition};
-use crate::bloom::{self, Bloom};
+use crate::bloom::{self, Bloom, FilterKind};
 use crate::cache::BlockCache;
 use crate::coding::{DecodeResult, Reader, fixed_u32, put_varint};
 use crate::error::{Error, Result};
 use crate::key::{
     Entry, KIND_DELETE, KIND_PUT, SEQUENCE_MAX, compare_internal, compare_internal_to,
-    encode_internal, internal_key, split_internal, user_key,
+    encode_internal, split_internal, user_key,
 };
 
 /// Bytes of the footer.
@@ -39,8 +40,10 @@ pub const FOOTER_BYTES: usize = 48;
 const _: () = assert!(FOOTER_BYTES == 8 + 4 + 8 + 4 + 8 + 4 + 4 + 8);
 /// The footer's magic number ("GMLSMSST").
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"GMLSMSST");
-/// The table format version this code writes and reads.
-pub const TABLE_FORMAT_VERSION: u32 = 1;
+/// The table format version this code writes (it also reads `TABLE_FORMAT_VERSION_LEGACY`).
+pub const TABLE_FORMAT_VERSION: u32 = 2;
+/// The older table format version still read: the same layout with a legacy bloom filter.
+pub const TABLE_FORMAT_VERSION_LEGACY: u32 = 1;
 /// Bytes of the trailer after every block.
 pub const BLOCK_TRAILER_BYTES: usize = 5;
 /// The largest block (compressed or not) a reader accepts.
@@ -100,6 +103,7 @@ pub struct TableBuilder {
     smallest: Option<Vec<u8>>,
     entry_count: u64,
     key_buffer: Vec<u8>,
+    format_version: u32,
 }
 
 impl TableBuilder {
@@ -116,7 +120,14 @@ impl TableBuilder {
             smallest: None,
             entry_count: 0,
             key_buffer: Vec::new(),
+            format_version: TABLE_FORMAT_VERSION,
         }
+    }
+
+    /// A builder of a table in the legacy format version (tests of the reader's compatibility).
+    #[cfg(test)]
+    fn legacy(options: TableOptions) -> TableBuilder {
+        TableBuilder { format_version: TABLE_FORMAT_VERSION_LEGACY, ..TableBuilder::new(options) }
     }
 
     /// Appends an entry; entries must come in internal-key order.
@@ -191,7 +202,8 @@ impl TableBuilder {
         let largest = self.data.last_key().to_vec();
         let largest = if self.data.is_empty() { self.index.last_key().to_vec() } else { largest };
         self.finish_data_block();
-        let filter = bloom::build(&self.hashes, self.options.bloom_bits_per_key);
+        let kind = filter_kind(self.format_version).expect("a known format version");
+        let filter = bloom::build(&self.hashes, self.options.bloom_bits_per_key, kind);
         let (filter_offset, filter_size) =
             write_block(&mut self.out, self.consumed, &filter, Compression::None);
         let index = self.index.finish();
@@ -203,7 +215,7 @@ impl TableBuilder {
         footer.extend_from_slice(&index_offset.to_le_bytes());
         footer.extend_from_slice(&(index_size as u32).to_le_bytes());
         footer.extend_from_slice(&self.entry_count.to_le_bytes());
-        footer.extend_from_slice(&TABLE_FORMAT_VERSION.to_le_bytes());
+        footer.extend_from_slice(&self.format_version.to_le_bytes());
         footer.extend_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
         footer.extend_from_slice(&TABLE_MAGIC.to_le_bytes());
         assert_eq!(footer.len(), FOOTER_BYTES);
@@ -354,6 +366,16 @@ struct Footer {
     filter: Handle,
     index: Handle,
     entry_count: u64,
+    filter_kind: FilterKind,
+}
+
+/// The bloom filter kind of a table format version, if the version is known.
+fn filter_kind(version: u32) -> Option<FilterKind> {
+    match version {
+        TABLE_FORMAT_VERSION => Some(FilterKind::Blocked),
+        TABLE_FORMAT_VERSION_LEGACY => Some(FilterKind::Legacy),
+        _ => None,
+    }
 }
 
 fn decode_footer(bytes: &[u8]) -> DecodeResult<Footer> {
@@ -370,10 +392,8 @@ fn decode_footer(bytes: &[u8]) -> DecodeResult<Footer> {
     if crc != crc32c::crc32c(&bytes[..36]) {
         return Err("footer checksum mismatch");
     }
-    if version != TABLE_FORMAT_VERSION {
-        return Err("unknown table format version");
-    }
-    Ok(Footer { filter, index, entry_count })
+    let filter_kind = filter_kind(version).ok_or("unknown table format version")?;
+    Ok(Footer { filter, index, entry_count, filter_kind })
 }
 
 fn decode_index(block: &Block, file_bytes: u64) -> DecodeResult<Vec<IndexEntry>> {
@@ -399,6 +419,48 @@ fn decode_index(block: &Block, file_bytes: u64) -> DecodeResult<Vec<IndexEntry>>
     Ok(index)
 }
 
+/// The 8 user-key bytes after `skip`, big-endian and zero-padded: if one user key sorts before
+/// another, its word is at most the other's.
+fn key_word(user: &[u8], skip: usize) -> u64 {
+    let tail = user.get(skip..).unwrap_or_default();
+    let mut bytes = [0u8; 8];
+    let count = tail.len().min(8);
+    bytes[..count].copy_from_slice(&tail[..count]);
+    u64::from_be_bytes(bytes)
+}
+
+/// The user-key prefix shared by every key of a sorted, non-empty index and each entry's word
+/// after it.
+fn index_words(index: &[IndexEntry]) -> (Vec<u8>, Vec<u64>) {
+    let first = user_key(&index[0].last_key);
+    let last = user_key(&index[index.len() - 1].last_key);
+    let skip = first.iter().zip(last).take_while(|(a, b)| a == b).count();
+    let words = index.iter().map(|entry| key_word(user_key(&entry.last_key), skip)).collect();
+    (first[..skip].to_vec(), words)
+}
+
+/// The first entry of `index` (with its `index_words`) whose key is at or after (`key`,
+/// `sequence`, `KIND_PUT`), or `index.len()`.
+fn search_index(
+    index: &[IndexEntry],
+    prefix: &[u8],
+    words: &[u64],
+    key: &[u8],
+    sequence: u64,
+) -> usize {
+    let (mut low, mut high) = (0, index.len());
+    if key.starts_with(prefix) {
+        // Index keys whose word is below the target's sort before it, those above after it.
+        let target = key_word(key, prefix.len());
+        low = words.partition_point(|&word| word < target);
+        high = low + words[low..].partition_point(|&word| word <= target);
+    }
+    let before = |entry: &IndexEntry| {
+        compare_internal_to(&entry.last_key, key, sequence, KIND_PUT) == Ordering::Less
+    };
+    low + index[low..high].partition_point(before)
+}
+
 /// An open SSTable.
 #[derive(Debug)]
 pub struct Table<F: File> {
@@ -406,6 +468,11 @@ pub struct Table<F: File> {
     number: u64,
     name: String,
     index: Vec<IndexEntry>,
+    // The user-key prefix every index key shares, and per index entry the next 8 user-key bytes
+    // (big-endian, zero-padded): a binary search over these compact numbers narrows a lookup to
+    // the few entries whose full keys need comparing.
+    index_prefix: Vec<u8>,
+    index_words: Vec<u64>,
     bloom: Bloom,
     entry_count: u64,
     cache: Arc<BlockCache>,
@@ -422,7 +489,19 @@ async fn read_checked<F: File, T>(
     size: usize,
     check: impl Fn(&mut Vec<u8>) -> DecodeResult<T>,
 ) -> Result<T> {
-    let mut buffer = Vec::new();
+    read_checked_into(Vec::new(), file, name, offset, size, check).await
+}
+
+/// `read_checked` reading into `buffer` (whose bytes are overwritten: a recycled buffer spares
+/// zeroing a new one).
+async fn read_checked_into<F: File, T>(
+    mut buffer: Vec<u8>,
+    file: &F,
+    name: &str,
+    offset: u64,
+    size: usize,
+    check: impl Fn(&mut Vec<u8>) -> DecodeResult<T>,
+) -> Result<T> {
     let mut reason = "unread";
     for _ in 0..READ_ATTEMPTS_MAX {
         buffer.resize(size, 0);
@@ -466,15 +545,18 @@ impl<F: File> Table<F> {
         .await?;
         let size = footer.filter.size as usize + BLOCK_TRAILER_BYTES;
         let bloom = read_checked(&file, &name, footer.filter.offset, size, |bytes| {
-            Bloom::new(decode_block(bytes)?)
+            Bloom::new(decode_block(bytes)?, footer.filter_kind)
         })
         .await?;
         let entry_count = footer.entry_count;
+        let (index_prefix, index_words) = index_words(&index);
         Ok(Table {
             file,
             number,
             name,
             index,
+            index_prefix,
+            index_words,
             bloom,
             entry_count,
             cache,
@@ -504,6 +586,12 @@ impl<F: File> Table<F> {
         self.bloom_false_positive_count.fetch_add(1, AtomicOrdering::Relaxed);
     }
 
+    /// The first data block whose last key is at or after (`key`, `sequence`, `KIND_PUT`), or
+    /// the block count if none is.
+    fn find_block(&self, key: &[u8], sequence: u64) -> usize {
+        search_index(&self.index, &self.index_prefix, &self.index_words, key, sequence)
+    }
+
     /// Number of data blocks.
     fn block_count(&self) -> usize {
         self.index.len()
@@ -521,8 +609,10 @@ impl<F: File> Table<F> {
             return Ok(block);
         }
         let size = handle.size as usize + BLOCK_TRAILER_BYTES;
+        let buffer = self.cache.take_buffer();
+        let (file, name) = (&self.file, &self.name);
         let block =
-            read_checked(&self.file, &self.name, handle.offset, size, decode_data_block).await?;
+            read_checked_into(buffer, file, name, handle.offset, size, decode_data_block).await?;
         let block = Arc::new(block);
         if fill_cache {
             self.cache.insert(self.number, handle.offset, Arc::clone(&block));
@@ -543,8 +633,7 @@ impl<F: File> Table<F> {
         }
         // Compares against the encoded target (key, sequence, KIND_PUT) without building it.
         let before_target = |encoded: &[u8]| compare_internal_to(encoded, key, sequence, KIND_PUT);
-        let block_index =
-            self.index.partition_point(|entry| before_target(&entry.last_key) == Ordering::Less);
+        let block_index = self.find_block(key, sequence);
         if block_index == self.index.len() {
             self.count_false_positive();
             return Ok(None);
@@ -666,12 +755,12 @@ impl<F: File> TableCursor<F> {
         let block = self.table.read_block_with(self.block_index, self.fill_cache).await?;
         let position = match bound {
             Bound::Unbounded => block.first_position(),
-            Bound::Included(key) => {
-                block.seek_position(&internal_key(key, SEQUENCE_MAX, KIND_PUT), compare_internal)
-            }
-            Bound::Excluded(key) => {
-                block.seek_position(&internal_key(key, 0, KIND_DELETE), compare_internal)
-            }
+            // Compares against the encoded bound key without building it.
+            Bound::Included(key) => block.seek_position(key, |encoded, _| {
+                compare_internal_to(encoded, key, SEQUENCE_MAX, KIND_PUT)
+            }),
+            Bound::Excluded(key) => block
+                .seek_position(key, |encoded, _| compare_internal_to(encoded, key, 0, KIND_DELETE)),
         };
         self.position = position.map_err(|reason| self.corrupt(reason))?;
         self.block = Some(block);
@@ -681,7 +770,7 @@ impl<F: File> TableCursor<F> {
         self.materialize()
     }
 
-    /// Makes `current` the entry at `position`.
+    /// Makes `current` the entry at `position`, reusing the previous entry's buffers.
     fn materialize(&mut self) -> Result<()> {
         let (Some(block), Some(position)) = (&self.block, &self.position) else {
             self.current = None;
@@ -689,14 +778,24 @@ impl<F: File> TableCursor<F> {
         };
         let (user, sequence, kind) =
             split_internal(&position.key).map_err(|reason| self.corrupt(reason))?;
-        let value = (kind == KIND_PUT).then(|| block.value(&position.value).to_vec());
-        let entry = Entry { key: user.to_vec(), sequence, value };
         let ordered = self.current.as_ref().is_none_or(|previous| {
-            (&previous.key, std::cmp::Reverse(previous.sequence))
-                < (&entry.key, std::cmp::Reverse(entry.sequence))
+            (&previous.key[..], std::cmp::Reverse(previous.sequence))
+                < (user, std::cmp::Reverse(sequence))
         });
         if !ordered {
             return Err(self.corrupt("table keys out of order"));
+        }
+        let empty = || Entry { key: Vec::new(), sequence: 0, value: None };
+        let mut entry = self.current.take().unwrap_or_else(empty);
+        entry.key.clear();
+        entry.key.extend_from_slice(user);
+        entry.sequence = sequence;
+        if kind == KIND_PUT {
+            let value = entry.value.get_or_insert_with(Vec::new);
+            value.clear();
+            value.extend_from_slice(block.value(&position.value));
+        } else {
+            entry.value = None;
         }
         self.current = Some(entry);
         Ok(())
@@ -780,10 +879,7 @@ fn start_block<F: File>(table: &Table<F>, forward: bool, bound: Bound<&[u8]>) ->
     match (bound, forward) {
         (Bound::Unbounded, true) => 0,
         (Bound::Unbounded, false) => count - 1,
-        (Bound::Included(limit), true) => {
-            let target = internal_key(limit, SEQUENCE_MAX, KIND_PUT);
-            table.index.partition_point(|e| compare_internal(&e.last_key, &target).is_lt())
-        }
+        (Bound::Included(limit), true) => table.find_block(limit, SEQUENCE_MAX),
         (Bound::Excluded(limit), true) => {
             table.index.partition_point(|entry| last_user(entry).as_slice() <= limit)
         }
@@ -792,6 +888,124 @@ fn start_block<F: File>(table: &Table<F>, forward: bool, bound: Bound<&[u8]>) ->
         }
         (Bound::Excluded(limit), false) => {
             table.index.partition_point(|entry| last_user(entry).as_slice() < limit).min(count - 1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use sim::world::{SimConfig, SimEnv, World};
+    use sim::{Env, OpenOptions};
+
+    use super::*;
+    use crate::key::internal_key;
+
+    fn entries() -> Vec<Entry> {
+        (0..500u32)
+            .map(|index| Entry {
+                key: format!("key-{index:06}").into_bytes(),
+                sequence: u64::from(index) + 1,
+                value: (index % 9 != 0).then(|| vec![index as u8; 40]),
+            })
+            .collect()
+    }
+
+    /// Opens `bytes` as a table on a simulated disk; with `probe`, looks up every entry and a
+    /// missing key after each.
+    fn open_and_probe(bytes: Vec<u8>, probe: bool) -> Result<()> {
+        let world = World::new(SimConfig::new(5));
+        let node = world.add_node("db", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+        let env: SimEnv = world.env(node);
+        let program = async move {
+            let file = env.open("t.sst", OpenOptions::CREATE_NEW).await.expect("create");
+            file.write_at(0, &bytes).await.expect("write");
+            let cache = Arc::new(BlockCache::new(1 << 16));
+            let table = Table::open(file, 1, "t.sst".into(), cache).await?;
+            for entry in entries().into_iter().filter(|_| probe) {
+                let found = table.get(&entry.key, bloom::key_hash(&entry.key), SEQUENCE_MAX).await;
+                assert_eq!(found?, Some((entry.sequence, entry.value)));
+                let absent = [&entry.key[..], b"x"].concat();
+                assert_eq!(table.get(&absent, bloom::key_hash(&absent), SEQUENCE_MAX).await?, None);
+            }
+            Ok(())
+        };
+        world.block_on(node, Duration::from_secs(60), program).expect("simulation")
+    }
+
+    /// Goal: a table of format version 1 (legacy bloom filter) still reads, every key found and
+    /// absent keys not; an unknown version is corruption. Method: a table built with the legacy
+    /// builder; then its footer's version patched to 3 (with a fixed-up checksum).
+    #[test]
+    fn a_version_1_table_reads_and_an_unknown_version_is_corruption() {
+        let options = TableOptions {
+            block_bytes: 512,
+            restart_interval: 4,
+            bloom_bits_per_key: 10,
+            compression: Compression::None,
+        };
+        let mut builder = TableBuilder::legacy(options);
+        entries().iter().for_each(|entry| builder.add(entry));
+        let (bytes, _) = builder.finish();
+        let footer = bytes.len() - FOOTER_BYTES;
+        assert_eq!(fixed_u32(&bytes, footer + 32), TABLE_FORMAT_VERSION_LEGACY);
+        open_and_probe(bytes.clone(), true).expect("a version-1 table reads");
+        let mut patched = bytes;
+        patched[footer + 32..footer + 36].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32c::crc32c(&patched[footer..footer + 36]);
+        patched[footer + 36..footer + 40].copy_from_slice(&crc.to_le_bytes());
+        assert!(open_and_probe(patched, false).is_err_and(|error| error.is_corruption()));
+    }
+
+    /// Goal: the word-accelerated index search finds the same block as a plain binary search
+    /// of the full keys. Method: indexes of keys with shared prefixes, several lengths, equal
+    /// user keys at different sequences and keys ending in zero bytes, probed with every index
+    /// key's neighbourhood and with keys outside the shared prefix.
+    #[test]
+    fn index_search_matches_a_full_key_binary_search() {
+        let users: Vec<Vec<u8>> = [
+            &b"pre"[..],
+            b"pre\0",
+            b"pre\0\0",
+            b"prea",
+            b"preabcdefgh",
+            b"preabcdefgh\0",
+            b"preabcdefghi",
+            b"preabcdefghj",
+            b"preabcdefgi",
+            b"prez",
+            b"prez\xff\xff",
+        ]
+        .iter()
+        .map(|key| key.to_vec())
+        .collect();
+        let mut index = Vec::new();
+        for (position, user) in users.iter().enumerate() {
+            for sequence in [9, 5] {
+                let last_key = internal_key(user, sequence + position as u64, KIND_PUT);
+                index.push(IndexEntry { last_key, handle: Handle { offset: 0, size: 0 } });
+            }
+        }
+        for window in [&index[..], &index[4..], &index[8..12], &index[20..]] {
+            let (prefix, words) = index_words(window);
+            let mut probes: Vec<Vec<u8>> = vec![b"".to_vec(), b"pr".to_vec(), b"q".to_vec()];
+            for user in &users {
+                for extra in [&b""[..], b"\0", b"a", b"\xff"] {
+                    probes.push([&user[..], extra].concat());
+                }
+                probes.push(user[..user.len() - 1].to_vec());
+            }
+            for probe in &probes {
+                for sequence in [0, 5, 7, 9, 20, SEQUENCE_MAX] {
+                    let expected = window.partition_point(|entry| {
+                        compare_internal_to(&entry.last_key, probe, sequence, KIND_PUT).is_lt()
+                    });
+                    let found = search_index(window, &prefix, &words, probe, sequence);
+                    assert_eq!(found, expected, "probe {probe:?} at {sequence}");
+                }
+            }
         }
     }
 }

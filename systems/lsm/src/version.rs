@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sim::File;
 
 use crate::error::Result;
-use crate::key::user_key;
+use crate::key::{compare_user, user_key};
 use crate::manifest::TableMeta;
 use crate::table::Table;
 
@@ -105,16 +105,22 @@ impl<F: File> Version<F> {
         hash: u64,
         sequence: u64,
     ) -> Result<Option<(u64, Option<Vec<u8>>)>> {
+        // `compare_user` rather than slice comparisons: this runs on every lookup.
+        let within = |file: &TableFile<F>| {
+            compare_user(file.smallest_user(), key).is_le()
+                && compare_user(file.largest_user(), key).is_ge()
+        };
         for file in &self.levels[0] {
-            if file.overlaps(key, key)
+            if within(file)
                 && let Some(found) = file.table.get(key, hash, sequence).await?
             {
                 return Ok(Some(found));
             }
         }
         for files in &self.levels[1..] {
-            let index = files.partition_point(|file| file.largest_user() < key);
-            if let Some(file) = files.get(index).filter(|file| file.smallest_user() <= key)
+            let index =
+                files.partition_point(|file| compare_user(file.largest_user(), key).is_lt());
+            if let Some(file) = files.get(index).filter(|file| within(file))
                 && let Some(found) = file.table.get(key, hash, sequence).await?
             {
                 return Ok(Some(found));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::{run, small_options, world};
 use lsm::block::{Block, BlockBuilder};
-use lsm::bloom::Bloom;
+use lsm::bloom::{Bloom, FilterKind};
 use lsm::cache::BlockCache;
 use lsm::key::{Entry, internal_key};
 use lsm::manifest::{ManifestState, TableMeta};
@@ -58,6 +58,13 @@ fn valid_manifest() -> Vec<u8> {
     .encode()
 }
 
+/// A blocked bloom filter of 60 keys (a mutation may also make it a valid legacy filter).
+fn valid_bloom() -> Vec<u8> {
+    let hashes: Vec<u64> =
+        (0..60).map(|index| lsm::bloom::key_hash(format!("k{index}").as_bytes())).collect();
+    lsm::bloom::build(&hashes, 10, FilterKind::Blocked)
+}
+
 fn valid_table(compression: Compression) -> Vec<u8> {
     let options =
         TableOptions { block_bytes: 128, restart_interval: 4, bloom_bits_per_key: 10, compression };
@@ -92,8 +99,10 @@ fn decode_everything(data: &[u8]) {
     let contents = wal::read_log(data);
     assert!(contents.records.iter().all(|record| record.payload.len() <= data.len()));
     let _ = ManifestState::decode(data);
-    if let Ok(bloom) = Bloom::new(data.to_vec()) {
-        let _ = bloom.may_contain(12345);
+    for kind in [FilterKind::Blocked, FilterKind::Legacy] {
+        if let Ok(bloom) = Bloom::new(data.to_vec(), kind) {
+            let _ = (bloom.may_contain(12345), bloom.may_contain(u64::MAX));
+        }
     }
     if let Ok(block) = Block::new(data.to_vec()) {
         let _ = block.entries();
@@ -136,11 +145,11 @@ proptest! {
 
     #[test]
     fn mutated_encodings_never_panic_a_decoder(
-        which in 0usize..3,
+        which in 0usize..4,
         flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
         cut in prop::option::of(any::<usize>()),
     ) {
-        let valid = [valid_log(), valid_block(), valid_manifest()][which].clone();
+        let valid = [valid_log(), valid_block(), valid_manifest(), valid_bloom()][which].clone();
         decode_everything(&mutate(valid, &flips, cut));
     }
 }
