@@ -157,6 +157,8 @@ pub(crate) struct Inner<E: Env> {
     pub background: Mutex<Option<TaskHandle<()>>>,
     pub snapshots: Mutex<BTreeMap<u64, usize>>,
     pub counters: Counters,
+    // The directory's `LOCK` file, locked while this store is open (released by `close`).
+    pub lock_file: Mutex<Option<E::File>>,
 }
 
 /// A crash-safe LSM-tree key-value store on an `Env` disk. Cheap to clone (a handle).
@@ -230,6 +232,7 @@ impl<E: Env> Inner<E> {
             background: Mutex::new(None),
             snapshots: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
+            lock_file: Mutex::new(None),
         }
     }
 
@@ -714,6 +717,8 @@ impl<E: Env> Db<E> {
             let _ = handle.await;
         }
         self.inner.delete_obsolete_tables().await;
+        // Another store may open the directory from here on.
+        lock(&self.inner.lock_file).take();
         synced.map_err(Error::Io)
     }
 }

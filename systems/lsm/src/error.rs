@@ -28,6 +28,11 @@ pub enum Error {
     Poisoned(String),
     /// The store was closed.
     Closed,
+    /// Another open store (in this process or another) holds the directory's `LOCK` file.
+    Locked {
+        /// The directory.
+        dir: String,
+    },
 }
 
 impl Error {
@@ -51,6 +56,7 @@ impl Error {
             Error::InvalidArgument(reason) => Error::InvalidArgument(reason.clone()),
             Error::Poisoned(reason) => Error::Poisoned(reason.clone()),
             Error::Closed => Error::Closed,
+            Error::Locked { dir } => Error::Locked { dir: dir.clone() },
         }
     }
 }
@@ -65,6 +71,9 @@ impl fmt::Display for Error {
             Error::InvalidArgument(reason) => write!(f, "invalid argument: {reason}"),
             Error::Poisoned(reason) => write!(f, "store stopped taking writes: {reason}"),
             Error::Closed => f.write_str("store is closed"),
+            Error::Locked { dir } => {
+                write!(f, "{dir} is in use by another open store (its LOCK file is held)")
+            }
         }
     }
 }

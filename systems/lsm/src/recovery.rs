@@ -5,6 +5,7 @@
 //! Nothing on disk is changed before recovery has read everything and found it sound, so a
 //! failed open (corruption, I/O error) can be retried and loses nothing.
 
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -156,6 +157,7 @@ impl<E: Env> Db<E> {
     pub async fn open(env: E, dir: &str, options: Options) -> Result<Db<E>> {
         options.check().map_err(Error::InvalidArgument)?;
         env.create_dir_all(dir).await?;
+        let lock_file = lock_directory(&env, dir).await?;
         let names = env.list(dir).await?;
         let manifest = read_manifest(&env, dir, &names).await?;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
@@ -204,6 +206,7 @@ impl<E: Env> Db<E> {
         inner.cache = cache;
         inner.visible_sequence.store(last_sequence, Ordering::Release);
         *inner.wal.get_mut() = Some(writer);
+        *inner.lock_file.get_mut().unwrap_or_else(|poison| poison.into_inner()) = Some(lock_file);
         let (sender, receiver) = futures::channel::mpsc::channel(1);
         inner.doorbell = Mutex::new(Some(sender));
         let inner = Arc::new(inner);
@@ -243,6 +246,22 @@ async fn write_recovered_table<E: Env>(
 }
 
 /// Deletes logs before `wal_number`, tables not in `version` and a leftover temp manifest.
+/// Takes the directory's `LOCK` file, so a second store (in this process or, on real files,
+/// another) never writes the same directory; the lock lives as long as the returned handle.
+async fn lock_directory<E: Env>(env: &E, dir: &str) -> Result<E::File> {
+    let file = env.open(&join(dir, LOCK_NAME), OpenOptions::CREATE).await?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+            Err(Error::Locked { dir: dir.to_string() })
+        }
+        Err(error) => Err(Error::Io(error)),
+    }
+}
+
+/// The name of the lock file in a store's directory.
+pub const LOCK_NAME: &str = "LOCK";
+
 async fn delete_unreferenced<E: Env>(
     env: &E,
     dir: &str,

@@ -156,3 +156,29 @@ fn partial_level0_compaction_does_not_resurrect_deleted_keys() {
         assert_eq!(all, vec![(b"k00".to_vec(), b"v".to_vec())]);
     });
 }
+
+/// A directory takes one open store at a time: a second open is `Error::Locked` until the first
+/// closes, and a crash (the process died) releases the lock for the restarted node.
+#[test]
+fn a_second_open_of_one_directory_is_refused_until_close_or_crash() {
+    let (world, node) = world(9);
+    let held = run(&world, node, |env| async move {
+        let first = Db::open(env.clone(), "db", small_options()).await.expect("open");
+        let second = Db::open(env.clone(), "db", small_options()).await;
+        assert!(matches!(second, Err(Error::Locked { ref dir }) if dir == "db"), "{second:?}");
+        let other = Db::open(env.clone(), "elsewhere", small_options()).await;
+        assert!(other.is_ok(), "other directories are free");
+        first.put(b"k", b"v", SYNC).await.expect("put");
+        first.close().await.expect("close");
+        let reopened = Db::open(env, "db", small_options()).await.expect("free after close");
+        reopened.put(b"k2", b"v2", SYNC).await.expect("put");
+        reopened
+    });
+    world.crash(node);
+    world.restart(node);
+    run(&world, node, |env| async move {
+        let db = Db::open(env, "db", small_options()).await.expect("free after a crash");
+        assert_eq!(db.get(b"k2").await.expect("get"), Some(b"v2".to_vec()));
+    });
+    drop(held);
+}

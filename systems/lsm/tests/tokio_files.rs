@@ -47,3 +47,22 @@ fn concurrent_sync_writers_on_real_files_survive_reopen() {
         db.close().await.expect("close");
     });
 }
+
+/// The directory lock is the operating system's: a second `TokioEnv` on the same directory
+/// (its own file descriptors, as a second process would have) is refused while the first store
+/// is open, and gets in once it closes.
+#[test]
+fn a_second_opener_with_its_own_descriptors_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    runtime.block_on(async {
+        let first =
+            Db::open(TokioEnv::new(dir.path()), "db", Options::default()).await.expect("open");
+        let second = Db::open(TokioEnv::new(dir.path()), "db", Options::default()).await;
+        assert!(matches!(second, Err(lsm::Error::Locked { .. })), "{second:?}");
+        first.close().await.expect("close");
+        let second =
+            Db::open(TokioEnv::new(dir.path()), "db", Options::default()).await.expect("reopen");
+        second.close().await.expect("close");
+    });
+}
