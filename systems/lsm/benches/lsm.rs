@@ -8,7 +8,11 @@
 //! from 8 concurrent writers (fjall: `PersistMode::SyncAll` after each insert, 8 threads).
 //! Run: `cargo bench -p lsm --features tokio`; `LSM_BENCH_KEYS` overrides the key count (the
 //! issue's figures use `LSM_BENCH_KEYS=1000000`: about 10 minutes on 2 busy cores). After the
-//! missing-key reads it prints our bloom filter's measured false-positive rate.
+//! missing-key reads it prints our bloom filter's measured false-positive rate. The read
+//! workloads start once both engines' background work has settled (each keeps the level shape
+//! its own policy left; the shapes are printed: seeks cost about one block per level-0 table in
+//! both engines). `LSM_BENCH_SEEK_ROUNDS=n` adds n alternating rounds of seek+next10 per engine
+//! timed by thread CPU time, steadier than wall time on a shared machine.
 //! Memory and write amplification, one engine per process:
 //! `LSM_BENCH_REPORT=lsm LSM_BENCH_REPORT_KEYS=1000000 cargo bench -p lsm --features tokio --
 //! report-only` (and `=fjall`).
@@ -294,6 +298,27 @@ struct Loaded {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+/// Waits (up to 30 s) until neither engine's background work changed anything for two seconds,
+/// so the read workloads do not share the cores with a compaction still running. Each engine
+/// keeps the shape its own compaction policy left (nothing is forced).
+fn settle(ours: &Db<TokioEnv>, fjall: &Keyspace) {
+    let shape = || {
+        let stats = ours.stats();
+        let ours_work = (stats.flush_bytes, stats.compaction_bytes, stats.level_table_counts);
+        (ours_work, fjall.table_count(), fjall.l0_table_count(), fjall.disk_space())
+    };
+    let (mut last, mut unchanged_seconds) = (shape(), 0);
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = shape();
+        unchanged_seconds = if now == last { unchanged_seconds + 1 } else { 0 };
+        last = now;
+        if unchanged_seconds == 2 {
+            return;
+        }
+    }
+}
+
 fn load() -> Loaded {
     let runtime = runtime();
     let (ours_dir, fjall_dir) =
@@ -312,9 +337,81 @@ fn load() -> Loaded {
         fjall.insert(key(index, false), value(index)).expect("insert");
     }
     fjall.rotate_memtable_and_wait().expect("flush fjall");
-    std::thread::sleep(Duration::from_secs(1));
+    settle(&ours, &fjall);
     println!("ours after load: {:?}", ours.stats());
+    let (tables, level0) = (fjall.table_count(), fjall.l0_table_count());
+    println!("fjall after load: {tables} tables, {level0} in level 0");
     Loaded { runtime, ours, fjall, _fjall_db: fjall_db, _dirs: (ours_dir, fjall_dir) }
+}
+
+/// This thread's CPU time so far (`/proc/thread-self/schedstat`, nanoseconds).
+fn thread_cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let nanos = text.split_whitespace().next().and_then(|field| field.parse().ok());
+    Duration::from_nanos(nanos.unwrap_or(0))
+}
+
+/// Seeks `count` random keys in ours and reads up to 10 pairs from each; (wall, CPU) time.
+fn seek_rounds_ours(loaded: &Loaded, rng: &mut ChaCha8Rng, count: u32) -> (Duration, Duration) {
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    loaded.runtime.block_on(async {
+        for _ in 0..count {
+            let from = key(rng.random_range(0..key_count()), false).to_vec();
+            let mut iter = loaded.ours.range(from..).await.expect("range");
+            black_box(iter.collect_max(10).await.expect("scan"));
+        }
+    });
+    (start.elapsed(), thread_cpu() - cpu)
+}
+
+/// `seek_rounds_ours` for fjall.
+fn seek_rounds_fjall(loaded: &Loaded, rng: &mut ChaCha8Rng, count: u32) -> (Duration, Duration) {
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    for _ in 0..count {
+        let from = key(rng.random_range(0..key_count()), false);
+        for item in loaded.fjall.range(from..).take(10) {
+            black_box(item.into_inner().expect("item"));
+        }
+    }
+    (start.elapsed(), thread_cpu() - cpu)
+}
+
+/// With `LSM_BENCH_SEEK_ROUNDS=n`: n alternating rounds of 100,000 seek+next10 per engine on
+/// the loaded state, printing per-operation wall and thread CPU time (CPU time is steadier than
+/// criterion's wall time on a shared machine).
+fn seek_rounds<'a>(loaded: impl FnOnce() -> &'a Loaded) {
+    let rounds: u32 =
+        std::env::var("LSM_BENCH_SEEK_ROUNDS").ok().and_then(|text| text.parse().ok()).unwrap_or(0);
+    if rounds == 0 {
+        return;
+    }
+    let loaded = loaded();
+    const PER_ROUND: u32 = 100_000;
+    let (mut ours_rng, mut fjall_rng) =
+        (ChaCha8Rng::seed_from_u64(11), ChaCha8Rng::seed_from_u64(11));
+    let per_op = |time: Duration| time.as_nanos() as f64 / f64::from(PER_ROUND);
+    for round in 0..rounds {
+        let ours = seek_rounds_ours(loaded, &mut ours_rng, PER_ROUND);
+        let fjall = seek_rounds_fjall(loaded, &mut fjall_rng, PER_ROUND);
+        let (ours_wall, ours_cpu, fjall_wall, fjall_cpu) =
+            (per_op(ours.0), per_op(ours.1), per_op(fjall.0), per_op(fjall.1));
+        println!(
+            "seek round {round}: ns/op wall (cpu): ours {ours_wall:.0} ({ours_cpu:.0}), fjall \
+             {fjall_wall:.0} ({fjall_cpu:.0}); ours/fjall throughput by cpu {:.2}",
+            fjall_cpu / ours_cpu
+        );
+    }
+}
+
+/// Prints our bloom filter's measured false-positive rate.
+fn print_bloom(loaded: &Loaded) {
+    let stats = loaded.ours.stats();
+    println!(
+        "ours bloom filter: {} absent-key probes, {} false positives, rate {:.3}%",
+        stats.bloom_negative_count + stats.bloom_false_positive_count,
+        stats.bloom_false_positive_count,
+        100.0 * stats.bloom_false_positive_rate()
+    );
 }
 
 fn reads(criterion: &mut Criterion) {
@@ -350,14 +447,9 @@ fn reads(criterion: &mut Criterion) {
         group.finish();
     }
     if let Some(loaded) = cell.get() {
-        let stats = loaded.ours.stats();
-        println!(
-            "ours bloom filter: {} absent-key probes, {} false positives, rate {:.3}%",
-            stats.bloom_negative_count + stats.bloom_false_positive_count,
-            stats.bloom_false_positive_count,
-            100.0 * stats.bloom_false_positive_rate()
-        );
+        print_bloom(loaded);
     }
+    seek_rounds(loaded);
     let mut group = criterion.benchmark_group("seekrandom_next10");
     group.throughput(Throughput::Elements(1));
     group.bench_function("lsm", |bencher| {

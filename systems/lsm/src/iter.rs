@@ -19,6 +19,11 @@ use crate::version::TableFile;
 
 /// Memtable entries copied out per refill.
 const MEMTABLE_CHUNK_COUNT: usize = 128;
+/// Entries copied out by the first refill: a short scan (a seek and a few steps) copies little.
+const MEMTABLE_FIRST_CHUNK_COUNT: usize = 16;
+
+/// Most pairs `collect_max` reserves room for up front.
+const COLLECT_CAPACITY_MAX: usize = 1024;
 
 /// One memtable, read in bounded chunks so no lock is held across an await.
 struct MemSource {
@@ -27,6 +32,8 @@ struct MemSource {
     buffer: VecDeque<Entry>,
     resume: Bound<(Vec<u8>, u64)>,
     exhausted: bool,
+    // Entries the next refill copies out.
+    chunk_count: usize,
 }
 
 impl MemSource {
@@ -38,8 +45,14 @@ impl MemSource {
             (Bound::Included(key), false) => Bound::Included((key.to_vec(), 0)),
             (Bound::Excluded(key), false) => Bound::Excluded((key.to_vec(), SEQUENCE_MAX)),
         };
-        let mut source =
-            MemSource { memtable, forward, buffer: VecDeque::new(), resume, exhausted: false };
+        let mut source = MemSource {
+            memtable,
+            forward,
+            buffer: VecDeque::new(),
+            resume,
+            exhausted: false,
+            chunk_count: MEMTABLE_FIRST_CHUNK_COUNT,
+        };
         source.refill();
         source
     }
@@ -49,13 +62,14 @@ impl MemSource {
             return;
         }
         let chunk = if self.forward {
-            self.memtable.chunk_forward(&self.resume, MEMTABLE_CHUNK_COUNT)
+            self.memtable.chunk_forward(&self.resume, self.chunk_count)
         } else {
-            self.memtable.chunk_reverse(&self.resume, MEMTABLE_CHUNK_COUNT)
+            self.memtable.chunk_reverse(&self.resume, self.chunk_count)
         };
-        if chunk.len() < MEMTABLE_CHUNK_COUNT {
+        if chunk.len() < self.chunk_count {
             self.exhausted = true;
         }
+        self.chunk_count = MEMTABLE_CHUNK_COUNT;
         if let Some(last) = chunk.last() {
             self.resume = Bound::Excluded((last.key.clone(), last.sequence));
         }
@@ -69,11 +83,15 @@ struct LevelSource<F: File> {
     next_file: usize,
     cursor: Option<TableCursor<F>>,
     forward: bool,
-    start: Bound<Vec<u8>>,
 }
 
 impl<F: File> LevelSource<F> {
-    async fn open_next(&mut self) -> Result<()> {
+    /// Opens the tables from `next_file` on until one has an entry inside `start`. Only the
+    /// first table opened can hold keys outside `start` (the level is sorted, the tables
+    /// wholly before `start` were skipped, and no user key spans two tables of a level:
+    /// compaction cuts its outputs only between user keys), so the ones after it open at
+    /// their first entry.
+    async fn open_next(&mut self, mut start: Bound<&[u8]>) -> Result<()> {
         while self.cursor.as_ref().is_none_or(|cursor| cursor.peek().is_none()) {
             let Some(file) = self.files.get(self.next_file) else {
                 self.cursor = None;
@@ -81,8 +99,8 @@ impl<F: File> LevelSource<F> {
             };
             self.next_file += 1;
             let table = Arc::clone(&file.table);
-            let bound = as_ref_bound(&self.start);
-            self.cursor = Some(TableCursor::new(table, self.forward, bound).await?);
+            self.cursor = Some(TableCursor::new(table, self.forward, start).await?);
+            start = Bound::Unbounded;
         }
         Ok(())
     }
@@ -133,7 +151,7 @@ impl<F: File> Source<F> {
                 if let Some(cursor) = source.cursor.as_mut() {
                     cursor.advance().await?;
                 }
-                source.open_next().await
+                source.open_next(Bound::Unbounded).await
             }
         }
     }
@@ -173,7 +191,7 @@ impl<F: File> Iter<F> {
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<Iter<F>> {
         let (start, end) = if forward { range } else { (range.1, range.0) };
-        let mut sources = Vec::new();
+        let mut sources = Vec::with_capacity(view.memtables.len() + view.runs.len());
         for memtable in view.memtables {
             sources.push(Source::Mem(MemSource::new(memtable, forward, as_ref_bound(&start))));
         }
@@ -182,9 +200,8 @@ impl<F: File> Iter<F> {
                 files.reverse();
             }
             let next_file = files.partition_point(|file| before_start(file, forward, &start));
-            let start = start.clone();
-            let mut level = LevelSource { files, next_file, cursor: None, forward, start };
-            level.open_next().await?;
+            let mut level = LevelSource { files, next_file, cursor: None, forward };
+            level.open_next(as_ref_bound(&start)).await?;
             sources.push(Source::Level(level));
         }
         Ok(Iter { sources, forward, sequence, end, done: false })
@@ -203,7 +220,7 @@ impl<F: File> Iter<F> {
 
     /// Collects up to `count_max` remaining pairs.
     pub async fn collect_max(&mut self, count_max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(count_max.min(COLLECT_CAPACITY_MAX));
         while out.len() < count_max {
             match self.next().await {
                 Some(item) => out.push(item?),
