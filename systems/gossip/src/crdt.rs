@@ -91,6 +91,37 @@ impl<T: Ord + Clone> Crdt for LwwRegister<T> {
     }
 }
 
+/// What `join_max` did.
+struct JoinMax {
+    /// Some value rose or a key was added.
+    changed: bool,
+    /// A key was added.
+    inserted: bool,
+}
+
+/// Joins two maps pointwise by maximum (the join of G-Counter slots, set tombstones and add
+/// counters).
+fn join_max<K: Ord + Copy, V: Ord + Copy>(
+    ours: &mut BTreeMap<K, V>,
+    theirs: &BTreeMap<K, V>,
+) -> JoinMax {
+    let mut outcome = JoinMax { changed: false, inserted: false };
+    for (key, value) in theirs {
+        match ours.get_mut(key) {
+            Some(held) if *held >= *value => {}
+            Some(held) => {
+                *held = *value;
+                outcome.changed = true;
+            }
+            None => {
+                ours.insert(*key, *value);
+                outcome = JoinMax { changed: true, inserted: true };
+            }
+        }
+    }
+    outcome
+}
+
 /// A grow-only counter: one monotonic count per replica.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GCounter {
@@ -118,21 +149,7 @@ impl GCounter {
 
 impl Crdt for GCounter {
     fn join(&mut self, other: &GCounter) -> bool {
-        let mut changed = false;
-        for (replica, count) in &other.counts {
-            match self.counts.get_mut(replica) {
-                Some(ours) if *ours >= *count => {}
-                Some(ours) => {
-                    *ours = *count;
-                    changed = true;
-                }
-                None => {
-                    self.counts.insert(*replica, *count);
-                    changed = true;
-                }
-            }
-        }
-        changed
+        join_max(&mut self.counts, &other.counts).changed
     }
 }
 
@@ -253,21 +270,8 @@ impl<T: Ord + Clone> OrSet<T> {
 
 impl<T: Ord + Clone> Crdt for OrSet<T> {
     fn join(&mut self, other: &Self) -> bool {
-        let mut changed = false;
-        let mut tombstoned = false;
-        for (dot, removed) in &other.tombstones {
-            match self.tombstones.get_mut(dot) {
-                Some(ours) if *ours >= *removed => {}
-                Some(ours) => {
-                    *ours = *removed;
-                    changed = true;
-                }
-                None => {
-                    self.tombstones.insert(*dot, *removed);
-                    (changed, tombstoned) = (true, true);
-                }
-            }
-        }
+        let tombstones = join_max(&mut self.tombstones, &other.tombstones);
+        let mut changed = tombstones.changed;
         for (element, dots) in &other.adds {
             for dot in dots.iter().filter(|dot| !self.tombstones.contains_key(dot)) {
                 match self.adds.get_mut(element) {
@@ -279,12 +283,8 @@ impl<T: Ord + Clone> Crdt for OrSet<T> {
                 }
             }
         }
-        for (replica, counter) in &other.counters {
-            let ours = self.counters.entry(*replica).or_insert(0);
-            changed |= *counter > *ours;
-            *ours = (*ours).max(*counter);
-        }
-        if tombstoned {
+        changed |= join_max(&mut self.counters, &other.counters).changed;
+        if tombstones.inserted {
             // Only a new tombstone can hide a dot this set already held.
             let tombstones = &self.tombstones;
             self.adds.retain(|_, dots| {
