@@ -414,6 +414,15 @@ fn print_bloom(loaded: &Loaded) {
     );
 }
 
+/// Prints our level-0 table count and read-triggered compactions after the seek workloads.
+fn print_after_seeks(loaded: &Loaded) {
+    let stats = loaded.ours.stats();
+    println!(
+        "ours after the seeks: {} level-0 tables, {} read-triggered compactions",
+        stats.level_table_counts[0], stats.seek_compaction_count
+    );
+}
+
 fn reads(criterion: &mut Criterion) {
     // Loaded on first use, so a filtered run that skips the reads does not pay for it.
     let cell = std::cell::OnceCell::new();
@@ -478,6 +487,9 @@ fn reads(criterion: &mut Criterion) {
         });
     });
     group.finish();
+    if let Some(loaded) = cell.get() {
+        print_after_seeks(loaded);
+    }
 }
 
 criterion_group! {

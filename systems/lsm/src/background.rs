@@ -154,7 +154,8 @@ impl<E: Env> Inner<E> {
         let table = Table::open(file, number, name, Arc::clone(&self.cache)).await?;
         let meta =
             TableMeta { level, number, size, smallest: summary.smallest, largest: summary.largest };
-        Ok(Arc::new(TableFile { meta, table: Arc::new(table) }))
+        let bytes_per_seek = self.options.seek_compaction_bytes;
+        Ok(Arc::new(TableFile::new(meta, Arc::new(table), bytes_per_seek)))
     }
 
     /// Writes the manifest for `version` atomically (temp file, sync, rename, directory sync).
@@ -231,6 +232,13 @@ impl<E: Env> Inner<E> {
             let inputs = vec![Arc::clone(file)];
             return Some(self.with_next_inputs(&version, level, inputs));
         }
+        if version.levels[0].iter().any(|file| file.seeks_spent()) {
+            // Read-triggered: seeks keep paying for level-0 tables that writes alone would
+            // leave there until the trigger (see `Options::seek_compaction_bytes`).
+            self.counters.seek_compaction_count.fetch_add(1, Ordering::Relaxed);
+            let inputs = version.levels[0].clone();
+            return Some(self.with_next_inputs(&version, 0, inputs));
+        }
         None
     }
 
@@ -295,7 +303,8 @@ impl<E: Env> Inner<E> {
             // A trivial move: the table keeps its bytes and changes level.
             let file = &compaction.inputs[0];
             let meta = TableMeta { level: output_level as u8, ..file.meta.clone() };
-            vec![Arc::new(TableFile { meta, table: Arc::clone(&file.table) })]
+            let table = Arc::clone(&file.table);
+            vec![Arc::new(TableFile::new(meta, table, self.options.seek_compaction_bytes))]
         } else {
             self.merge_tables(&compaction, &version, output_level).await?
         };

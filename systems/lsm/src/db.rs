@@ -18,12 +18,12 @@ use crate::batch::WriteBatch;
 use crate::bloom;
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::iter::{Iter, ReadView};
+use crate::iter::{Iter, ReadView, before_start};
 use crate::memtable::Memtable;
 use crate::options::{Durability, Options};
 use crate::signal::Signal;
 use crate::table::Table;
-use crate::version::Version;
+use crate::version::{TableFile, Version};
 use crate::wal;
 
 /// Encoded bytes of batches one group commit may carry.
@@ -87,6 +87,7 @@ pub(crate) struct Counters {
     pub flush_bytes: AtomicU64,
     pub compaction_bytes: AtomicU64,
     pub compaction_count: AtomicU64,
+    pub seek_compaction_count: AtomicU64,
     pub flush_count: AtomicU64,
     pub wal_sync_count: AtomicU64,
 }
@@ -105,6 +106,8 @@ pub struct Stats {
     pub compaction_bytes: u64,
     /// Compactions run (trivial moves included).
     pub compaction_count: u64,
+    /// Of those, level-0 compactions that reads triggered (`Options::seek_compaction_bytes`).
+    pub seek_compaction_count: u64,
     /// Memtable flushes run.
     pub flush_count: u64,
     /// Write-ahead-log fsyncs.
@@ -286,10 +289,33 @@ impl<E: Env> Inner<E> {
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<Iter<E::File>> {
         let (memtables, version, sequence) = self.read_view(sequence);
+        let start = if forward { &range.0 } else { &range.1 };
+        self.charge_seek(&version, forward, start);
         let mut runs: Vec<Vec<_>> =
             version.levels[0].iter().map(|file| vec![Arc::clone(file)]).collect();
         runs.extend(version.levels[1..].iter().filter(|files| !files.is_empty()).cloned());
         Iter::new(ReadView { memtables, runs }, sequence, forward, range).await
+    }
+
+    /// Charges the level-0 tables a seek from `start` opens, when it opens more than one
+    /// table, and wakes the background task when one has spent its allowance.
+    fn charge_seek(&self, version: &Version<E::File>, forward: bool, start: &Bound<Vec<u8>>) {
+        let opened = |file: &&Arc<TableFile<E::File>>| !before_start(file, forward, start);
+        let level0 = version.levels[0].iter().filter(opened).count();
+        if level0 == 0 {
+            return;
+        }
+        let deeper = version.levels[1..].iter().filter(|files| files.iter().any(|f| opened(&f)));
+        if level0 + deeper.count() < 2 {
+            return;
+        }
+        let mut spent = false;
+        for file in version.levels[0].iter().filter(opened) {
+            spent |= file.charge_seek();
+        }
+        if spent {
+            self.ring();
+        }
     }
 
     fn take_result(pending: &PendingWrite) -> Option<Result<()>> {
@@ -648,6 +674,7 @@ impl<E: Env> Db<E> {
             flush_bytes: counters.flush_bytes.load(Ordering::Relaxed),
             compaction_bytes: counters.compaction_bytes.load(Ordering::Relaxed),
             compaction_count: counters.compaction_count.load(Ordering::Relaxed),
+            seek_compaction_count: counters.seek_compaction_count.load(Ordering::Relaxed),
             flush_count: counters.flush_count.load(Ordering::Relaxed),
             wal_sync_count: counters.wal_sync_count.load(Ordering::Relaxed),
             level_table_counts: version.levels.iter().map(Vec::len).collect(),

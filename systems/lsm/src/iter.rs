@@ -108,7 +108,11 @@ impl<F: File> LevelSource<F> {
 
 /// Whether every key of `file` lies before `start` in the walk's direction (so a walk from
 /// `start` skips the file without opening it).
-fn before_start<F: File>(file: &TableFile<F>, forward: bool, start: &Bound<Vec<u8>>) -> bool {
+pub(crate) fn before_start<F: File>(
+    file: &TableFile<F>,
+    forward: bool,
+    start: &Bound<Vec<u8>>,
+) -> bool {
     match (start, forward) {
         (Bound::Unbounded, _) => false,
         (Bound::Included(key), true) => file.largest_user() < key.as_slice(),

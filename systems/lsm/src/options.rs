@@ -48,6 +48,13 @@ pub struct Options {
     pub table_bytes_target: u64,
     /// Number of levels (at least 2).
     pub level_count: usize,
+    /// Read-triggered compaction, after LevelDB's seek compaction: a seek that reads a
+    /// level-0 table next to other tables charges it one seek; a table may be charged one
+    /// seek per this many bytes of its size (at least 100 seeks), and when one has spent its
+    /// allowance, level 0 is compacted into level 1 even below `level0_compaction_trigger`.
+    /// A store that is read more than written then keeps no level-0 tables for its seeks to
+    /// merge; one only written is unaffected. 0 turns it off.
+    pub seek_compaction_bytes: u64,
 }
 
 impl Default for Options {
@@ -67,6 +74,7 @@ impl Default for Options {
             level_size_ratio: 10,
             table_bytes_target: 2 << 20,
             level_count: 7,
+            seek_compaction_bytes: 16 << 10,
         }
     }
 }

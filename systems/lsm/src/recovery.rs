@@ -92,7 +92,8 @@ async fn open_tables<E: Env>(
             Err(error) => return Err(Error::Io(error)),
         };
         let table = Table::open(file, meta.number, name.clone(), Arc::clone(cache)).await?;
-        let file = Arc::new(TableFile { meta: meta.clone(), table: Arc::new(table) });
+        let bytes_per_seek = options.seek_compaction_bytes;
+        let file = Arc::new(TableFile::new(meta.clone(), Arc::new(table), bytes_per_seek));
         let level = usize::from(meta.level);
         if level > 0
             && version.levels[level]
@@ -242,7 +243,7 @@ async fn write_recovered_table<E: Env>(
         smallest: summary.smallest,
         largest: summary.largest,
     };
-    Ok(Arc::new(TableFile { meta, table: Arc::new(table) }))
+    Ok(Arc::new(TableFile::new(meta, Arc::new(table), options.seek_compaction_bytes)))
 }
 
 /// Deletes logs before `wal_number`, tables not in `version` and a leftover temp manifest.

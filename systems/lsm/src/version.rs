@@ -7,6 +7,7 @@
 //! level is newer than every version of that key in a deeper level.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use sim::File;
 
@@ -15,6 +16,10 @@ use crate::key::{compare_user, user_key};
 use crate::manifest::TableMeta;
 use crate::table::Table;
 
+/// Seeks a level-0 table may cost at least before a read-triggered compaction (LevelDB's
+/// floor): a small table is not rewritten for a handful of reads.
+const SEEK_ALLOWANCE_MIN: i64 = 100;
+
 /// A live table and its manifest entry.
 #[derive(Debug)]
 pub struct TableFile<F: File> {
@@ -22,9 +27,33 @@ pub struct TableFile<F: File> {
     pub meta: TableMeta,
     /// The open table.
     pub table: Arc<Table<F>>,
+    // Seeks that may still pass over this table before it asks for a read-triggered
+    // compaction (only level-0 tables are charged).
+    seek_allowance: AtomicI64,
 }
 
 impl<F: File> TableFile<F> {
+    /// A live table; with `bytes_per_seek` > 0 it allows one seek per that many bytes of its
+    /// size (at least `SEEK_ALLOWANCE_MIN`) before it asks for a compaction.
+    pub fn new(meta: TableMeta, table: Arc<Table<F>>, bytes_per_seek: u64) -> TableFile<F> {
+        let allowance = match bytes_per_seek {
+            0 => i64::MAX,
+            bytes => i64::try_from(meta.size / bytes).unwrap_or(i64::MAX).max(SEEK_ALLOWANCE_MIN),
+        };
+        TableFile { meta, table, seek_allowance: AtomicI64::new(allowance) }
+    }
+
+    /// Charges one seek that had to read this table next to another; whether this one spent
+    /// the last of its allowance (so exactly one caller asks for the compaction).
+    pub fn charge_seek(&self) -> bool {
+        self.seek_allowance.fetch_sub(1, Ordering::Relaxed) == 1
+    }
+
+    /// Whether reads have spent this table's allowance.
+    pub fn seeks_spent(&self) -> bool {
+        self.seek_allowance.load(Ordering::Relaxed) <= 0
+    }
+
     /// The smallest user key.
     pub fn smallest_user(&self) -> &[u8] {
         user_key(&self.meta.smallest)

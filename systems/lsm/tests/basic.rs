@@ -182,3 +182,67 @@ fn a_second_open_of_one_directory_is_refused_until_close_or_crash() {
     });
     drop(held);
 }
+
+/// Level 0 after a load that stopped below the compaction trigger: two flushed tables over a
+/// deeper level. Then `seeks` seeks, and time for the background task to act; the store's
+/// stats then.
+fn seeks_over_a_settled_level0(seed: u64, options: Options, seeks: u32) -> lsm::Stats {
+    let (world, node) = world(seed);
+    run(&world, node, move |env| async move {
+        let db = Db::open(env.clone(), "db", options).await.expect("open");
+        for index in 0..300 {
+            db.put(&key(index), b"old", Durability::Buffered).await.expect("put");
+        }
+        db.compact_all().await.expect("compact");
+        for round in 0..2 {
+            for index in (round..300).step_by(7) {
+                db.put(&key(index), b"new", Durability::Buffered).await.expect("put");
+            }
+            db.flush().await.expect("flush");
+        }
+        let stats = db.stats();
+        assert_eq!(stats.level_table_counts[0], 2, "two level-0 tables: {stats:?}");
+        for seek in 0..seeks {
+            let start = key(seek * 37 % 300);
+            let mut items = db.range(start.clone()..).await.expect("seek");
+            let (first, value) = items.next().await.expect("an entry").expect("read");
+            assert_eq!(first, start);
+            let index = seek * 37 % 300;
+            let newest = if index % 7 <= 1 { &b"new"[..] } else { b"old" };
+            assert_eq!(value, newest, "key {index}");
+        }
+        sim::Env::sleep(&env, std::time::Duration::from_secs(1)).await;
+        let all = db.iter().await.expect("iter").collect_max(1000).await.expect("scan");
+        let expected: Vec<_> = (0..300)
+            .map(|index| {
+                let value = if index % 7 <= 1 { &b"new"[..] } else { b"old" };
+                (key(index), value.to_vec())
+            })
+            .collect();
+        assert_eq!(all, expected);
+        db.stats()
+    })
+}
+
+/// Reads that keep paying for level-0 tables compact them away (LevelDB's seek compaction):
+/// below the trigger, with the allowance of 100 seeks per small table spent. With it turned
+/// off, or with too few seeks, level 0 stays.
+#[test]
+fn seeks_over_level0_tables_trigger_their_compaction() {
+    let options = Options {
+        memtable_bytes_max: 64 << 10,
+        level0_compaction_trigger: 8,
+        level0_stop_writes: 16,
+        ..Options::tiny()
+    };
+    let stats = seeks_over_a_settled_level0(10, options.clone(), 150);
+    assert_eq!(stats.level_table_counts[0], 0, "{stats:?}");
+    assert_eq!(stats.seek_compaction_count, 1, "{stats:?}");
+
+    let stats = seeks_over_a_settled_level0(10, options.clone(), 99);
+    assert_eq!((stats.level_table_counts[0], stats.seek_compaction_count), (2, 0), "{stats:?}");
+
+    let off = Options { seek_compaction_bytes: 0, ..options };
+    let stats = seeks_over_a_settled_level0(10, off, 150);
+    assert_eq!((stats.level_table_counts[0], stats.seek_compaction_count), (2, 0), "{stats:?}");
+}
