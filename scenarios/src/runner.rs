@@ -153,7 +153,9 @@ fn sim_failure(error: &SimError) -> (Verdict, Option<Violation>) {
         _ => Verdict::NoProgress,
     };
     let name = if verdict == Verdict::Panic { "panic" } else { "progress" };
-    (verdict, Some(Violation::new(name, error.to_string())))
+    // The outcome's headline already names the seed; the violation says when and what.
+    let message = format!("at {}: {}", error.time, error.kind);
+    (verdict, Some(Violation::new(name, message)))
 }
 
 // The wall time of a run is a metric for people; it never reaches the simulation.

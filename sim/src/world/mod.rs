@@ -105,8 +105,14 @@ pub enum SimErrorKind {
 
 impl fmt::Display for SimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "seed {:#x}, at {}: ", self.seed, self.time)?;
-        match &self.kind {
+        write!(f, "seed {:#x}, at {}: {}", self.seed, self.time, self.kind)
+    }
+}
+
+/// What went wrong, without the seed and time (`SimError`'s `Display` adds those).
+impl fmt::Display for SimErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             SimErrorKind::NoProgress { blocked_task_count } => write!(
                 f,
                 "no progress: {blocked_task_count} tasks blocked, no task ready, no event pending"
