@@ -9,7 +9,8 @@
 //! Map:
 //! - `db`: the `Db` handle, group-commit write path, reads, snapshots, flush, close.
 //! - `recovery`: `Db::open`: manifest, tables, write-ahead-log replay, cleanup.
-//! - `background`: memtable flushes, leveled compaction, manifest writes, file deletion.
+//! - `background`: memtable flushes, leveled compaction (size- and read-triggered), manifest
+//!   writes, file deletion.
 //! - `wal`: write-ahead-log record framing and the torn-tail / corruption rule.
 //! - `batch`: `WriteBatch` and its log encoding.
 //! - `memtable`: the sorted in-memory table.
