@@ -418,8 +418,9 @@ fn print_bloom(loaded: &Loaded) {
 fn print_after_seeks(loaded: &Loaded) {
     let stats = loaded.ours.stats();
     println!(
-        "ours after the seeks: {} level-0 tables, {} read-triggered compactions",
-        stats.level_table_counts[0], stats.seek_compaction_count
+        "ours after the seeks: {} level-0 tables, {} read-triggered compactions, {} compaction \
+         bytes written in all",
+        stats.level_table_counts[0], stats.seek_compaction_count, stats.compaction_bytes
     );
 }
 
