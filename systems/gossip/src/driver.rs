@@ -11,7 +11,7 @@ use sim::{Env, File, Instant, TaskHandle, UdpSocket};
 
 use crate::crdt::ReplicaId;
 use crate::node::{Effect, Input, Node, NodeConfig, Now};
-use crate::persist::{self, PersistError, Snapshot, encode_record, wal_path};
+use crate::persist::{self, PersistError, encode_record, wal_path};
 use crate::store::{Store, Update};
 use crate::swim::{MemberId, MemberState};
 use crate::wire::DATAGRAM_SIZE_BYTES_MAX;
@@ -171,14 +171,17 @@ impl<E: Env> Handle<E> {
         self.env.sync_dir(&persistence.dir).await?;
         *persistence.wal.lock().unwrap_or_else(|p| p.into_inner()) = (sequence, file);
         // Captured after the switch: every write logged in older files is in the capture.
-        let snapshot = self.with_node(|node| Snapshot {
-            incarnation: node.swim().own().incarnation,
-            clock: node.store().clock(),
-            members: node.swim().members().copied().collect(),
-            entries: node.store().entries().map(|(k, v)| (k.to_vec(), v.clone())).collect(),
-            wal_sequence: sequence,
+        // Encoded straight from the node, so the store's values are not cloned first.
+        let encoded = self.with_node(|node| {
+            persist::encode_snapshot(&persist::SnapshotView {
+                incarnation: node.swim().own().incarnation,
+                clock: node.store().clock(),
+                members: node.swim().members().copied().collect(),
+                entries: persist::StoreEntries(node.store()),
+                wal_sequence: sequence,
+            })
         });
-        persist::save(&self.env, &persistence.dir, &snapshot).await
+        persist::save_encoded(&self.env, &persistence.dir, &encoded, sequence).await
     }
 
     async fn snapshot_loop(&self) {

@@ -30,7 +30,7 @@ use sim::{Env, File, OpenOptions};
 
 use crate::hash::hash_bytes;
 use crate::hlc::Timestamp;
-use crate::store::Value;
+use crate::store::{Store, Value};
 use crate::swim::Member;
 
 const SNAPSHOT_MAGIC: [u8; 4] = *b"GSNP";
@@ -59,6 +59,33 @@ pub struct Snapshot {
     pub entries: Vec<(Vec<u8>, Value)>,
     /// WAL files with a lower sequence are folded into this snapshot.
     pub wal_sequence: u64,
+}
+
+/// A snapshot of a live node, borrowing its store: it encodes byte for byte as the `Snapshot`
+/// holding the same state, without cloning every value first.
+#[derive(Serialize)]
+pub struct SnapshotView<'a> {
+    /// The highest incarnation this node has used.
+    pub incarnation: u32,
+    /// The HLC's last timestamp.
+    pub clock: Timestamp,
+    /// The membership view.
+    pub members: Vec<Member>,
+    /// Every entry of this store, tombstones included.
+    pub entries: StoreEntries<'a>,
+    /// WAL files with a lower sequence are folded into this snapshot.
+    pub wal_sequence: u64,
+}
+
+/// A store's entries, serialized as `Snapshot::entries` is.
+pub struct StoreEntries<'a>(pub &'a Store);
+
+impl Serialize for StoreEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // `(&[u8], &Value)` serializes as `(Vec<u8>, Value)` does; the store's iterator knows
+        // its length, as a length-prefixed format needs.
+        serializer.collect_seq(self.0.entries())
+    }
 }
 
 /// Why durable state could not be loaded or saved.
@@ -115,8 +142,8 @@ const WAL_PREFIX: &str = "log-";
 /// The name prefix of version-1 WAL files.
 const WAL_PREFIX_V1: &str = "wal-";
 
-/// Encodes a snapshot file.
-pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
+/// Encodes a snapshot file from a `Snapshot` or a `SnapshotView`.
+pub fn encode_snapshot<S: Serialize>(snapshot: &S) -> Vec<u8> {
     let body = postcard::to_stdvec(snapshot).expect("serializable");
     let length = u32::try_from(body.len()).expect("snapshot under 4 GiB");
     let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + body.len());
@@ -239,15 +266,25 @@ pub async fn load<E: Env>(
 
 /// Writes `snapshot` durably, then removes the WAL files it folds in.
 pub async fn save<E: Env>(env: &E, dir: &str, snapshot: &Snapshot) -> io::Result<()> {
+    save_encoded(env, dir, &encode_snapshot(snapshot), snapshot.wal_sequence).await
+}
+
+/// `save` of a snapshot already encoded by `encode_snapshot` (its WAL sequence given).
+pub async fn save_encoded<E: Env>(
+    env: &E,
+    dir: &str,
+    encoded: &[u8],
+    wal_sequence: u64,
+) -> io::Result<()> {
     let temporary = format!("{dir}/snapshot.tmp");
     let file = env.open(&temporary, OpenOptions::TRUNCATE).await?;
-    file.write_at(0, &encode_snapshot(snapshot)).await?;
+    file.write_at(0, encoded).await?;
     file.sync().await?;
     env.rename(&temporary, &format!("{dir}/snapshot")).await?;
     env.sync_dir(dir).await?;
     for name in env.list(dir).await? {
         let Some(hex) = name.strip_prefix(WAL_PREFIX) else { continue };
-        let old = u64::from_str_radix(hex, 16).is_ok_and(|seq| seq < snapshot.wal_sequence);
+        let old = u64::from_str_radix(hex, 16).is_ok_and(|seq| seq < wal_sequence);
         if old {
             env.remove(&format!("{dir}/{name}")).await?;
         }
@@ -261,6 +298,7 @@ mod tests {
 
     use super::*;
     use crate::crdt::ReplicaId;
+    use crate::store::Update;
 
     fn value(text: &str) -> Value {
         Value::register(Timestamp { wall_ms: 5, logical: 1 }, ReplicaId(1), Some(text.into()))
@@ -282,6 +320,37 @@ mod tests {
             assert!(decode_snapshot(&damaged).is_err(), "byte {index}");
         }
         assert!(decode_snapshot(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    /// The view a live node encodes from must be byte-identical to the owned snapshot that
+    /// `load` decodes.
+    #[test]
+    fn a_snapshot_view_encodes_as_the_owned_snapshot() {
+        let mut store = Store::new(ReplicaId(7));
+        store.apply(10, b"r", Update::Register(Some(b"v".to_vec()))).expect("register");
+        store.apply(11, b"gone", Update::Register(None)).expect("tombstone");
+        store.apply(12, b"c", Update::Add(-4)).expect("counter");
+        store.apply(13, b"s", Update::Insert(b"x".to_vec())).expect("set");
+        store.apply(14, b"s", Update::Remove(b"x".to_vec())).expect("remove");
+        let members = Vec::new();
+        let view = SnapshotView {
+            incarnation: 4,
+            clock: store.clock(),
+            members: members.clone(),
+            entries: StoreEntries(&store),
+            wal_sequence: 9,
+        };
+        let owned = Snapshot {
+            incarnation: 4,
+            clock: store.clock(),
+            members,
+            entries: store.entries().map(|(key, value)| (key.to_vec(), value.clone())).collect(),
+            wal_sequence: 9,
+        };
+        assert_eq!(owned.entries.len(), 4);
+        let bytes = encode_snapshot(&view);
+        assert_eq!(bytes, encode_snapshot(&owned));
+        assert_eq!(decode_snapshot(&bytes).expect("decodes"), owned);
     }
 
     #[test]
