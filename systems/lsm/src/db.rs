@@ -305,8 +305,13 @@ impl<E: Env> Inner<E> {
         if level0 == 0 {
             return;
         }
-        let deeper = version.levels[1..].iter().filter(|files| files.iter().any(|f| opened(&f)));
-        if level0 + deeper.count() < 2 {
+        // A sorted level opens a table unless all of it lies before `start`: its last table
+        // (first, walking backward) tells, without a walk over the level.
+        let deeper_opens = |files: &Vec<Arc<TableFile<E::File>>>| {
+            let edge = if forward { files.last() } else { files.first() };
+            edge.is_some_and(|file| opened(&file))
+        };
+        if level0 < 2 && !version.levels[1..].iter().any(deeper_opens) {
             return;
         }
         let mut spent = false;
