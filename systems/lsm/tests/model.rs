@@ -3,8 +3,9 @@
 //! Goal: for any sequence of puts, deletes, batches, reads, forward and reverse range scans,
 //! runs of seeks (which trigger read-driven compactions), snapshots, flushes, compactions and
 //! reopens, the store answers exactly like a `BTreeMap` (and each snapshot like a copy of the
-//! map taken when it was made). Method: proptest draws the operations; each case runs on a fresh one-node `World` with tiny store options so that
-//! flushes, compactions and multi-level reads happen within a few dozen writes.
+//! map taken when it was made). Method: proptest draws the operations; each case runs on a
+//! fresh one-node `World` with tiny store options so that flushes, compactions and
+//! multi-level reads happen within a few dozen writes.
 
 mod common;
 
