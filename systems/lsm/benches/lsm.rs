@@ -12,7 +12,8 @@
 //! workloads start once both engines' background work has settled (each keeps the level shape
 //! its own policy left; the shapes are printed: seeks cost about one block per level-0 table in
 //! both engines). `LSM_BENCH_SEEK_ROUNDS=n` adds n alternating rounds of seek+next10 per engine
-//! timed by thread CPU time, steadier than wall time on a shared machine.
+//! timed by thread CPU time, steadier than wall time on a shared machine;
+//! `LSM_BENCH_FILL_ROUNDS=n` does the same for the fills (fresh directories each).
 //! Memory and write amplification, one engine per process:
 //! `LSM_BENCH_REPORT=lsm LSM_BENCH_REPORT_KEYS=1000000 cargo bench -p lsm --features tokio --
 //! report-only` (and `=fjall`).
@@ -112,46 +113,81 @@ fn on_fresh_dirs(iters: u64, mut run: impl FnMut(&std::path::Path) -> Duration) 
     total
 }
 
+/// One fill of ours into `dir` in `order`: (wall, this thread's CPU) time of the puts.
+fn fill_ours(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    order: &[u32],
+    values: &[Vec<u8>],
+) -> (Duration, Duration) {
+    runtime.block_on(async {
+        let db = open_ours(dir).await;
+        let (start, cpu) = (Instant::now(), thread_cpu());
+        for &index in order {
+            let value = &values[index as usize];
+            db.put(&key(index, false), value, Durability::Buffered).await.expect("put");
+        }
+        let elapsed = (start.elapsed(), thread_cpu() - cpu);
+        db.close().await.expect("close");
+        elapsed
+    })
+}
+
+/// `fill_ours` for fjall.
+fn fill_fjall(dir: &std::path::Path, order: &[u32], values: &[Vec<u8>]) -> (Duration, Duration) {
+    let (db, keyspace) = open_fjall(dir);
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    for &index in order {
+        keyspace.insert(key(index, false), values[index as usize].as_slice()).expect("insert");
+    }
+    let elapsed = (start.elapsed(), thread_cpu() - cpu);
+    drop(keyspace);
+    drop(db);
+    elapsed
+}
+
+/// With `LSM_BENCH_FILL_ROUNDS=n`: n alternating fills per engine on fresh directories,
+/// printing per-put wall time and the CPU time of the thread making the puts (system calls
+/// included; the engines' background threads excluded).
+fn fill_rounds(name: &str, runtime: &tokio::runtime::Runtime, order: &[u32], values: &[Vec<u8>]) {
+    let rounds: u32 =
+        std::env::var("LSM_BENCH_FILL_ROUNDS").ok().and_then(|text| text.parse().ok()).unwrap_or(0);
+    let per_op = |time: Duration| time.as_nanos() as f64 / order.len() as f64;
+    for round in 0..rounds {
+        let ours = on_fresh_dir(|dir| fill_ours(runtime, dir, order, values));
+        let fjall = on_fresh_dir(|dir| fill_fjall(dir, order, values));
+        let (ours_wall, ours_cpu, fjall_wall, fjall_cpu) =
+            (per_op(ours.0), per_op(ours.1), per_op(fjall.0), per_op(fjall.1));
+        println!(
+            "{name} round {round}: ns/op wall (cpu): ours {ours_wall:.0} ({ours_cpu:.0}), fjall \
+             {fjall_wall:.0} ({fjall_cpu:.0}); ours/fjall throughput by wall {:.2}, by cpu {:.2}",
+            fjall_wall / ours_wall,
+            fjall_cpu / ours_cpu
+        );
+    }
+}
+
+/// Runs `run` once on a fresh temp dir.
+fn on_fresh_dir<T>(run: impl FnOnce(&std::path::Path) -> T) -> T {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(dir.path())
+}
+
 fn bench_fill(criterion: &mut Criterion, name: &str, random: bool) {
     let runtime = runtime();
     let order = order(random);
     let values: Vec<Vec<u8>> = (0..key_count()).map(value).collect();
+    fill_rounds(name, &runtime, &order, &values);
     let mut group = criterion.benchmark_group(name);
     group.throughput(Throughput::Elements(u64::from(key_count())));
     group.sample_size(10);
     group.bench_function("lsm", |bencher| {
         bencher.iter_custom(|iters| {
-            on_fresh_dirs(iters, |dir| {
-                runtime.block_on(async {
-                    let db = open_ours(dir).await;
-                    let start = Instant::now();
-                    for &index in &order {
-                        let value = &values[index as usize];
-                        db.put(&key(index, false), value, Durability::Buffered).await.expect("put");
-                    }
-                    let elapsed = start.elapsed();
-                    db.close().await.expect("close");
-                    elapsed
-                })
-            })
+            on_fresh_dirs(iters, |dir| fill_ours(&runtime, dir, &order, &values).0)
         });
     });
     group.bench_function("fjall", |bencher| {
-        bencher.iter_custom(|iters| {
-            on_fresh_dirs(iters, |dir| {
-                let (db, keyspace) = open_fjall(dir);
-                let start = Instant::now();
-                for &index in &order {
-                    keyspace
-                        .insert(key(index, false), values[index as usize].as_slice())
-                        .expect("insert");
-                }
-                let elapsed = start.elapsed();
-                drop(keyspace);
-                drop(db);
-                elapsed
-            })
-        });
+        bencher.iter_custom(|iters| on_fresh_dirs(iters, |dir| fill_fjall(dir, &order, &values).0));
     });
     group.finish();
 }
