@@ -525,14 +525,22 @@ mod tests {
         assert_eq!(left.len(), 900);
     }
 
+    /// A store of replica 2 whose key `big` holds a set of 40 elements of 205 bytes: larger
+    /// than a datagram, so it moves in fragments.
+    fn big_set_store() -> Store {
+        use crate::store::Update;
+        let mut store = Store::new(ReplicaId(2));
+        for index in 0..40u32 {
+            let element = format!("{index:04}-{}", "e".repeat(200)).into_bytes();
+            store.apply(0, b"big", Update::Insert(element)).expect("insert");
+        }
+        store
+    }
+
     #[test]
     fn a_value_larger_than_a_datagram_moves_in_fragments() {
         use crate::store::Update;
-        let mut remote = Store::new(ReplicaId(2));
-        for index in 0..40u32 {
-            let element = format!("{index:04}-{}", "e".repeat(200)).into_bytes();
-            remote.apply(0, b"big", Update::Insert(element)).expect("insert");
-        }
+        let mut remote = big_set_store();
         remote.apply(0, b"small", Update::Add(-5)).expect("add");
         let mut local = Store::new(ReplicaId(1));
         // Every 4th reply lost: a round of 9 replies shifts which fragments are lost.
@@ -576,11 +584,7 @@ mod tests {
     #[test]
     fn fragments_of_two_encodings_never_combine_and_a_forged_digest_is_caught() {
         use crate::store::Update;
-        let mut remote = Store::new(ReplicaId(2));
-        for index in 0..40u32 {
-            let element = format!("{index:04}-{}", "e".repeat(200)).into_bytes();
-            remote.apply(0, b"big", Update::Insert(element)).expect("insert");
-        }
+        let mut remote = big_set_store();
         let parts = |store: &Store| {
             let mut out = Vec::new();
             respond_value_parts(1, b"big", store.value(b"big").expect("held"), &mut out);
