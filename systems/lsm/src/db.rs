@@ -44,8 +44,9 @@ type MomentView<F> = (Vec<Arc<Memtable>>, Arc<Version<F>>, u64);
 
 /// A write waiting for a group-commit leader.
 struct PendingWrite {
-    // Taken (moved into the memtable) by the leader that commits it.
-    batch: Mutex<WriteBatch>,
+    // Copied into the log and the memtable by the leader that commits it; freed by the writer
+    // that made it, on its own thread.
+    batch: WriteBatch,
     op_count: usize,
     payload_bytes: usize,
     durability: Durability,
@@ -337,7 +338,7 @@ impl<E: Env> Inner<E> {
         let pending = Arc::new(PendingWrite {
             op_count: batch.len(),
             payload_bytes: batch.payload_bytes(),
-            batch: Mutex::new(batch),
+            batch,
             durability,
             result: Mutex::new(None),
             done: Mutex::new(None),
@@ -432,7 +433,7 @@ impl<E: Env> Inner<E> {
         buffer.clear();
         let mut sequence = first;
         for pending in group {
-            let batch = lock(&pending.batch);
+            let batch = &pending.batch;
             wal::encode_record_with(&mut buffer, writer.synced_len, |out| {
                 batch.encode(sequence, out);
             });
@@ -455,7 +456,7 @@ impl<E: Env> Inner<E> {
         let mem = Arc::clone(&lock(&self.state).mem);
         let mut sequence = first;
         for pending in group {
-            mem.apply_owned(sequence, std::mem::take(&mut *lock(&pending.batch)));
+            mem.apply(sequence, &pending.batch);
             sequence += pending.op_count as u64;
         }
         writer.last_sequence = sequence - 1;
