@@ -13,7 +13,7 @@
 //!   writes, file deletion.
 //! - `wal`: write-ahead-log record framing and the torn-tail / corruption rule.
 //! - `batch`: `WriteBatch` and its log encoding.
-//! - `memtable`: the sorted in-memory table.
+//! - `memtable`: the sorted in-memory table (inline short keys, values in an arena).
 //! - `table`, `block`, `bloom`, `cache`: SSTables, their blocks, bloom filters, the block cache.
 //! - `manifest`: the persisted set of tables; `version`: the in-memory one.
 //! - `iter`: merging iterators; `key`: internal keys; `coding`: byte encodings.
