@@ -89,11 +89,6 @@ impl WriteBatch {
         self.ops.is_empty()
     }
 
-    /// The operations, by value.
-    pub fn into_ops(self) -> Vec<BatchOp> {
-        self.ops
-    }
-
     /// Sum of key and value bytes.
     pub fn payload_bytes(&self) -> usize {
         self.payload_bytes

@@ -481,20 +481,10 @@ pub struct Table<F: File> {
     bloom_false_positive_count: AtomicU64,
 }
 
-/// Reads `size` bytes at `offset`, retrying while `check` fails; the last failure otherwise.
+/// Reads `size` bytes at `offset` into `buffer`, retrying while `check` fails; the last
+/// failure otherwise. The buffer's bytes are overwritten: a recycled one spares zeroing a new
+/// one.
 async fn read_checked<F: File, T>(
-    file: &F,
-    name: &str,
-    offset: u64,
-    size: usize,
-    check: impl Fn(&mut Vec<u8>) -> DecodeResult<T>,
-) -> Result<T> {
-    read_checked_into(Vec::new(), file, name, offset, size, check).await
-}
-
-/// `read_checked` reading into `buffer` (whose bytes are overwritten: a recycled buffer spares
-/// zeroing a new one).
-async fn read_checked_into<F: File, T>(
     mut buffer: Vec<u8>,
     file: &F,
     name: &str,
@@ -528,9 +518,10 @@ impl<F: File> Table<F> {
             return Err(Error::corruption(&name, 0, "table shorter than its footer"));
         }
         let footer_offset = file_bytes - FOOTER_BYTES as u64;
-        let footer =
-            read_checked(&file, &name, footer_offset, FOOTER_BYTES, |bytes| decode_footer(bytes))
-                .await?;
+        let footer = read_checked(Vec::new(), &file, &name, footer_offset, FOOTER_BYTES, |bytes| {
+            decode_footer(bytes)
+        })
+        .await?;
         let limit = footer_offset;
         for handle in [footer.filter, footer.index] {
             let end = handle.offset.checked_add(handle.size + BLOCK_TRAILER_BYTES as u64);
@@ -539,12 +530,12 @@ impl<F: File> Table<F> {
             }
         }
         let size = footer.index.size as usize + BLOCK_TRAILER_BYTES;
-        let index = read_checked(&file, &name, footer.index.offset, size, |bytes| {
+        let index = read_checked(Vec::new(), &file, &name, footer.index.offset, size, |bytes| {
             decode_index(&Block::new(decode_block(bytes)?)?, limit)
         })
         .await?;
         let size = footer.filter.size as usize + BLOCK_TRAILER_BYTES;
-        let bloom = read_checked(&file, &name, footer.filter.offset, size, |bytes| {
+        let bloom = read_checked(Vec::new(), &file, &name, footer.filter.offset, size, |bytes| {
             Bloom::new(decode_block(bytes)?, footer.filter_kind)
         })
         .await?;
@@ -612,7 +603,7 @@ impl<F: File> Table<F> {
         let buffer = self.cache.take_buffer();
         let (file, name) = (&self.file, &self.name);
         let block =
-            read_checked_into(buffer, file, name, handle.offset, size, decode_data_block).await?;
+            read_checked(buffer, file, name, handle.offset, size, decode_data_block).await?;
         let block = Arc::new(block);
         if fill_cache {
             self.cache.insert(self.number, handle.offset, Arc::clone(&block));
