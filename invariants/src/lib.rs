@@ -8,6 +8,11 @@
 //!   nothing that was never written appears.
 //! - `convergence`: after heal and settle, all live replicas hold equal state (digest compare).
 //! - `liveness`: progress resumes within a stated bound after the last fault heals.
+//! - `snapshot_isolation`: a transactional history (reads and writes of keys, per transaction,
+//!   with outcomes and commit order) shows no anomaly snapshot isolation forbids (G0, G1a, G1b,
+//!   G1c, G-single, G-nonadjacent, garbage and internal reads); Adya's dependency graph, Tarjan
+//!   components and a cheapest witness cycle per component, as Elle. Also says whether the
+//!   history is serializable (no G2 either, such as write skew).
 //! - this file: [`Violation`] (what every checker returns on failure), the [`Invariant`] trait
 //!   through which a system adds its own checks, [`invariant_fn`] to make one from a closure, and
 //!   [`Checker`] to run several over one subject and collect every violation.
@@ -21,6 +26,7 @@ pub mod convergence;
 pub mod durability;
 pub mod linearizability;
 pub mod liveness;
+pub mod snapshot_isolation;
 
 mod format;
 
