@@ -6,13 +6,41 @@
 //! world and on real files.
 //!
 //! Map:
+//! - `db`: `DocDb` (open, close, catalog in memory, commit with first-committer-wins checks).
+//! - `txn`: `Transaction` (a snapshot plus buffered writes; reads overlay the two).
+//! - `ops`: the operations on one collection inside a transaction, with index maintenance.
+//! - `collection`: `Collection`, the auto-commit handle (retries write conflicts), `Cursor`.
+//! - `plan`: the planner (`_id` lookups, index intervals, collection scans) and `explain`.
+//! - `catalog`: collection and index entries, index key extraction (multikey, sparse).
+//! - `changes`: change streams with resume tokens.
+//! - `validate`: JSON Schema validators.
+//! - `layout`: the LSM key space and record encodings; `keycode`: order-preserving value keys.
 //! - `value`: MongoDB's total order over BSON values (type ranks, numbers across widths).
 //! - `query`: the pure MongoDB semantics, with no storage: filters (`query::filter`), update
 //!   operators (`query::update`), projections (`query::projection`) and sorts (`query::sort`).
+//! - `error`: the one error type, with MongoDB's error codes.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod catalog;
+pub mod changes;
+pub mod collection;
+pub mod db;
+pub mod error;
+pub mod keycode;
+pub mod layout;
+pub mod ops;
+pub mod plan;
 pub mod query;
+pub mod txn;
+pub mod validate;
 pub mod value;
+
+pub use changes::{ChangeEvent, ChangeStream, ResumeToken, Scope};
+pub use collection::{Collection, Cursor, InsertManyResult};
+pub use db::{DocDb, Options};
+pub use error::{Error, Result};
+pub use ops::{FindOptions, IndexSpec, TxnCollection, UpdateOptions, UpdateResult};
+pub use txn::{CommitInfo, Transaction};

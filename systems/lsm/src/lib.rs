@@ -42,6 +42,7 @@ pub mod memtable;
 pub mod options;
 pub mod protocol;
 pub mod server;
+pub mod signal;
 pub mod table;
 pub mod wal;
 
@@ -49,7 +50,7 @@ mod background;
 mod db;
 mod iter;
 mod recovery;
-mod signal;
+
 mod version;
 
 pub use batch::WriteBatch;
