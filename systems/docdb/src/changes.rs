@@ -196,13 +196,21 @@ impl<E: Env> ChangeStream<E> {
         };
         let end = layout::change_key(u64::MAX, u32::MAX);
         let mut entries = self.db.inner.lsm.range(start..end).await?;
+        // A consumer that reads the history one event at a time (a slow or memory-starved
+        // reader) must still see every event once.
+        let refill_max = if self.db.inner.env.buggify("docdb.changes.refill_one") {
+            1
+        } else {
+            REFILL_EVENTS_MAX
+        };
         let mut scanned = 0;
-        while scanned < REFILL_EVENTS_MAX
+        while scanned < refill_max
             && let Some(entry) = entries.next().await
         {
             let (key, value) = entry?;
             let (commit, index) = layout::parse_change_key(&key)?;
             let token = ResumeToken { commit, index };
+            assert!(token > self.position, "a refill starts after the stream's position");
             scanned += 1;
             let record = layout::decode_record(&value, "change event")?;
             if self.scope.admits(&record) {

@@ -47,7 +47,14 @@ macro_rules! auto_commit {
                 }
             };
             match result {
-                Err(error) if error.is_transient() && attempt < retries_max => attempt += 1,
+                Err(error) if error.is_transient() && attempt < retries_max => {
+                    attempt += 1;
+                    if $self.db.inner.env.buggify("docdb.autocommit.retry_late") {
+                        // A retry that comes late (a descheduled client): the conflicting
+                        // writer may have moved on again, so the retry must re-read everything.
+                        $self.db.inner.env.sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                }
                 other => break other,
             }
         }

@@ -62,6 +62,25 @@ pub(crate) struct Shared {
     pub collection_write: BTreeMap<u32, u64>,
     /// Snapshot sequences of open transactions, with counts.
     pub active: BTreeMap<u64, usize>,
+    /// LSM sequence of the last commit (0 before the first since open).
+    pub last_sequence: u64,
+}
+
+impl Shared {
+    /// Checks the invariants of the catalog and the conflict table (run after every commit in
+    /// builds with debug assertions, as the simulation profile is).
+    pub fn check_invariants(&self) {
+        for ((database, name), info) in &self.collections {
+            assert!(info.database == *database && info.name == *name, "catalog key mismatch");
+            assert!(info.id < self.next_collection_id, "collection id {} not below next", info.id);
+            assert!(info.indexes.iter().all(|index| index.id < info.next_index_id));
+        }
+        assert!(self.active.values().all(|&count| count > 0), "an empty active slot");
+        let newest = self.last_sequence;
+        assert!(self.last_write.values().all(|&sequence| sequence <= newest));
+        assert!(self.collection_write.values().all(|&sequence| sequence <= newest));
+        assert!(self.index_ready.values().all(|&sequence| sequence <= newest));
+    }
 }
 
 pub(crate) struct Inner<E: Env> {
@@ -305,7 +324,9 @@ fn describe_key(key: &[u8]) -> String {
 
 fn publish_commit(shared: &mut Shared, commit: u64, sequence: u64, writes: TxnWrites) {
     assert_eq!(commit, shared.last_commit + 1, "commits are numbered without gaps");
+    assert!(sequence > shared.last_sequence, "a commit's LSM sequence goes forward");
     shared.last_commit = commit;
+    shared.last_sequence = sequence;
     for key in writes.keys.into_keys() {
         if key.first() == Some(&0x02) && key.len() >= 5 {
             let id = u32::from_be_bytes(key[1..5].try_into().expect("4 bytes"));
@@ -330,6 +351,9 @@ fn publish_commit(shared: &mut Shared, commit: u64, sequence: u64, writes: TxnWr
         }
     }
     prune_conflicts(shared);
+    if cfg!(debug_assertions) {
+        shared.check_invariants();
+    }
 }
 
 /// Drops conflict entries no open transaction can conflict with.
@@ -381,5 +405,6 @@ async fn load_shared<E: Env>(lsm: &lsm::Db<E>) -> Result<Shared> {
         last_write: BTreeMap::new(),
         collection_write: BTreeMap::new(),
         active: BTreeMap::new(),
+        last_sequence: 0,
     })
 }

@@ -208,6 +208,7 @@ impl<E: Env> Transaction<E> {
             base_next: None,
             base_done: false,
             overlay: overlay.into_iter().peekable(),
+            last: None,
         })
     }
 
@@ -231,6 +232,8 @@ pub(crate) struct Scan<E: Env> {
     base_next: Option<(Vec<u8>, Vec<u8>)>,
     base_done: bool,
     overlay: std::iter::Peekable<std::vec::IntoIter<OverlayEntry>>,
+    /// The last key returned (debug builds check the scan only goes forward).
+    last: Option<Vec<u8>>,
 }
 
 impl<E: Env> Scan<E> {
@@ -259,12 +262,25 @@ impl<E: Env> Scan<E> {
             };
             if take_overlay {
                 let (key, value) = self.overlay.next().expect("peeked");
+                debug_assert!(
+                    self.last.as_ref().is_none_or(|last| *last < key),
+                    "scan goes forward"
+                );
+                self.last = Some(key.clone());
                 match value {
                     Some(value) => return Ok(Some((key, value))),
                     None => continue,
                 }
             }
-            return Ok(self.base_next.take());
+            let entry = self.base_next.take();
+            if let Some((key, _)) = &entry {
+                debug_assert!(
+                    self.last.as_ref().is_none_or(|last| last < key),
+                    "scan goes forward"
+                );
+                self.last = Some(key.clone());
+            }
+            return Ok(entry);
         }
     }
 }

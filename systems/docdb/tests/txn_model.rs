@@ -95,7 +95,12 @@ async fn read<E: sim::Env>(txn: &mut Transaction<E>, key: i32) -> Option<i32> {
     output.documents.first().map(|document| document.get_i32("v").expect("v"))
 }
 
-async fn apply<E: sim::Env>(db: &DocDb<E>, txns: &mut BTreeMap<usize, Transaction<E>>, model: &mut Model, step: &Step) {
+async fn apply<E: sim::Env>(
+    db: &DocDb<E>,
+    txns: &mut BTreeMap<usize, Transaction<E>>,
+    model: &mut Model,
+    step: &Step,
+) {
     match *step {
         Step::Begin(slot) if !txns.contains_key(&slot) => {
             txns.insert(slot, db.begin());
@@ -161,8 +166,16 @@ fn unique_index_holds_under_concurrent_transactions() {
         db.collection("app", "users").create_index(spec).await.expect("index");
         let mut first = db.begin();
         let mut second = db.begin();
-        first.collection("app", "users").insert_one(doc! {"_id": 1, "email": "a@x"}).await.expect("insert");
-        second.collection("app", "users").insert_one(doc! {"_id": 2, "email": "a@x"}).await.expect("insert");
+        first
+            .collection("app", "users")
+            .insert_one(doc! {"_id": 1, "email": "a@x"})
+            .await
+            .expect("insert");
+        second
+            .collection("app", "users")
+            .insert_one(doc! {"_id": 2, "email": "a@x"})
+            .await
+            .expect("insert");
         first.commit().await.expect("first commits");
         assert!(matches!(second.commit().await, Err(Error::WriteConflict { .. })));
         let third = db.collection("app", "users").insert_one(doc! {"_id": 3, "email": "a@x"}).await;
