@@ -142,7 +142,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn transactions_match_the_snapshot_isolation_model(steps in prop::collection::vec(step(), 1..60)) {
+    fn transactions_match_the_snapshot_isolation_model(
+        steps in prop::collection::vec(step(), 1..60)
+    ) {
         let (world, node) = world(7);
         run(&world, node, |env| async move {
             let db = DocDb::open(env, "db", options()).await.expect("open");
