@@ -1,6 +1,6 @@
 //! The "ping" workload on turmoil 0.7.2, measured against our world by `ci/bench-peers`.
 //!
-//! Why: DESIGN.md says turmoil advances in fixed 1 ms ticks and cannot skip idle time; this
+//! Why: turmoil advances in fixed 1 ms ticks and cannot skip idle time; this
 //! module measures that claim on the workload our world and madsim (`ci/peers/madsim-ping`) run.
 //! H hosts "h0".."h{H-1}", each with a UDP socket on port 9000; every `interval` (first at
 //! t = interval) host i sends a 64-byte ping to host (i + 1) mod H, and every ping is answered at

@@ -1,6 +1,6 @@
 //! The "ping" workload on madsim, the peer that `ci/bench-peers` compares Ghostmesh's world with.
 //!
-//! Why: DESIGN.md claims our world jumps between timers as madsim does and is far faster than
+//! Why: ARCHITECTURE.md says our world jumps between timers as madsim does and is far faster than
 //! turmoil; this binary measures madsim on the very workload our `sim` example and the turmoil
 //! example run, so the three numbers sit side by side. The workload: H hosts, each with a UDP
 //! socket on port 9000; every `interval` (first at t = interval) host i sends a 64-byte ping to
