@@ -1,10 +1,12 @@
-//! Style checks over every Rust file of the workspace (CONTRIBUTING.md, "Style"), run by `cargo test`.
+//! Style checks over every Rust file of the workspace (CONTRIBUTING.md, "Style"), run by
+//! `cargo test`.
 //!
 //! Goal: keep the rules that a reviewer would otherwise have to remember mechanical. Method:
 //! walk the workspace's `.rs` files (skipping build output and the standalone peer crates' build
 //! dirs) and check each rule; report every offence at once, with its path and line.
 
-// A CI tool, not system code: it reads the real source tree (CONTRIBUTING.md: the `Env` rule binds system code, not `ci/`).
+// A CI tool, not system code: it reads the real source tree (CONTRIBUTING.md: the `Env` rule
+// binds system code, not `ci/`).
 #![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};

@@ -35,6 +35,7 @@ pub mod bloom;
 pub mod cache;
 pub mod client;
 pub mod coding;
+pub mod crypto;
 pub mod error;
 pub mod key;
 pub mod manifest;
