@@ -183,7 +183,8 @@ impl<E: Env> TxnCollection<'_, E> {
     pub async fn query(&mut self, filter: &Document, options: &FindOptions) -> Result<QueryOutput> {
         let compiled = Filter::parse(filter)?;
         let sort = options.sort.as_ref().map(Sort::parse).transpose()?;
-        let projection = options.projection.as_ref().map(Projection::parse).transpose()?;
+        let projection =
+            options.projection.as_ref().map(|spec| Projection::parse(spec, Some(&compiled))).transpose()?;
         let Some(info) = self.info() else {
             let plan = Plan { access: Access::Collection, sorted: true };
             return Ok(QueryOutput {
@@ -192,7 +193,7 @@ impl<E: Env> TxnCollection<'_, E> {
                 stats: ExecutionStats::default(),
             });
         };
-        let sort_keys = sort.as_ref().map(|sort| sort.keys.clone());
+        let sort_keys = sort.as_ref().map(sort_keys);
         let txn = &*self.txn;
         let plan = plan::choose(&info, &compiled.predicates(), sort_keys.as_deref(), |index| {
             txn.index_usable(info.id, index.id)
@@ -216,15 +217,17 @@ impl<E: Env> TxnCollection<'_, E> {
         } else {
             usize::try_from(options.limit).unwrap_or(usize::MAX)
         };
-        let documents: Vec<Document> = documents
-            .into_iter()
-            .skip(skip)
-            .take(limit)
-            .map(|document| match &projection {
-                Some(projection) => projection.apply(document),
+        let mut out = Vec::with_capacity(documents.len().min(limit));
+        for document in documents.into_iter().skip(skip).take(limit) {
+            out.push(match &projection {
+                Some(projection) => {
+                    let details = compiled.match_details(&document).unwrap_or_default();
+                    projection.apply(&document, &details)?
+                }
                 None => document,
-            })
-            .collect();
+            });
+        }
+        let documents = out;
         stats.returned = documents.len() as u64;
         Ok(QueryOutput { documents, plan, stats })
     }
@@ -311,7 +314,7 @@ impl<E: Env> TxnCollection<'_, E> {
         limit: u64,
     ) -> Result<Vec<(Vec<u8>, Document)>> {
         let Some(info) = self.info() else { return Ok(Vec::new()) };
-        let sort_keys = sort.map(|sort| sort.keys.clone());
+        let sort_keys = sort.map(sort_keys);
         let txn = &*self.txn;
         let plan = plan::choose(&info, &filter.predicates(), sort_keys.as_deref(), |index| {
             txn.index_usable(info.id, index.id)
@@ -349,9 +352,11 @@ impl<E: Env> TxnCollection<'_, E> {
         let matched = self.matching(&compiled, None, u64::from(!multi)).await?;
         let mut result =
             UpdateResult { matched_count: matched.len() as u64, ..UpdateResult::default() };
-        let context = UpdateContext { now: self.txn.database().now_date(), is_insert: false };
+        let now = self.txn.database().now_date();
         for (id_code, old) in matched {
             let mut new = old.clone();
+            let position = compiled.match_details(&old).and_then(|details| details.position);
+            let context = UpdateContext { now, is_insert: false, position };
             let changes = update_spec.apply(&mut new, &context)?;
             if new == old {
                 continue;
@@ -361,9 +366,8 @@ impl<E: Env> TxnCollection<'_, E> {
             result.modified_count += 1;
         }
         if result.matched_count == 0 && options.upsert {
-            let mut seed = crate::query::update::upsert_seed(filter);
-            let insert_context = UpdateContext { is_insert: true, ..context };
-            update_spec.apply(&mut seed, &insert_context)?;
+            let context = UpdateContext { now, is_insert: true, position: None };
+            let (seed, _) = update_spec.upsert(&compiled, &context)?;
             result.upserted_id = Some(self.insert_one(seed).await?);
         }
         Ok(result)
@@ -376,29 +380,18 @@ impl<E: Env> TxnCollection<'_, E> {
         replacement: Document,
         upsert: bool,
     ) -> Result<UpdateResult> {
-        crate::query::update::validate_replacement(&replacement)?;
         let compiled = Filter::parse(filter)?;
+        crate::query::update::validate_replacement(&replacement, None)?;
         let matched = self.matching(&compiled, None, 1).await?;
-        let mut result =
-            UpdateResult { matched_count: matched.len() as u64, ..UpdateResult::default() };
+        let mut result = UpdateResult { matched_count: matched.len() as u64, ..UpdateResult::default() };
         if let Some((id_code, old)) = matched.into_iter().next() {
-            let id = old.get("_id").cloned().expect("stored documents have an _id");
-            if let Some(new_id) = replacement.get("_id")
-                && !crate::value::equal(new_id, &id)
-            {
-                return Err(Error::InvalidDocument(
-                    "the _id field cannot be changed by a replacement".to_string(),
-                ));
-            }
-            let mut new = doc! {"_id": id};
-            new.extend(replacement.into_iter().filter(|(key, _)| key != "_id"));
+            let new = crate::query::update::validate_replacement(&replacement, Some(&old))?;
             if new != old {
                 self.write_changed(&id_code, &old, new, "replace", None).await?;
                 result.modified_count = 1;
             }
         } else if upsert {
-            let mut seed = crate::query::update::upsert_seed(filter);
-            seed.extend(replacement);
+            let seed = crate::query::update::replacement_upsert(&compiled, &replacement)?;
             result.upserted_id = Some(self.insert_one(seed).await?);
         }
         Ok(result)
@@ -417,9 +410,11 @@ impl<E: Env> TxnCollection<'_, E> {
         let sort = sort.map(Sort::parse).transpose()?;
         let update_spec = Update::parse(update, &options.array_filters)?;
         let matched = self.matching(&compiled, sort.as_ref(), 1).await?;
-        let context = UpdateContext { now: self.txn.database().now_date(), is_insert: false };
+        let now = self.txn.database().now_date();
         if let Some((id_code, old)) = matched.into_iter().next() {
             let mut new = old.clone();
+            let position = compiled.match_details(&old).and_then(|details| details.position);
+            let context = UpdateContext { now, is_insert: false, position };
             let changes = update_spec.apply(&mut new, &context)?;
             if new != old {
                 let description = update_description(&new, &changes.updated, &changes.removed);
@@ -431,8 +426,8 @@ impl<E: Env> TxnCollection<'_, E> {
         if !options.upsert {
             return Ok(None);
         }
-        let mut seed = crate::query::update::upsert_seed(filter);
-        update_spec.apply(&mut seed, &UpdateContext { is_insert: true, ..context })?;
+        let context = UpdateContext { now, is_insert: true, position: None };
+        let (seed, _) = update_spec.upsert(&compiled, &context)?;
         let seed = self.with_id(seed);
         self.insert_one(seed.clone()).await?;
         Ok(return_after.then_some(seed))
@@ -688,6 +683,11 @@ fn update_description(new: &Document, updated: &[String], removed: &[String]) ->
         .collect();
     let removed_fields: Vec<Bson> = removed.iter().map(|path| Bson::String(path.clone())).collect();
     doc! {"updatedFields": updated_fields, "removedFields": removed_fields}
+}
+
+/// A sort's keys as the planner takes them.
+fn sort_keys(sort: &Sort) -> Vec<(String, bool)> {
+    sort.keys().map(|(path, up)| (path.to_string(), up)).collect()
 }
 
 /// Refuses documents MongoDB would not store: top-level `$` field names, over 16 MiB.

@@ -1,44 +1,704 @@
-//! PLACEHOLDER filter: equality only.
+//! MongoDB query filters: parsing a filter document once, then matching documents against it.
+//!
+//! Semantics follow MongoDB 4.2: implicit equality, dotted paths through nested documents and
+//! arrays (`query::path`), a condition on an array field matching any element or the whole
+//! array, `null` matching missing fields, and type bracketing (`$gt: 5` never matches a string;
+//! MinKey and MaxKey compare across types; NaN only equals NaN). A match also reports the index
+//! of the first array iterated on the way, which the positional `$` of projections and updates
+//! uses. `predicates` exposes the top-level AND-ed conditions a planner may serve from an index.
+
 use bson::{Bson, Document};
 
-use super::QueryError;
+use crate::query::error::QueryError;
+use crate::query::path::{self, Candidate};
+use crate::query::regex::Pattern;
+use crate::value;
 
-/// A compiled filter.
+/// A parsed filter: every expression must match (an implicit `$and`).
 #[derive(Clone, Debug)]
 pub struct Filter {
-    terms: Vec<(String, Bson)>,
+    expressions: Vec<Expression>,
 }
 
-/// What the planner may use.
-#[derive(Clone, Debug)]
+/// What a successful match learned about the document.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchDetails {
+    /// The index of the first array the last positive condition iterated, for positional `$`.
+    pub position: Option<usize>,
+}
+
+/// A top-level condition a planner may answer from an index on `path` (see `Filter::predicates`).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Predicate {
-    /// Equality.
+    /// The field equals this value (numbers compare across widths).
     Eq(Bson),
-    /// Range.
+    /// The field lies within these bounds; `true` means the bound is inclusive.
     Range {
-        /// Lower bound.
+        /// The lower bound, if any.
         lower: Option<(Bson, bool)>,
-        /// Upper bound.
+        /// The upper bound, if any.
         upper: Option<(Bson, bool)>,
     },
-    /// Set.
+    /// The field equals one of these values.
     In(Vec<Bson>),
 }
 
+#[derive(Clone, Debug)]
+enum Expression {
+    And(Vec<Expression>),
+    Or(Vec<Expression>),
+    Nor(Vec<Expression>),
+    Field { path: String, parts: Vec<String>, conditions: Vec<Condition> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Comparison {
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TypeSpec {
+    Code(u8),
+    Number,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Condition {
+    Equal(Bson),
+    Compare(Comparison, Bson),
+    In(Vec<Condition>),
+    Not(Vec<Condition>),
+    Exists(bool),
+    Type(Vec<TypeSpec>),
+    Size(usize),
+    Modulo { divisor: i64, remainder: i64 },
+    Regex(Pattern),
+    All(Vec<Condition>),
+    ElemMatch(Box<ElementMatcher>),
+}
+
+/// A condition on one array element: `$elemMatch`, `$pull` and projection `$elemMatch` use it.
+#[derive(Clone, Debug)]
+pub(crate) enum ElementMatcher {
+    /// A filter over an element that is a document (or an array, by index).
+    Document(Filter),
+    /// Operator conditions on the element itself (`{$gt: 5}`).
+    Value(Vec<Condition>),
+}
+
+/// The root a filter is evaluated against: a document, or an array element.
+#[derive(Clone, Copy)]
+enum Root<'a> {
+    Document(&'a Document),
+    Value(&'a Bson),
+}
+
 impl Filter {
-    /// Compiles.
-    pub fn parse(document: &Document) -> Result<Filter, QueryError> {
-        Ok(Filter { terms: document.iter().map(|(k, v)| (k.clone(), v.clone())).collect() })
+    /// Compiles a filter document; a malformed one is a typed error naming operator and path.
+    pub fn parse(filter: &Document) -> Result<Filter, QueryError> {
+        Ok(Filter { expressions: parse_document(filter)? })
     }
-    /// Matches.
+
+    /// Whether `document` matches.
     pub fn matches(&self, document: &Document) -> bool {
-        self.terms.iter().all(|(path, value)| {
-            let found = document.get(path).cloned().unwrap_or(Bson::Null);
-            crate::value::equal(&found, value)
-        })
+        self.match_details(document).is_some()
     }
-    /// Predicates.
+
+    /// `Some` with what the match learned when `document` matches, else `None`.
+    pub fn match_details(&self, document: &Document) -> Option<MatchDetails> {
+        let mut details = MatchDetails::default();
+        let matched = all_match(&self.expressions, Root::Document(document), &mut details);
+        matched.then_some(details)
+    }
+
+    /// Whether the filter is empty (matches every document).
+    pub fn is_empty(&self) -> bool {
+        self.expressions.is_empty()
+    }
+
+    /// The top-level AND-ed conditions an index on their path can serve, conservatively: each
+    /// alone selects a superset of the matching documents. Two on the same path may only be
+    /// intersected when the index is not multikey (`{a: {$gt: 5, $lt: 3}}` matches `[1, 10]`).
     pub fn predicates(&self) -> Vec<(String, Predicate)> {
-        self.terms.iter().map(|(k, v)| (k.clone(), Predicate::Eq(v.clone()))).collect()
+        let mut out = Vec::new();
+        predicates_of(&self.expressions, &mut out);
+        out
+    }
+
+    /// Paths and values of the top-level equality conditions, as an upsert copies them.
+    pub(crate) fn equalities(&self) -> Vec<(&str, &Bson)> {
+        let mut out = Vec::new();
+        equalities_of(&self.expressions, &mut out);
+        out
+    }
+
+    /// The first part of every field path, through `$and`, `$or` and `$nor`.
+    pub(crate) fn first_parts(&self) -> Vec<&str> {
+        let mut out = Vec::new();
+        first_parts_of(&self.expressions, &mut out);
+        out
+    }
+}
+
+fn first_parts_of<'a>(expressions: &'a [Expression], out: &mut Vec<&'a str>) {
+    for expression in expressions {
+        match expression {
+            Expression::And(children) | Expression::Or(children) | Expression::Nor(children) => {
+                first_parts_of(children, out)
+            }
+            Expression::Field { parts, .. } => out.push(&parts[0]),
+        }
+    }
+}
+
+fn equalities_of<'a>(expressions: &'a [Expression], out: &mut Vec<(&'a str, &'a Bson)>) {
+    for expression in expressions {
+        match expression {
+            Expression::And(children) => equalities_of(children, out),
+            Expression::Field { path, conditions, .. } => {
+                for condition in conditions {
+                    if let Condition::Equal(value) = condition {
+                        out.push((path.as_str(), value));
+                    }
+                }
+            }
+            Expression::Or(_) | Expression::Nor(_) => {}
+        }
+    }
+}
+
+/// Whether a value can bound an index scan: not null (which also matches missing fields), not
+/// an array (which matches by element), not NaN, not MinKey/MaxKey (which compare across types).
+fn indexable(value: &Bson) -> bool {
+    let not_a_number = matches!(value::number(value), Some(value::Number::Double(x)) if x.is_nan());
+    !not_a_number
+        && !matches!(
+            value,
+            Bson::Null | Bson::Undefined | Bson::Array(_) | Bson::MinKey | Bson::MaxKey
+        )
+}
+
+fn predicates_of(expressions: &[Expression], out: &mut Vec<(String, Predicate)>) {
+    for expression in expressions {
+        let Expression::Field { path, conditions, .. } = expression else {
+            if let Expression::And(children) = expression {
+                predicates_of(children, out);
+            }
+            continue;
+        };
+        for condition in conditions {
+            let predicate = match condition {
+                Condition::Equal(value) if indexable(value) => Predicate::Eq(value.clone()),
+                Condition::Compare(comparison, value) if indexable(value) => {
+                    let bound = Some((
+                        value.clone(),
+                        !matches!(comparison, Comparison::Greater | Comparison::Less),
+                    ));
+                    match comparison {
+                        Comparison::Greater | Comparison::GreaterOrEqual => {
+                            Predicate::Range { lower: bound, upper: None }
+                        }
+                        Comparison::Less | Comparison::LessOrEqual => {
+                            Predicate::Range { lower: None, upper: bound }
+                        }
+                    }
+                }
+                Condition::In(items) => {
+                    let values: Option<Vec<Bson>> = items
+                        .iter()
+                        .map(|item| match item {
+                            Condition::Equal(value) if indexable(value) => Some(value.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let Some(values) = values else { continue };
+                    Predicate::In(values)
+                }
+                _ => continue,
+            };
+            out.push((path.clone(), predicate));
+        }
+    }
+}
+
+fn parse_document(filter: &Document) -> Result<Vec<Expression>, QueryError> {
+    let mut expressions = Vec::with_capacity(filter.len());
+    for (key, value) in filter {
+        if !key.starts_with('$') {
+            let parts = path::split(key);
+            let conditions = parse_field_value(key, value)?;
+            expressions.push(Expression::Field { path: key.clone(), parts, conditions });
+            continue;
+        }
+        let children = match key.as_str() {
+            "$and" | "$or" | "$nor" => parse_clauses(key, value)?,
+            "$comment" => continue,
+            _ => {
+                return Err(QueryError::UnknownOperator {
+                    operator: key.clone(),
+                    path: String::new(),
+                });
+            }
+        };
+        expressions.push(match key.as_str() {
+            "$and" => Expression::And(children),
+            "$or" => Expression::Or(children),
+            _ => Expression::Nor(children),
+        });
+    }
+    Ok(expressions)
+}
+
+fn parse_clauses(operator: &str, value: &Bson) -> Result<Vec<Expression>, QueryError> {
+    let Bson::Array(items) = value else {
+        return Err(QueryError::bad_value(operator, "", "argument must be an array"));
+    };
+    if items.is_empty() {
+        return Err(QueryError::bad_value(operator, "", "argument must be a nonempty array"));
+    }
+    let mut children = Vec::with_capacity(items.len());
+    for item in items {
+        let Bson::Document(clause) = item else {
+            return Err(QueryError::bad_value(operator, "", "every entry must be an object"));
+        };
+        children.push(Expression::And(parse_document(clause)?));
+    }
+    Ok(children)
+}
+
+fn is_operator_document(document: &Document) -> bool {
+    document.keys().next().is_some_and(|key| key.starts_with('$'))
+}
+
+fn parse_field_value(path: &str, value: &Bson) -> Result<Vec<Condition>, QueryError> {
+    match value {
+        Bson::Document(operators) if is_operator_document(operators) => {
+            parse_operators(path, operators)
+        }
+        Bson::RegularExpression(regex) => {
+            Ok(vec![Condition::Regex(Pattern::from_bson(regex, path)?)])
+        }
+        _ => Ok(vec![Condition::Equal(value.clone())]),
+    }
+}
+
+/// Parses `{$gt: 1, $lt: 5, ...}` on `path`.
+pub(crate) fn parse_operators(
+    path: &str,
+    operators: &Document,
+) -> Result<Vec<Condition>, QueryError> {
+    let mut conditions = Vec::with_capacity(operators.len());
+    let mut regex: Option<&Bson> = None;
+    let mut options: Option<&Bson> = None;
+    for (operator, operand) in operators {
+        let condition = match operator.as_str() {
+            "$regex" => {
+                regex = Some(operand);
+                continue;
+            }
+            "$options" => {
+                options = Some(operand);
+                continue;
+            }
+            _ => parse_operator(path, operator, operand)?,
+        };
+        conditions.push(condition);
+    }
+    if regex.is_some() || options.is_some() {
+        conditions.push(Condition::Regex(Pattern::from_operators(regex, options, path)?));
+    }
+    Ok(conditions)
+}
+
+fn parse_operator(path: &str, operator: &str, operand: &Bson) -> Result<Condition, QueryError> {
+    let compare = |comparison| Ok(Condition::Compare(comparison, operand.clone()));
+    match operator {
+        "$eq" => Ok(Condition::Equal(operand.clone())),
+        "$ne" => Ok(Condition::Not(vec![Condition::Equal(operand.clone())])),
+        "$gt" => compare(Comparison::Greater),
+        "$gte" => compare(Comparison::GreaterOrEqual),
+        "$lt" => compare(Comparison::Less),
+        "$lte" => compare(Comparison::LessOrEqual),
+        "$in" => Ok(Condition::In(parse_in_list(path, operator, operand)?)),
+        "$nin" => Ok(Condition::Not(vec![Condition::In(parse_in_list(path, operator, operand)?)])),
+        "$exists" => Ok(Condition::Exists(truthy(operand))),
+        "$type" => Ok(Condition::Type(parse_types(path, operand)?)),
+        "$size" => parse_size(path, operand),
+        "$mod" => parse_modulo(path, operand),
+        "$all" => parse_all(path, operand),
+        "$elemMatch" => {
+            Ok(Condition::ElemMatch(Box::new(ElementMatcher::for_elem_match(operand, path)?)))
+        }
+        "$not" => parse_not(path, operand),
+        _ => Err(QueryError::UnknownOperator {
+            operator: operator.to_owned(),
+            path: path.to_owned(),
+        }),
+    }
+}
+
+fn truthy(value: &Bson) -> bool {
+    match value {
+        Bson::Boolean(flag) => *flag,
+        Bson::Null | Bson::Undefined => false,
+        _ => match value::number(value) {
+            Some(value::Number::Integer(number)) => number != 0,
+            Some(value::Number::Double(number)) => number != 0.0,
+            None => true,
+        },
+    }
+}
+
+fn parse_in_list(path: &str, operator: &str, operand: &Bson) -> Result<Vec<Condition>, QueryError> {
+    let Bson::Array(items) = operand else {
+        return Err(QueryError::bad_value(operator, path, "needs an array"));
+    };
+    let mut conditions = Vec::with_capacity(items.len());
+    for item in items {
+        conditions.push(match item {
+            Bson::RegularExpression(regex) => Condition::Regex(Pattern::from_bson(regex, path)?),
+            Bson::Document(inner) if is_operator_document(inner) => {
+                return Err(QueryError::bad_value(operator, path, "cannot nest $ under $in"));
+            }
+            _ => Condition::Equal(item.clone()),
+        });
+    }
+    Ok(conditions)
+}
+
+fn parse_not(path: &str, operand: &Bson) -> Result<Condition, QueryError> {
+    match operand {
+        Bson::RegularExpression(regex) => {
+            Ok(Condition::Not(vec![Condition::Regex(Pattern::from_bson(regex, path)?)]))
+        }
+        Bson::Document(inner) if is_operator_document(inner) => {
+            Ok(Condition::Not(parse_operators(path, inner)?))
+        }
+        _ => Err(QueryError::bad_value("$not", path, "needs a regex or a document of operators")),
+    }
+}
+
+/// The integer a numeric operand holds exactly, if it does.
+pub(crate) fn exact_integer(value: &Bson) -> Option<i64> {
+    match value::number(value)? {
+        value::Number::Integer(number) => Some(number),
+        value::Number::Double(number) => {
+            let in_range = number.fract() == 0.0 && number.abs() < 9.2e18;
+            // In range and whole, so the cast is exact.
+            in_range.then_some(number as i64)
+        }
+    }
+}
+
+fn parse_size(path: &str, operand: &Bson) -> Result<Condition, QueryError> {
+    let Some(size) = exact_integer(operand) else {
+        return Err(QueryError::bad_value("$size", path, "needs a whole number"));
+    };
+    let Ok(size) = usize::try_from(size) else {
+        return Err(QueryError::bad_value("$size", path, "may not be negative"));
+    };
+    Ok(Condition::Size(size))
+}
+
+/// A number truncated toward zero, as `$mod` reads its operands and fields.
+fn truncated(value: &Bson) -> Option<i64> {
+    match value::number(value)? {
+        value::Number::Integer(number) => Some(number),
+        value::Number::Double(number) => {
+            // Saturating and NaN-to-zero, as MongoDB's conversion to long.
+            number.is_finite().then_some(number.trunc() as i64)
+        }
+    }
+}
+
+fn parse_modulo(path: &str, operand: &Bson) -> Result<Condition, QueryError> {
+    let Bson::Array(items) = operand else {
+        return Err(QueryError::bad_value("$mod", path, "needs an array"));
+    };
+    let [divisor, remainder] = items.as_slice() else {
+        return Err(QueryError::bad_value("$mod", path, "needs [divisor, remainder]"));
+    };
+    let Some(divisor) = truncated(divisor) else {
+        return Err(QueryError::bad_value("$mod", path, "malformed mod, divisor not a number"));
+    };
+    let Some(remainder) = truncated(remainder) else {
+        return Err(QueryError::bad_value("$mod", path, "malformed mod, remainder not a number"));
+    };
+    if divisor == 0 {
+        return Err(QueryError::bad_value("$mod", path, "divisor cannot be 0"));
+    }
+    Ok(Condition::Modulo { divisor, remainder })
+}
+
+fn parse_all(path: &str, operand: &Bson) -> Result<Condition, QueryError> {
+    let Bson::Array(items) = operand else {
+        return Err(QueryError::bad_value("$all", path, "needs an array"));
+    };
+    let mut conditions = Vec::with_capacity(items.len());
+    for item in items {
+        conditions.push(match item {
+            Bson::RegularExpression(regex) => Condition::Regex(Pattern::from_bson(regex, path)?),
+            Bson::Document(inner) if inner.keys().next().is_some_and(|key| key == "$elemMatch") => {
+                if inner.len() != 1 {
+                    return Err(QueryError::bad_value("$all", path, "malformed $elemMatch entry"));
+                }
+                let operand = inner.get("$elemMatch").unwrap_or(&Bson::Null);
+                Condition::ElemMatch(Box::new(ElementMatcher::for_elem_match(operand, path)?))
+            }
+            Bson::Document(inner) if is_operator_document(inner) => {
+                return Err(QueryError::bad_value("$all", path, "no $ expressions in $all"));
+            }
+            _ => Condition::Equal(item.clone()),
+        });
+    }
+    Ok(Condition::All(conditions))
+}
+
+fn parse_types(path: &str, operand: &Bson) -> Result<Vec<TypeSpec>, QueryError> {
+    let items = match operand {
+        Bson::Array(items) => items.as_slice(),
+        single => std::slice::from_ref(single),
+    };
+    let mut specs = Vec::with_capacity(items.len());
+    for item in items {
+        let spec = match item {
+            Bson::String(alias) => type_alias(alias),
+            _ => exact_integer(item).and_then(type_code),
+        };
+        let Some(spec) = spec else {
+            return Err(QueryError::bad_value("$type", path, format!("unknown type {item}")));
+        };
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn type_code(code: i64) -> Option<TypeSpec> {
+    match code {
+        -1 => Some(TypeSpec::Code(0xFF)),
+        127 => Some(TypeSpec::Code(0x7F)),
+        // Every code from 1 to 19 names a BSON type.
+        1..=19 => Some(TypeSpec::Code(u8::try_from(code).ok()?)),
+        _ => None,
+    }
+}
+
+fn type_alias(alias: &str) -> Option<TypeSpec> {
+    const ALIASES: [(&str, i64); 21] = [
+        ("double", 1),
+        ("string", 2),
+        ("object", 3),
+        ("array", 4),
+        ("binData", 5),
+        ("undefined", 6),
+        ("objectId", 7),
+        ("bool", 8),
+        ("date", 9),
+        ("null", 10),
+        ("regex", 11),
+        ("dbPointer", 12),
+        ("javascript", 13),
+        ("symbol", 14),
+        ("javascriptWithScope", 15),
+        ("int", 16),
+        ("timestamp", 17),
+        ("long", 18),
+        ("decimal", 19),
+        ("minKey", -1),
+        ("maxKey", 127),
+    ];
+    if alias == "number" {
+        return Some(TypeSpec::Number);
+    }
+    let (_, code) = ALIASES.iter().find(|(name, _)| *name == alias)?;
+    type_code(*code)
+}
+
+impl ElementMatcher {
+    /// The operand of `$elemMatch`: operators on the element, or a filter over it.
+    pub(crate) fn for_elem_match(operand: &Bson, path: &str) -> Result<Self, QueryError> {
+        let Bson::Document(inner) = operand else {
+            return Err(QueryError::bad_value("$elemMatch", path, "needs an object"));
+        };
+        let logical = ["$and", "$or", "$nor"];
+        let value_form = inner
+            .keys()
+            .next()
+            .is_some_and(|key| key.starts_with('$') && !logical.contains(&key.as_str()));
+        if value_form {
+            Ok(ElementMatcher::Value(parse_operators(path, inner)?))
+        } else {
+            Ok(ElementMatcher::Document(Filter::parse(inner)?))
+        }
+    }
+
+    /// The condition of `$pull`: a filter over document elements, operators, or a value.
+    pub(crate) fn for_pull(operand: &Bson, path: &str) -> Result<Self, QueryError> {
+        match operand {
+            Bson::Document(inner) if is_operator_document(inner) => {
+                let logical = ["$and", "$or", "$nor"];
+                if inner.keys().next().is_some_and(|key| logical.contains(&key.as_str())) {
+                    return Ok(ElementMatcher::Document(Filter::parse(inner)?));
+                }
+                Ok(ElementMatcher::Value(parse_operators(path, inner)?))
+            }
+            Bson::Document(inner) => Ok(ElementMatcher::Document(Filter::parse(inner)?)),
+            _ => Ok(ElementMatcher::Value(parse_field_value(path, operand)?)),
+        }
+    }
+
+    /// Whether one array element satisfies the condition.
+    pub(crate) fn matches(&self, element: &Bson) -> bool {
+        let mut details = MatchDetails::default();
+        match self {
+            ElementMatcher::Document(filter) => match element {
+                Bson::Document(_) | Bson::Array(_) => {
+                    all_match(&filter.expressions, Root::Value(element), &mut details)
+                }
+                _ => false,
+            },
+            ElementMatcher::Value(conditions) => {
+                let single = [Candidate { value: Some(element), expanded: false, position: None }];
+                conditions.iter().all(|condition| condition.test(&single, &mut details))
+            }
+        }
+    }
+}
+
+fn all_match(expressions: &[Expression], root: Root<'_>, details: &mut MatchDetails) -> bool {
+    expressions.iter().all(|expression| expression.matches(root, details))
+}
+
+impl Expression {
+    fn matches(&self, root: Root<'_>, details: &mut MatchDetails) -> bool {
+        match self {
+            Expression::And(children) => all_match(children, root, details),
+            Expression::Or(children) => children.iter().any(|child| child.matches(root, details)),
+            Expression::Nor(children) => {
+                let mut scratch = MatchDetails::default();
+                !children.iter().any(|child| child.matches(root, &mut scratch))
+            }
+            Expression::Field { parts, conditions, .. } => {
+                let mut candidates = Vec::new();
+                match root {
+                    Root::Document(document) => {
+                        path::collect_document(document, parts, None, &mut candidates)
+                    }
+                    Root::Value(value) => {
+                        // `collect` yields the root itself for an empty path; a field needs one.
+                        assert!(!parts.is_empty());
+                        path::collect(value, parts, None, &mut candidates)
+                    }
+                }
+                conditions.iter().all(|condition| condition.test(&candidates, details))
+            }
+        }
+    }
+}
+
+/// Whether `value` and `bound` compare under type bracketing, and how.
+fn bracketed_order(value: &Bson, bound: &Bson) -> Option<std::cmp::Ordering> {
+    let crosses_types = matches!(bound, Bson::MinKey | Bson::MaxKey);
+    if !crosses_types && value::type_rank(value) != value::type_rank(bound) {
+        return None;
+    }
+    let is_nan =
+        |x: &Bson| matches!(value::number(x), Some(value::Number::Double(n)) if n.is_nan());
+    match (is_nan(value), is_nan(bound)) {
+        (false, false) => Some(value::compare(value, bound)),
+        (true, true) => Some(std::cmp::Ordering::Equal),
+        _ => None,
+    }
+}
+
+fn type_matches(value: &Bson, spec: TypeSpec) -> bool {
+    match spec {
+        TypeSpec::Number => value::number(value).is_some(),
+        TypeSpec::Code(code) => value.element_type() as u8 == code,
+    }
+}
+
+impl Condition {
+    /// Whether the condition holds for the values a path reached; records the array position.
+    fn test(&self, candidates: &[Candidate<'_>], details: &mut MatchDetails) -> bool {
+        match self {
+            Condition::Not(inner) => {
+                let mut scratch = MatchDetails::default();
+                !inner.iter().all(|condition| condition.test(candidates, &mut scratch))
+            }
+            Condition::Exists(wanted) => {
+                candidates.iter().any(|candidate| candidate.value.is_some()) == *wanted
+            }
+            Condition::All(inner) => {
+                !inner.is_empty()
+                    && inner.iter().all(|condition| condition.test(candidates, details))
+            }
+            Condition::In(inner) => {
+                inner.iter().any(|condition| condition.test(candidates, details))
+            }
+            Condition::ElemMatch(matcher) => {
+                for candidate in candidates.iter().filter(|candidate| !candidate.expanded) {
+                    let Some(Bson::Array(items)) = candidate.value else { continue };
+                    if let Some(index) = items.iter().position(|item| matcher.matches(item)) {
+                        details.position = candidate.position.or(Some(index));
+                        return true;
+                    }
+                }
+                false
+            }
+            _ => {
+                let found = candidates.iter().find(|candidate| self.test_one(candidate));
+                if let Some(position) = found.and_then(|candidate| candidate.position) {
+                    details.position = Some(position);
+                }
+                found.is_some()
+            }
+        }
+    }
+
+    /// Whether the condition holds for one reached value.
+    fn test_one(&self, candidate: &Candidate<'_>) -> bool {
+        let Some(value) = candidate.value else {
+            return match self {
+                Condition::Equal(Bson::Null) => true,
+                Condition::Compare(Comparison::GreaterOrEqual | Comparison::LessOrEqual, bound) => {
+                    matches!(bound, Bson::Null)
+                }
+                _ => false,
+            };
+        };
+        match self {
+            Condition::Equal(wanted) => match wanted {
+                Bson::Null => matches!(value, Bson::Null | Bson::Undefined),
+                _ => value::equal(value, wanted),
+            },
+            Condition::Compare(comparison, bound) => {
+                let Some(order) = bracketed_order(value, bound) else { return false };
+                match comparison {
+                    Comparison::Greater => order.is_gt(),
+                    Comparison::GreaterOrEqual => order.is_ge(),
+                    Comparison::Less => order.is_lt(),
+                    Comparison::LessOrEqual => order.is_le(),
+                }
+            }
+            Condition::Type(specs) => specs.iter().any(|spec| type_matches(value, *spec)),
+            Condition::Size(size) => {
+                !candidate.expanded && matches!(value, Bson::Array(items) if items.len() == *size)
+            }
+            Condition::Modulo { divisor, remainder } => {
+                truncated(value).is_some_and(|number| number.wrapping_rem(*divisor) == *remainder)
+            }
+            Condition::Regex(pattern) => pattern.matches_value(value),
+            Condition::Not(_)
+            | Condition::Exists(_)
+            | Condition::All(_)
+            | Condition::In(_)
+            | Condition::ElemMatch(_) => {
+                unreachable!("handled over all candidates")
+            }
+        }
     }
 }

@@ -2,28 +2,23 @@
 //!
 //! Pure functions of their inputs (the current time for `$currentDate` comes in as an argument),
 //! shared by the database's plans and by the tests' reference checks.
-//! PLACEHOLDER: replaced by the full engine from branch docdb-query.
+//!
+//! Map: `filter` (parse and match, planner predicates), `update` (update operators, upserts,
+//! replacements), `projection`, `sort`, `distinct`, `error` (`QueryError` with MongoDB's codes);
+//! `path` walks dotted paths and `regex` compiles `$regex` patterns for the others.
 
+pub mod distinct;
+pub mod error;
 pub mod filter;
+mod path;
 pub mod projection;
+mod regex;
 pub mod sort;
 pub mod update;
 
-/// A malformed query, update, projection or sort.
-#[derive(Clone, Debug, PartialEq)]
-pub struct QueryError(pub String);
-
-impl std::fmt::Display for QueryError {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for QueryError {}
-
-impl QueryError {
-    /// MongoDB's error code.
-    pub fn code(&self) -> i32 {
-        2
-    }
-}
+pub use distinct::distinct;
+pub use error::QueryError;
+pub use filter::{Filter, MatchDetails, Predicate};
+pub use projection::Projection;
+pub use sort::Sort;
+pub use update::{Changes, Update, UpdateContext};
