@@ -183,8 +183,11 @@ impl<E: Env> TxnCollection<'_, E> {
     pub async fn query(&mut self, filter: &Document, options: &FindOptions) -> Result<QueryOutput> {
         let compiled = Filter::parse(filter)?;
         let sort = options.sort.as_ref().map(Sort::parse).transpose()?;
-        let projection =
-            options.projection.as_ref().map(|spec| Projection::parse(spec, Some(&compiled))).transpose()?;
+        let projection = options
+            .projection
+            .as_ref()
+            .map(|spec| Projection::parse(spec, Some(&compiled)))
+            .transpose()?;
         let Some(info) = self.info() else {
             let plan = Plan { access: Access::Collection, sorted: true };
             return Ok(QueryOutput {
@@ -383,7 +386,8 @@ impl<E: Env> TxnCollection<'_, E> {
         let compiled = Filter::parse(filter)?;
         crate::query::update::validate_replacement(&replacement, None)?;
         let matched = self.matching(&compiled, None, 1).await?;
-        let mut result = UpdateResult { matched_count: matched.len() as u64, ..UpdateResult::default() };
+        let mut result =
+            UpdateResult { matched_count: matched.len() as u64, ..UpdateResult::default() };
         if let Some((id_code, old)) = matched.into_iter().next() {
             let new = crate::query::update::validate_replacement(&replacement, Some(&old))?;
             if new != old {
@@ -685,9 +689,9 @@ fn update_description(new: &Document, updated: &[String], removed: &[String]) ->
     doc! {"updatedFields": updated_fields, "removedFields": removed_fields}
 }
 
-/// A sort's keys as the planner takes them.
+/// A sort's keys as the planner takes them: path and ascending.
 fn sort_keys(sort: &Sort) -> Vec<(String, bool)> {
-    sort.keys().map(|(path, up)| (path.to_string(), up)).collect()
+    sort.keys().map(|(path, descending)| (path.to_string(), !descending)).collect()
 }
 
 /// Refuses documents MongoDB would not store: top-level `$` field names, over 16 MiB.

@@ -6,6 +6,7 @@
 //! again, so a plan may return a superset of keys, never miss one. What it must never do is
 //! leave out a matching document; the rules for that are at `usable_predicate`.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use bson::{Bson, Document, doc};
@@ -90,8 +91,7 @@ pub fn choose(
     sort: Option<&[(String, bool)]>,
     usable: impl Fn(&IndexInfo) -> bool,
 ) -> Plan {
-    let by_path: BTreeMap<&str, &Predicate> =
-        predicates.iter().map(|(path, predicate)| (path.as_str(), predicate)).collect();
+    let by_path = merge_predicates(predicates);
     if let Some(predicate) = by_path.get("_id")
         && let Some(ids) = id_points(predicate)
     {
@@ -110,6 +110,53 @@ pub fn choose(
     }
     let sorted = sort.is_none_or(|keys| keys.is_empty() || is_id_sort(keys));
     Plan { access: Access::Collection, sorted }
+}
+
+/// One predicate per path: an equality beats an `$in` list, which beats a range; two ranges on
+/// one path become one with the tighter bound on each side. (An index scan may use only one
+/// side of a merged range on a multikey index: two conditions may be met by two elements.)
+fn merge_predicates(predicates: &[(String, Predicate)]) -> BTreeMap<&str, Predicate> {
+    let rank = |predicate: &Predicate| match predicate {
+        Predicate::Eq(_) => 0,
+        Predicate::In(_) => 1,
+        Predicate::Range { .. } => 2,
+    };
+    let mut by_path: BTreeMap<&str, Predicate> = BTreeMap::new();
+    for (path, predicate) in predicates {
+        let merged = match by_path.remove(path.as_str()) {
+            None => predicate.clone(),
+            Some(Predicate::Range { lower, upper }) if rank(predicate) == 2 => {
+                let Predicate::Range { lower: other_lower, upper: other_upper } = predicate else {
+                    unreachable!("rank 2 is a range")
+                };
+                Predicate::Range {
+                    lower: tighter(lower, other_lower.clone(), Ordering::Greater),
+                    upper: tighter(upper, other_upper.clone(), Ordering::Less),
+                }
+            }
+            Some(kept) if rank(&kept) <= rank(predicate) => kept,
+            Some(_) => predicate.clone(),
+        };
+        by_path.insert(path.as_str(), merged);
+    }
+    by_path
+}
+
+/// Of two bounds, the one further in direction `inward` (`Greater` for lower bounds); on a
+/// tie the exclusive one.
+fn tighter(
+    a: Option<(Bson, bool)>,
+    b: Option<(Bson, bool)>,
+    inward: Ordering,
+) -> Option<(Bson, bool)> {
+    match (a, b) {
+        (None, other) | (other, None) => other,
+        (Some(a), Some(b)) => match crate::value::compare(&a.0, &b.0) {
+            Ordering::Equal => Some((a.0, a.1 && b.1)),
+            order if order == inward => Some(a),
+            _ => Some(b),
+        },
+    }
 }
 
 fn is_id_sort(keys: &[(String, bool)]) -> bool {
@@ -163,7 +210,7 @@ fn usable_predicate(predicate: &Predicate, sparse: bool) -> bool {
 fn index_plan(
     collection_id: u32,
     index: &IndexInfo,
-    by_path: &BTreeMap<&str, &Predicate>,
+    by_path: &BTreeMap<&str, Predicate>,
     sort: Option<&[(String, bool)]>,
 ) -> Option<(usize, Plan)> {
     let prefix = layout::index_prefix(collection_id, index.id);
@@ -183,7 +230,9 @@ fn index_plan(
                 extend_points(&mut intervals, values, *up);
             }
             Predicate::Range { lower, upper } => {
-                extend_range(&mut intervals, lower.as_ref(), upper.as_ref(), *up);
+                // On a multikey index two bounds may be met by two different elements.
+                let upper = if index.multikey && lower.is_some() { None } else { upper.as_ref() };
+                extend_range(&mut intervals, lower.as_ref(), upper, *up);
                 used += 1;
                 break;
             }
