@@ -99,6 +99,14 @@ enum Root<'a> {
 impl Filter {
     /// Compiles a filter document; a malformed one is a typed error naming operator and path.
     pub fn parse(filter: &Document) -> Result<Filter, QueryError> {
+        if path::too_deep(filter) {
+            return Err(QueryError::bad_value("filter", "", "nested too deeply"));
+        }
+        Filter::parse_nested(filter)
+    }
+
+    /// `parse` for a part of a filter whose depth the caller has checked.
+    pub(crate) fn parse_nested(filter: &Document) -> Result<Filter, QueryError> {
         Ok(Filter { expressions: parse_document(filter)? })
     }
 
@@ -533,7 +541,7 @@ impl ElementMatcher {
         if value_form {
             Ok(ElementMatcher::Value(parse_operators(path, inner)?))
         } else {
-            Ok(ElementMatcher::Document(Filter::parse(inner)?))
+            Ok(ElementMatcher::Document(Filter::parse_nested(inner)?))
         }
     }
 
@@ -543,11 +551,11 @@ impl ElementMatcher {
             Bson::Document(inner) if is_operator_document(inner) => {
                 let logical = ["$and", "$or", "$nor"];
                 if inner.keys().next().is_some_and(|key| logical.contains(&key.as_str())) {
-                    return Ok(ElementMatcher::Document(Filter::parse(inner)?));
+                    return Ok(ElementMatcher::Document(Filter::parse_nested(inner)?));
                 }
                 Ok(ElementMatcher::Value(parse_operators(path, inner)?))
             }
-            Bson::Document(inner) => Ok(ElementMatcher::Document(Filter::parse(inner)?)),
+            Bson::Document(inner) => Ok(ElementMatcher::Document(Filter::parse_nested(inner)?)),
             _ => Ok(ElementMatcher::Value(parse_field_value(path, operand)?)),
         }
     }

@@ -110,6 +110,9 @@ fn insert(
 impl Projection {
     /// Parses a projection; `filter` is the query's, which a positional `$` must refer to.
     pub fn parse(spec: &Document, filter: Option<&Filter>) -> Result<Projection, QueryError> {
+        if path::too_deep(spec) {
+            return Err(bad("", "nested too deeply"));
+        }
         let mut tree = BTreeMap::new();
         let (mut include_id, mut includes, mut excludes, mut selects) = (true, false, false, false);
         let mut positional_count = 0;
@@ -305,6 +308,7 @@ fn slice(value: &Bson, skip: Option<i64>, limit: i64) -> Bson {
         Some(skip) => ((length + skip).max(0), limit),
     };
     let start = usize::try_from(start).expect("clamped to 0..=length");
+    assert!(start <= items.len());
     let count = usize::try_from(count).unwrap_or(usize::MAX);
     Bson::Array(items.iter().skip(start).take(count).cloned().collect())
 }

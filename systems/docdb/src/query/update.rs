@@ -17,7 +17,7 @@ use bson::{Bson, Document};
 
 use crate::query::error::QueryError;
 use crate::query::filter::{ElementMatcher, Filter, exact_integer};
-use crate::query::path::array_index;
+use crate::query::path::{self, array_index};
 use crate::query::sort::Sort;
 use crate::value;
 
@@ -126,6 +126,9 @@ pub fn is_replacement(update: &Document) -> bool {
 impl Update {
     /// Parses an update document and its array filters (see the module doc for what is checked).
     pub fn parse(update: &Document, array_filters: &[Document]) -> Result<Update, QueryError> {
+        if path::too_deep(update) || array_filters.iter().any(path::too_deep) {
+            return Err(QueryError::bad_value("update", "", "nested too deeply"));
+        }
         if update.is_empty() {
             return Err(QueryError::failed_to_parse("update", "", "the update document is empty"));
         }
@@ -516,6 +519,7 @@ fn not_viable(operator: &str, path: &[String], part: &str, element: &Bson) -> Qu
 
 /// Sets the value at `path`, creating documents (and null-padded array slots) on the way.
 fn set(root: &mut Bson, path: &[String], value: Bson, operator: &str) -> Result<(), QueryError> {
+    assert!(!path.is_empty(), "{operator} sets a field, never the root");
     let mut current = root;
     for (depth, part) in path.iter().enumerate() {
         let last = depth + 1 == path.len();
@@ -672,6 +676,8 @@ impl Update {
                 path: "_id".to_owned(),
             });
         }
+        // Every reported path is a concrete one: positional parts were all resolved.
+        assert!(changes.updated.iter().chain(&changes.removed).all(|path| !path.contains('$')));
         *document = updated;
         Ok(changes)
     }
@@ -985,7 +991,10 @@ fn push(
         Some(position) => (length + position).max(0),
     };
     let at = usize::try_from(at).expect("clamped to 0..=length");
+    assert!(at <= items.len());
+    let length_before = items.len();
     items.splice(at..at, pushed.iter().cloned());
+    assert_eq!(items.len(), length_before + pushed.len());
     match sort {
         None => {}
         Some(PushSort::Whole { descending }) => items.sort_by(|a, b| {
@@ -1001,6 +1010,7 @@ fn push(
         } else {
             items.drain(..items.len() - keep);
         }
+        assert!(items.len() <= keep);
     }
 }
 
