@@ -7,18 +7,21 @@
 //! $nin $exists $size $type $mod $all $elemMatch $not $and $or $nor` and implicit equality over
 //! a few dotted paths; the reference below re-derives every rule from the README of the
 //! semantics (paths, array elements, null for missing, type bracketing) with its own value
-//! order, sharing no code with `docdb::query`. NaN is left out (its rules are unit-tested).
+//! order, sharing no code with `docdb::query`. `Sort::compare` is checked the same way against
+//! a reference sort value per key. NaN is left out (its rules are unit-tested).
 
 use std::cmp::Ordering;
 
 use bson::{Bson, Document, doc};
-use docdb::query::Filter;
+use docdb::query::{Filter, Sort};
 use proptest::prelude::*;
 
 // ---- The reference evaluator ----
 
 fn rank(value: &Bson) -> u8 {
     match value {
+        // Only as the sort value of an empty array.
+        Bson::Undefined => 0,
         Bson::Null => 1,
         Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) => 2,
         Bson::String(_) => 3,
@@ -66,7 +69,7 @@ fn order(a: &Bson, b: &Bson) -> Ordering {
             }
             xs.len().cmp(&ys.len())
         }
-        (Bson::Null, Bson::Null) => Ordering::Equal,
+        (Bson::Null, Bson::Null) | (Bson::Undefined, Bson::Undefined) => Ordering::Equal,
         _ => as_f64(a).partial_cmp(&as_f64(b)).expect("no NaN"),
     }
 }
@@ -229,6 +232,41 @@ fn reference_matches(filter: &Document, document: &Document) -> bool {
     })
 }
 
+/// The value one sort key gives a document: the smallest (ascending) or largest (descending)
+/// value its path reaches, elements standing for a non-empty array, null for missing.
+fn reference_sort_value(document: &Document, path: &str, descending: bool) -> Bson {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut values = Vec::new();
+    for (value, element) in reach(&Bson::Document(document.clone()), &parts) {
+        match value {
+            None => values.push(Bson::Null),
+            Some(Bson::Array(items)) if !element && items.is_empty() => {
+                values.push(Bson::Undefined)
+            }
+            Some(Bson::Array(_)) if !element => {}
+            Some(value) => values.push(value),
+        }
+    }
+    let best = if descending {
+        values.into_iter().max_by(order)
+    } else {
+        values.into_iter().min_by(order)
+    };
+    best.unwrap_or(Bson::Null)
+}
+
+fn reference_compare(keys: &[(String, bool)], a: &Document, b: &Document) -> Ordering {
+    for (path, descending) in keys {
+        let x = reference_sort_value(a, path, *descending);
+        let y = reference_sort_value(b, path, *descending);
+        let o = if *descending { order(&y, &x) } else { order(&x, &y) };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
 // ---- Generators ----
 
 fn scalar() -> impl Strategy<Value = Bson> {
@@ -355,6 +393,36 @@ proptest! {
                 reference_matches(&filter, document),
                 "filter {} on {}", filter, document
             );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sort_agrees_with_the_reference(
+        keys in prop::collection::vec((path(), any::<bool>()), 1..3),
+        documents in prop::collection::vec(document(), 2..6),
+    ) {
+        let mut spec = Document::new();
+        for (path, descending) in &keys {
+            spec.insert(path.clone(), if *descending { -1 } else { 1 });
+        }
+        // The reference takes the keys as the specification holds them (a repeated path once).
+        let keys: Vec<(String, bool)> = spec
+            .iter()
+            .map(|(path, direction)| (path.clone(), direction == &Bson::Int32(-1)))
+            .collect();
+        let sort = Sort::parse(&spec).expect("generated sorts are valid");
+        for a in &documents {
+            for b in &documents {
+                prop_assert_eq!(
+                    sort.compare(a, b),
+                    reference_compare(&keys, a, b),
+                    "sort {} of {} and {}", spec, a, b
+                );
+            }
         }
     }
 }
