@@ -16,8 +16,10 @@
 //! - `validate`: JSON Schema validators.
 //! - `layout`: the LSM key space and record encodings; `keycode`: order-preserving value keys.
 //! - `value`: MongoDB's total order over BSON values (type ranks, numbers across widths).
-//! - `query`: the pure MongoDB semantics, with no storage: filters (`query::filter`), update
-//!   operators (`query::update`), projections (`query::projection`) and sorts (`query::sort`).
+//! - `query`: the pure MongoDB semantics, with no storage: filters and planner predicates
+//!   (`query::filter`), update operators, upserts and replacements (`query::update`),
+//!   projections (`query::projection`), sorts (`query::sort`), `query::distinct`, and
+//!   `query::QueryError` with MongoDB's error codes.
 //! - `error`: the one error type, with MongoDB's error codes.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.

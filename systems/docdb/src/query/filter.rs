@@ -99,6 +99,14 @@ enum Root<'a> {
 impl Filter {
     /// Compiles a filter document; a malformed one is a typed error naming operator and path.
     pub fn parse(filter: &Document) -> Result<Filter, QueryError> {
+        if path::too_deep(filter) {
+            return Err(QueryError::bad_value("filter", "", "nested too deeply"));
+        }
+        Filter::parse_nested(filter)
+    }
+
+    /// `parse` for a part of a filter whose depth the caller has checked.
+    pub(crate) fn parse_nested(filter: &Document) -> Result<Filter, QueryError> {
         Ok(Filter { expressions: parse_document(filter)? })
     }
 
@@ -158,6 +166,8 @@ fn equalities_of<'a>(expressions: &'a [Expression], out: &mut Vec<(&'a str, &'a 
     for expression in expressions {
         match expression {
             Expression::And(children) => equalities_of(children, out),
+            // A one-clause `$or` is its clause (MongoDB normalises it so).
+            Expression::Or(children) if children.len() == 1 => equalities_of(children, out),
             Expression::Field { path, conditions, .. } => {
                 for condition in conditions {
                     if let Condition::Equal(value) = condition {
@@ -531,7 +541,7 @@ impl ElementMatcher {
         if value_form {
             Ok(ElementMatcher::Value(parse_operators(path, inner)?))
         } else {
-            Ok(ElementMatcher::Document(Filter::parse(inner)?))
+            Ok(ElementMatcher::Document(Filter::parse_nested(inner)?))
         }
     }
 
@@ -541,11 +551,11 @@ impl ElementMatcher {
             Bson::Document(inner) if is_operator_document(inner) => {
                 let logical = ["$and", "$or", "$nor"];
                 if inner.keys().next().is_some_and(|key| logical.contains(&key.as_str())) {
-                    return Ok(ElementMatcher::Document(Filter::parse(inner)?));
+                    return Ok(ElementMatcher::Document(Filter::parse_nested(inner)?));
                 }
                 Ok(ElementMatcher::Value(parse_operators(path, inner)?))
             }
-            Bson::Document(inner) => Ok(ElementMatcher::Document(Filter::parse(inner)?)),
+            Bson::Document(inner) => Ok(ElementMatcher::Document(Filter::parse_nested(inner)?)),
             _ => Ok(ElementMatcher::Value(parse_field_value(path, operand)?)),
         }
     }
@@ -576,7 +586,15 @@ impl Expression {
     fn matches(&self, root: Root<'_>, details: &mut MatchDetails) -> bool {
         match self {
             Expression::And(children) => all_match(children, root, details),
-            Expression::Or(children) => children.iter().any(|child| child.matches(root, details)),
+            Expression::Or(children) => children.iter().any(|child| {
+                // A branch that fails must not leave its position behind.
+                let mut branch = *details;
+                let matched = child.matches(root, &mut branch);
+                if matched {
+                    *details = branch;
+                }
+                matched
+            }),
             Expression::Nor(children) => {
                 let mut scratch = MatchDetails::default();
                 !children.iter().any(|child| child.matches(root, &mut scratch))
@@ -601,8 +619,10 @@ impl Expression {
 
 /// Whether `value` and `bound` compare under type bracketing, and how.
 fn bracketed_order(value: &Bson, bound: &Bson) -> Option<std::cmp::Ordering> {
-    let crosses_types = matches!(bound, Bson::MinKey | Bson::MaxKey);
-    if !crosses_types && value::type_rank(value) != value::type_rank(bound) {
+    if matches!(bound, Bson::MinKey | Bson::MaxKey) {
+        return Some(value::compare(value, bound));
+    }
+    if value::type_rank(value) != value::type_rank(bound) {
         return None;
     }
     let is_nan =
@@ -700,5 +720,107 @@ impl Condition {
                 unreachable!("handled over all candidates")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    /// Parses `filter` and checks which of `documents` match, by index.
+    #[track_caller]
+    fn check(filter: Document, documents: &[Document], expected: &[usize]) {
+        let parsed = Filter::parse(&filter).expect("a valid filter");
+        let matched: Vec<usize> = documents
+            .iter()
+            .enumerate()
+            .filter(|(_, document)| parsed.matches(document))
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(matched, expected, "{filter}");
+    }
+
+    #[test]
+    fn arrays_match_by_element_or_whole() {
+        let documents = [doc! {"a": [1, 2]}, doc! {"a": 2}, doc! {"a": [[2], 3]}, doc! {}];
+        check(doc! {"a": 2}, &documents, &[0, 1]);
+        check(doc! {"a": [2]}, &documents, &[2]);
+        check(doc! {"a": {"$gt": 1, "$lt": 2}}, &documents, &[0]);
+        check(doc! {"a": {"$elemMatch": {"$gt": 1, "$lt": 3}}}, &documents, &[0]);
+        check(doc! {"a": {"$size": 2}}, &documents, &[0, 2]);
+        check(doc! {"a": {"$all": [1, 2]}}, &documents, &[0]);
+        check(doc! {"a": {"$ne": 2}}, &documents, &[2, 3]);
+    }
+
+    #[test]
+    fn null_matches_missing_but_not_scalars_inside_arrays() {
+        let documents = [doc! {"a": [{"b": 1}, {"c": 1}]}, doc! {"a": [0, 1]}, doc! {"a": 5}];
+        check(doc! {"a.b": null}, &documents, &[0, 2]);
+        check(doc! {"a.b": {"$exists": true}}, &documents, &[0]);
+        check(doc! {"a.1": 1}, &documents, &[1]);
+        // Documents inside an array lack field "5", so it is missing there too.
+        check(doc! {"a.5": null}, &documents, &[0, 2]);
+    }
+
+    #[test]
+    fn comparisons_bracket_types() {
+        let documents = [doc! {"a": 10}, doc! {"a": "10"}, doc! {"a": 10.5}, doc! {"a": f64::NAN}];
+        check(doc! {"a": {"$gte": 10}}, &documents, &[0, 2]);
+        check(doc! {"a": {"$lt": "2"}}, &documents, &[1]);
+        check(doc! {"a": {"$gt": Bson::MinKey}}, &documents, &[0, 1, 2, 3]);
+        check(doc! {"a": {"$lt": 100}}, &documents, &[0, 2]);
+        check(doc! {"a": {"$type": "number"}}, &documents, &[0, 2, 3]);
+        check(doc! {"a": {"$mod": [3, 1]}}, &documents, &[0, 2]);
+        check(doc! {"a": {"$regex": "^1", "$options": "i"}}, &documents, &[1]);
+        check(doc! {"$or": [{"a": 10}, {"a": "10"}], "a": {"$type": 16}}, &documents, &[0]);
+        check(doc! {"$nor": [{"a": 10}, {"a": {"$type": "string"}}]}, &documents, &[2, 3]);
+    }
+
+    #[test]
+    fn match_positions_come_from_the_first_iterated_array() {
+        let document = doc! {"a": [{"b": [1, 2]}, {"b": [3, 4]}], "c": [5, 6]};
+        let position = |filter: Document| {
+            Filter::parse(&filter).expect("valid").match_details(&document).map(|d| d.position)
+        };
+        assert_eq!(position(doc! {"a.b": 4}), Some(Some(1)));
+        assert_eq!(position(doc! {"a.b.0": 1}), Some(Some(0)));
+        assert_eq!(position(doc! {"a.1.b": 4}), Some(Some(1)));
+        assert_eq!(position(doc! {"c": {"$elemMatch": {"$gt": 5}}}), Some(Some(1)));
+        assert_eq!(position(doc! {"c.0": 5}), Some(None));
+        assert_eq!(position(doc! {"c": 7}), None);
+    }
+
+    #[test]
+    fn malformed_filters_name_operator_and_path() {
+        let error = |filter: Document| Filter::parse(&filter).expect_err("malformed");
+        let unknown = QueryError::UnknownOperator { operator: "$foo".into(), path: "a".into() };
+        assert_eq!(error(doc! {"a": {"$foo": 1}}), unknown);
+        assert_eq!(error(doc! {"$and": []}).code(), 2);
+        assert_eq!(error(doc! {"a": {"$in": 1}}).code(), 2);
+        assert_eq!(error(doc! {"a": {"$mod": [0, 1]}}).code(), 2);
+        assert_eq!(error(doc! {"a": {"$type": "nope"}}).code(), 2);
+        assert_eq!(error(doc! {"a": {"$regex": "("}}).code(), 2);
+        assert_eq!(error(doc! {"a": {"$not": 5}}).code(), 2);
+    }
+
+    #[test]
+    fn predicates_are_conservative() {
+        let filter = doc! {
+            "a": 5, "b": {"$gt": 1, "$lte": 9}, "c": {"$in": [1, 2]}, "d": null,
+            "e": [1], "f": {"$in": [null]}, "$or": [{"g": 1}], "$and": [{"h": "x"}],
+        };
+        let predicates = Filter::parse(&filter).expect("valid").predicates();
+        let expected = vec![
+            ("a".to_owned(), Predicate::Eq(Bson::Int32(5))),
+            (
+                "b".to_owned(),
+                Predicate::Range { lower: Some((Bson::Int32(1), false)), upper: None },
+            ),
+            ("b".to_owned(), Predicate::Range { lower: None, upper: Some((Bson::Int32(9), true)) }),
+            ("c".to_owned(), Predicate::In(vec![Bson::Int32(1), Bson::Int32(2)])),
+            ("h".to_owned(), Predicate::Eq(Bson::String("x".into()))),
+        ];
+        assert_eq!(predicates, expected);
     }
 }

@@ -89,6 +89,28 @@ pub(crate) fn collect<'a>(
     }
 }
 
+/// Deepest nesting of documents and arrays a filter, update or projection may have; parsing
+/// and matching recurse once per level, so this bounds their stack (MongoDB allows 100 levels of
+/// stored documents, so 200 leaves room for operators around them).
+pub(crate) const NESTING_DEPTH_MAX: usize = 200;
+
+/// Whether `document` nests documents and arrays deeper than `NESTING_DEPTH_MAX` (iterative, so
+/// a hostile input cannot overflow the stack here either).
+pub(crate) fn too_deep(document: &Document) -> bool {
+    let mut pending: Vec<(&Bson, usize)> = document.values().map(|value| (value, 1)).collect();
+    while let Some((value, depth)) = pending.pop() {
+        if depth > NESTING_DEPTH_MAX {
+            return true;
+        }
+        match value {
+            Bson::Document(inner) => pending.extend(inner.values().map(|v| (v, depth + 1))),
+            Bson::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +144,12 @@ mod tests {
         check(doc! {"a": [[1], 2]}, "a", "[[1], 2] [1]*@0 2*@1");
         check(doc! {"a": [{"b": [7, 8]}]}, "a.b", "[7, 8]@0 7*@0 8*@0");
         assert_eq!(array_index("01"), None);
+        let mut deep = Bson::Int32(1);
+        for _ in 1..NESTING_DEPTH_MAX {
+            deep = Bson::Array(vec![deep]);
+        }
+        assert!(!too_deep(&doc! {"a": deep.clone()}));
+        assert!(too_deep(&doc! {"a": [deep]}));
         assert_eq!(array_index("10"), Some(10));
     }
 }

@@ -110,8 +110,12 @@ fn insert(
 impl Projection {
     /// Parses a projection; `filter` is the query's, which a positional `$` must refer to.
     pub fn parse(spec: &Document, filter: Option<&Filter>) -> Result<Projection, QueryError> {
+        if path::too_deep(spec) {
+            return Err(bad("", "nested too deeply"));
+        }
         let mut tree = BTreeMap::new();
         let (mut include_id, mut includes, mut excludes, mut selects) = (true, false, false, false);
+        let mut positional_count = 0;
         for (path, value) in spec {
             let node = match value {
                 Bson::Document(operator) => parse_operator(path, operator)?,
@@ -136,6 +140,10 @@ impl Projection {
                         let message =
                             format!("positional projection '{path}' does not match the query");
                         return Err(bad(path, message));
+                    }
+                    positional_count += 1;
+                    if positional_count > 1 {
+                        return Err(bad(path, "only one positional projection is allowed"));
                     }
                     parts.truncate(index + 1);
                     let rest = parts.split_off(1);
@@ -300,6 +308,85 @@ fn slice(value: &Bson, skip: Option<i64>, limit: i64) -> Bson {
         Some(skip) => ((length + skip).max(0), limit),
     };
     let start = usize::try_from(start).expect("clamped to 0..=length");
+    assert!(start <= items.len());
     let count = usize::try_from(count).unwrap_or(usize::MAX);
     Bson::Array(items.iter().skip(start).take(count).cloned().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    /// Projects `document` matched by `filter` and compares with `expected`.
+    #[track_caller]
+    fn check(filter: Document, projection: Document, document: Document, expected: Document) {
+        let filter = Filter::parse(&filter).expect("valid filter");
+        let details = filter.match_details(&document).expect("the document matches");
+        let projection = Projection::parse(&projection, Some(&filter)).expect("valid projection");
+        assert_eq!(projection.apply(&document, &details).expect("projects"), expected);
+    }
+
+    #[test]
+    fn inclusion_exclusion_and_the_id_rule() {
+        let document = doc! {"_id": 1, "a": {"b": 1, "c": 2}, "d": [{"b": 3}, 4], "e": 5};
+        check(
+            doc! {},
+            doc! {"a.b": 1, "d.b": 1},
+            document.clone(),
+            doc! {
+                "_id": 1, "a": {"b": 1}, "d": [{"b": 3}],
+            },
+        );
+        check(
+            doc! {},
+            doc! {"a.b": 0, "_id": 0, "e": false},
+            document.clone(),
+            doc! {
+                "a": {"c": 2}, "d": [{"b": 3}, 4],
+            },
+        );
+        check(doc! {}, doc! {"_id": 0}, doc! {"_id": 1, "x": 2}, doc! {"x": 2});
+        assert!(Projection::parse(&doc! {"a": 1, "e": 0}, None).is_err());
+    }
+
+    #[test]
+    fn slice_elem_match_and_positional() {
+        let document = doc! {"_id": 0, "a": [1, 2, 3, 4], "b": [{"c": 1}, {"c": 2}], "x": 1};
+        check(
+            doc! {},
+            doc! {"a": {"$slice": -2}},
+            document.clone(),
+            doc! {
+                "_id": 0, "a": [3, 4], "b": [{"c": 1}, {"c": 2}], "x": 1,
+            },
+        );
+        check(
+            doc! {},
+            doc! {"a": {"$slice": [1, 2]}, "x": 1},
+            document.clone(),
+            doc! {
+                "_id": 0, "a": [2, 3], "x": 1,
+            },
+        );
+        check(
+            doc! {},
+            doc! {"b": {"$elemMatch": {"c": 2}}},
+            document.clone(),
+            doc! {
+                "_id": 0, "b": [{"c": 2}],
+            },
+        );
+        check(
+            doc! {"b.c": 2},
+            doc! {"b.$": 1},
+            document.clone(),
+            doc! {
+                "_id": 0, "b": [{"c": 2}],
+            },
+        );
+        let filter = Filter::parse(&doc! {"x": 1}).expect("valid");
+        assert!(Projection::parse(&doc! {"b.$": 1}, Some(&filter)).is_err());
+        assert!(Projection::parse(&doc! {"b.c": {"$elemMatch": {"d": 1}}}, None).is_err());
+    }
 }

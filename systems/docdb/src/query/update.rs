@@ -17,7 +17,7 @@ use bson::{Bson, Document};
 
 use crate::query::error::QueryError;
 use crate::query::filter::{ElementMatcher, Filter, exact_integer};
-use crate::query::path::array_index;
+use crate::query::path::{self, array_index};
 use crate::query::sort::Sort;
 use crate::value;
 
@@ -126,6 +126,9 @@ pub fn is_replacement(update: &Document) -> bool {
 impl Update {
     /// Parses an update document and its array filters (see the module doc for what is checked).
     pub fn parse(update: &Document, array_filters: &[Document]) -> Result<Update, QueryError> {
+        if path::too_deep(update) || array_filters.iter().any(path::too_deep) {
+            return Err(QueryError::bad_value("update", "", "nested too deeply"));
+        }
         if update.is_empty() {
             return Err(QueryError::failed_to_parse("update", "", "the update document is empty"));
         }
@@ -516,6 +519,7 @@ fn not_viable(operator: &str, path: &[String], part: &str, element: &Bson) -> Qu
 
 /// Sets the value at `path`, creating documents (and null-padded array slots) on the way.
 fn set(root: &mut Bson, path: &[String], value: Bson, operator: &str) -> Result<(), QueryError> {
+    assert!(!path.is_empty(), "{operator} sets a field, never the root");
     let mut current = root;
     for (depth, part) in path.iter().enumerate() {
         let last = depth + 1 == path.len();
@@ -672,6 +676,8 @@ impl Update {
                 path: "_id".to_owned(),
             });
         }
+        // Every reported path is a concrete one: positional parts were all resolved.
+        assert!(changes.updated.iter().chain(&changes.removed).all(|path| !path.contains('$')));
         *document = updated;
         Ok(changes)
     }
@@ -985,7 +991,10 @@ fn push(
         Some(position) => (length + position).max(0),
     };
     let at = usize::try_from(at).expect("clamped to 0..=length");
+    assert!(at <= items.len());
+    let length_before = items.len();
     items.splice(at..at, pushed.iter().cloned());
+    assert_eq!(items.len(), length_before + pushed.len());
     match sort {
         None => {}
         Some(PushSort::Whole { descending }) => items.sort_by(|a, b| {
@@ -1001,6 +1010,7 @@ fn push(
         } else {
             items.drain(..items.len() - keep);
         }
+        assert!(items.len() <= keep);
     }
 }
 
@@ -1028,4 +1038,145 @@ fn rename(
     set(root, target, value, operation.operator)?;
     changes.updated.push(target.join("."));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    fn context(position: Option<usize>) -> UpdateContext {
+        UpdateContext { now: bson::DateTime::from_millis(86_400_000), is_insert: false, position }
+    }
+
+    /// Applies `update` to `document` and compares the result and the changed paths.
+    #[track_caller]
+    fn check(update: Document, document: Document, expected: Document, updated: &[&str]) {
+        let parsed = Update::parse(&update, &[]).expect("a valid update");
+        let mut result = document;
+        let changes = parsed.apply(&mut result, &context(Some(1))).expect("applies");
+        assert_eq!(result, expected, "{update}");
+        assert_eq!(changes.updated, updated, "{update}");
+    }
+
+    #[test]
+    fn field_operators() {
+        check(
+            doc! {"$set": {"b": 1, "a.c": 2}},
+            doc! {"_id": 0},
+            doc! {"_id": 0, "a": {"c": 2}, "b": 1},
+            &["a.c", "b"],
+        );
+        check(
+            doc! {"$inc": {"a": 1, "b": 2.5}},
+            doc! {"a": i32::MAX},
+            doc! {"a": 2_147_483_648_i64, "b": 2.5},
+            &["a", "b"],
+        );
+        check(
+            doc! {"$mul": {"a": 2, "z": 3_i64}},
+            doc! {"a": 1.5},
+            doc! {"a": 3.0, "z": 0_i64},
+            &["a", "z"],
+        );
+        check(
+            doc! {"$min": {"a": 1}, "$max": {"b": "x"}},
+            doc! {"a": 2, "b": 3},
+            doc! {"a": 1, "b": "x"},
+            &["a", "b"],
+        );
+        check(doc! {"$set": {"a": 1}}, doc! {"a": 1}, doc! {"a": 1}, &[]);
+        check(doc! {"$rename": {"a.b": "c"}}, doc! {"a": {"b": 1}}, doc! {"a": {}, "c": 1}, &["c"]);
+        check(doc! {"$set": {"a.3": 1}}, doc! {"a": [0]}, doc! {"a": [0, null, null, 1]}, &["a.3"]);
+        check(
+            doc! {"$currentDate": {"d": true}},
+            doc! {},
+            doc! {"d": bson::DateTime::from_millis(86_400_000)},
+            &["d"],
+        );
+    }
+
+    #[test]
+    fn array_operators() {
+        let push = doc! {"$push": {"a": {"$each": [5, 1], "$sort": -1, "$slice": 3}}};
+        check(push, doc! {"a": [3, 2]}, doc! {"a": [5, 3, 2]}, &["a"]);
+        check(
+            doc! {"$addToSet": {"a": {"$each": [1, 4]}}},
+            doc! {"a": [1.0]},
+            doc! {"a": [1.0, 4]},
+            &["a"],
+        );
+        check(doc! {"$pop": {"a": -1}}, doc! {"a": [1, 2]}, doc! {"a": [2]}, &["a"]);
+        check(doc! {"$pull": {"a": {"$gte": 2}}}, doc! {"a": [1, 2, 3]}, doc! {"a": [1]}, &["a"]);
+        check(
+            doc! {"$pull": {"a": {"b": 1}}},
+            doc! {"a": [{"b": 1, "c": 1}, {"b": 2}]},
+            doc! {"a": [{"b": 2}]},
+            &["a"],
+        );
+        check(doc! {"$pullAll": {"a": [1, 3]}}, doc! {"a": [1, 2, 3]}, doc! {"a": [2]}, &["a"]);
+        check(
+            doc! {"$set": {"a.$.b": 9}},
+            doc! {"a": [{"b": 1}, {"b": 2}]},
+            doc! {"a": [{"b": 1}, {"b": 9}]},
+            &["a.1.b"],
+        );
+        check(doc! {"$inc": {"a.$[]": 1}}, doc! {"a": [1, 2]}, doc! {"a": [2, 3]}, &["a.0", "a.1"]);
+    }
+
+    #[test]
+    fn array_filters_select_elements() {
+        let update =
+            Update::parse(&doc! {"$set": {"a.$[big].ok": true}}, &[doc! {"big.v": {"$gt": 1}}])
+                .expect("valid");
+        let mut document = doc! {"a": [{"v": 1}, {"v": 2}]};
+        let changes = update.apply(&mut document, &context(None)).expect("applies");
+        assert_eq!(document, doc! {"a": [{"v": 1}, {"v": 2, "ok": true}]});
+        assert_eq!(changes.updated, ["a.1.ok"]);
+    }
+
+    #[test]
+    fn errors_name_operator_and_path_and_leave_the_document_alone() {
+        let parse = |update: Document| Update::parse(&update, &[]).expect_err("malformed");
+        assert_eq!(parse(doc! {"$inc": {"a": 1}, "$set": {"a.b": 1}}).code(), 40);
+        assert_eq!(
+            parse(doc! {"$foo": {"a": 1}}),
+            QueryError::UnknownModifier { operator: "$foo".into() }
+        );
+        assert_eq!(parse(doc! {"$inc": {"a": "1"}}).code(), 14);
+        assert_eq!(parse(doc! {"$set": {"a..b": 1}}).code(), 56);
+        assert_eq!(parse(doc! {"$set": {"a": {"$b": 1}}}).code(), 52);
+        assert_eq!(parse(doc! {"$pop": {"a": 2}}).code(), 9);
+        assert_eq!(parse(doc! {"a": 1}).code(), 9);
+        let update = Update::parse(&doc! {"$inc": {"a": 1, "b": 1}}, &[]).expect("valid");
+        let mut document = doc! {"_id": 1, "a": 1, "b": "x"};
+        let error = update.apply(&mut document, &context(None)).expect_err("b is a string");
+        assert_eq!(error.code(), 14);
+        assert_eq!(document, doc! {"_id": 1, "a": 1, "b": "x"});
+        let update = Update::parse(&doc! {"$set": {"_id": 2}}, &[]).expect("valid");
+        assert_eq!(update.apply(&mut document, &context(None)).expect_err("immutable").code(), 66);
+    }
+
+    #[test]
+    fn upserts_and_replacements() {
+        let filter =
+            Filter::parse(&doc! {"x": 1, "a.b": 2, "c": {"$gt": 1}, "_id": 7}).expect("valid");
+        let update =
+            Update::parse(&doc! {"$set": {"d": 1}, "$setOnInsert": {"e": 1}}, &[]).expect("valid");
+        let insert = UpdateContext { is_insert: true, ..context(None) };
+        let (document, _) = update.upsert(&filter, &insert).expect("upserts");
+        assert_eq!(document, doc! {"_id": 7, "x": 1, "a": {"b": 2}, "d": 1, "e": 1});
+        let original = doc! {"_id": 7, "x": 1};
+        let replaced = validate_replacement(&doc! {"y": 2}, Some(&original)).expect("valid");
+        assert_eq!(replaced, doc! {"_id": 7, "y": 2});
+        assert_eq!(
+            validate_replacement(&doc! {"_id": 8}, Some(&original)).expect_err("id").code(),
+            66
+        );
+        assert_eq!(validate_replacement(&doc! {"$set": {"a": 1}}, None).expect_err("$").code(), 52);
+        assert_eq!(
+            replacement_upsert(&filter, &doc! {"y": 2}).expect("valid"),
+            doc! {"_id": 7, "y": 2}
+        );
+    }
 }
