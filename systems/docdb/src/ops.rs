@@ -170,9 +170,10 @@ impl<E: Env> TxnCollection<'_, E> {
         Ok(id)
     }
 
+    /// The document as MongoDB stores it: `_id` first, generated when missing.
     fn with_id(&self, document: Document) -> Document {
         if document.contains_key("_id") {
-            return document;
+            return crate::query::update::with_id_first(document);
         }
         let mut with_id = doc! {"_id": self.txn.database().new_object_id()};
         with_id.extend(document);
