@@ -19,6 +19,7 @@
 //! - `query`: the pure MongoDB semantics, with no storage: filters (`query::filter`), update
 //!   operators (`query::update`), projections (`query::projection`) and sorts (`query::sort`).
 //! - `error`: the one error type, with MongoDB's error codes.
+//! - `wire`: the MongoDB wire protocol server (OP_MSG, commands, cursors, sessions, SCRAM).
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -37,6 +38,7 @@ pub mod query;
 pub mod txn;
 pub mod validate;
 pub mod value;
+pub mod wire;
 
 pub use changes::{ChangeEvent, ChangeStream, ResumeToken, Scope};
 pub use collection::{Collection, Cursor, InsertManyResult};
