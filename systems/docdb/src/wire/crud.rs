@@ -96,6 +96,11 @@ async fn drop<E: Env>(
     Ok(doc! {"ns": format!("{database}.{collection}"), "nIndexesWas": 1, "ok": 1.0})
 }
 
+/// A count as MongoDB sends it: Int32 when it fits.
+fn number(count: i64) -> Bson {
+    i32::try_from(count).map_or(Bson::Int64(count), Bson::Int32)
+}
+
 /// Adds `writeErrors` to a write reply when there are any.
 fn write_reply(mut reply: Document, write_errors: Vec<Document>) -> Document {
     if !write_errors.is_empty() {
@@ -126,7 +131,7 @@ async fn insert<E: Env>(handle: &mut TxnCollection<'_, E>, command: &Document) -
             }
         }
     }
-    Ok(write_reply(doc! {"n": inserted}, write_errors))
+    Ok(write_reply(doc! {"n": number(inserted)}, write_errors))
 }
 
 async fn find<E: Env>(
@@ -206,7 +211,7 @@ async fn update<E: Env>(handle: &mut TxnCollection<'_, E>, command: &Document) -
             }
         }
     }
-    let mut reply = doc! {"n": matched, "nModified": modified};
+    let mut reply = doc! {"n": number(matched), "nModified": number(modified)};
     if !upserted.is_empty() {
         reply.insert("upserted", upserted);
     }
@@ -238,7 +243,7 @@ async fn delete<E: Env>(handle: &mut TxnCollection<'_, E>, command: &Document) -
             }
         }
     }
-    Ok(write_reply(doc! {"n": deleted}, write_errors))
+    Ok(write_reply(doc! {"n": number(deleted)}, write_errors))
 }
 
 async fn count<E: Env>(handle: &mut TxnCollection<'_, E>, command: &Document) -> CommandResult {
@@ -249,7 +254,7 @@ async fn count<E: Env>(handle: &mut TxnCollection<'_, E>, command: &Document) ->
     if limit > 0 {
         count = count.min(limit);
     }
-    Ok(doc! {"n": count as i64, "ok": 1.0})
+    Ok(doc! {"n": number(count as i64), "ok": 1.0})
 }
 
 async fn create_indexes<E: Env>(

@@ -399,3 +399,64 @@ fn check_depth(document: &RawDocument, depth: usize) -> Result<(), FrameError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[track_caller]
+    fn check(message: &[u8]) -> Result<Request, FrameError> {
+        let header: [u8; HEADER_BYTES] = message[..HEADER_BYTES].try_into().expect("header");
+        let header = Header::decode(&header)?;
+        decode_request(&header, &message[HEADER_BYTES..])
+    }
+
+    #[test]
+    fn op_msg_round_trips_with_and_without_checksum() {
+        let command = doc! {"ping": 1, "$db": "admin"};
+        for checksum in [false, true] {
+            let request = check(&encode_msg(1, &command, checksum)).expect("decodes");
+            assert_eq!((request.command, request.kind), (command.clone(), RequestKind::Msg));
+        }
+    }
+
+    #[test]
+    fn op_query_commands_are_unwrapped() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(b"admin.$cmd\0");
+        body.extend_from_slice(&0i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        doc! {"$query": {"isMaster": 1}}.to_writer(&mut body).expect("encode");
+        let length = (HEADER_BYTES + body.len()) as i32;
+        let mut message = Vec::new();
+        for field in [length, 5, 0, OP_QUERY] {
+            message.extend_from_slice(&field.to_le_bytes());
+        }
+        message.extend_from_slice(&body);
+        let request = check(&message).expect("decodes");
+        assert_eq!(request.command, doc! {"isMaster": 1, "$db": "admin"});
+        assert_eq!(request.kind, RequestKind::Query);
+    }
+
+    #[test]
+    fn deep_nesting_and_bad_lengths_are_refused() {
+        let mut deep = doc! {"x": 1};
+        for _ in 0..DEPTH_MAX + 1 {
+            deep = doc! {"x": deep};
+        }
+        let message = encode_msg(1, &doc! {"ping": 1, "deep": deep}, false);
+        assert!(matches!(check(&message), Err(FrameError::Malformed(_))));
+        let mut short = encode_msg(1, &doc! {"ping": 1}, false);
+        short[..4].copy_from_slice(&15i32.to_le_bytes());
+        assert_eq!(check(&short), Err(FrameError::Length(15)));
+        for cut in 1..8 {
+            let whole = encode_msg(1, &doc! {"ping": 1}, false);
+            let mut message = whole[..whole.len() - cut].to_vec();
+            let length = message.len() as i32;
+            message[..4].copy_from_slice(&length.to_le_bytes());
+            assert!(check(&message).is_err(), "cut {cut}");
+        }
+    }
+}
