@@ -348,7 +348,7 @@ impl Reader<'_> {
     }
 
     fn cstring(&mut self, end: usize) -> Result<String, FrameError> {
-        let rest = &self.bytes[self.position..end.min(self.bytes.len())];
+        let rest = self.bytes.get(self.position..end.min(self.bytes.len())).unwrap_or(&[]);
         let length = rest.iter().position(|&byte| byte == 0);
         let length = length.ok_or_else(|| malformed("unterminated string"))?;
         let text = std::str::from_utf8(&rest[..length]).map_err(|_| malformed("non-UTF-8 name"))?;
