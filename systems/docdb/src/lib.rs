@@ -21,6 +21,7 @@
 //!   projections (`query::projection`), sorts (`query::sort`), `query::distinct`, and
 //!   `query::QueryError` with MongoDB's error codes.
 //! - `error`: the one error type, with MongoDB's error codes.
+//! - `wire`: the MongoDB wire protocol server (OP_MSG, commands, cursors, sessions, SCRAM).
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -39,6 +40,7 @@ pub mod query;
 pub mod txn;
 pub mod validate;
 pub mod value;
+pub mod wire;
 
 pub use changes::{ChangeEvent, ChangeStream, ResumeToken, Scope};
 pub use collection::{Collection, Cursor, InsertManyResult};
