@@ -610,6 +610,8 @@ fn timed(history: &History) -> (Analysis, std::time::Duration) {
     (analysis, start.elapsed())
 }
 
+/// The bound is loose on purpose: debug builds on a shared 2-core machine vary several-fold,
+/// and what this guards against is a quadratic search, which takes minutes here.
 #[test]
 fn ten_thousand_concurrent_transactions_check_fast() {
     let (plans, choices) = seeded_plans(0x5eed, 10_000);
@@ -617,7 +619,7 @@ fn ten_thousand_concurrent_transactions_check_fast() {
     let (analysis, elapsed) = timed(&history);
     assert!(analysis.is_snapshot_isolated(), "{:?}", check_snapshot_isolation(&history));
     assert!(!analysis.is_serializable(), "eight clients on 16 keys make some write skew");
-    assert!(elapsed.as_millis() < 1_000, "took {elapsed:?}");
+    assert!(elapsed.as_secs() < 10, "took {elapsed:?}");
     // The last committed reader of key `a` sees the first version instead: a stale read that
     // closes a G-single with whoever wrote `a` since.
     let first = history.transactions.iter().find_map(|transaction| {
@@ -636,5 +638,5 @@ fn ten_thousand_concurrent_transactions_check_fast() {
     reader.operations[0] = Operation::Read { key: "a".to_string(), value: first };
     let (analysis, elapsed) = timed(&history);
     assert!(!analysis.is_snapshot_isolated());
-    assert!(elapsed.as_millis() < 1_000, "took {elapsed:?}");
+    assert!(elapsed.as_secs() < 10, "took {elapsed:?}");
 }
