@@ -19,6 +19,8 @@
 //! - `query`: the pure MongoDB semantics, with no storage: filters (`query::filter`), update
 //!   operators (`query::update`), projections (`query::projection`) and sorts (`query::sort`).
 //! - `error`: the one error type, with MongoDB's error codes.
+//! - `verify`: `DocDb::verify_indexes`, every index checked against a rebuild from documents.
+//! - `planted` (feature `planted-bugs`): a deliberately broken commit for the harness to catch.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -33,10 +35,13 @@ pub mod keycode;
 pub mod layout;
 pub mod ops;
 pub mod plan;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod query;
 pub mod txn;
 pub mod validate;
 pub mod value;
+pub mod verify;
 
 pub use changes::{ChangeEvent, ChangeStream, ResumeToken, Scope};
 pub use collection::{Collection, Cursor, InsertManyResult};
