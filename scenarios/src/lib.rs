@@ -15,12 +15,15 @@
 //! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
 //! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors and bit flips.
 //! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
+//! - `docdb`: `docdb-txn`, document database transactions, indexes and change streams under
+//!   crashes and disk faults, checked for snapshot isolation, durability and exactly-once events.
 //! - `gossip`: `gossip-cluster`, membership, broadcast and anti-entropy under churn.
 //! - `register`: a small ABD quorum register written for these tests (and, with feature
 //!   `planted-bugs`, the same register with known bugs the harness must find).
 //!
 //! Invariant: a run is a pure function of its `PlanFile`; only `Metrics::wall_nanos` varies.
 
+pub mod docdb;
 pub mod gossip;
 pub mod lsm;
 pub mod nemesis;
@@ -47,6 +50,10 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(wireguard::WireguardMesh));
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));
+    list.push(Box::new(docdb::DocdbTxn::CORRECT));
+    if cfg!(feature = "planted-bugs") {
+        list.push(Box::new(docdb::DocdbTxn::PLANTED));
+    }
     list
 }
 

@@ -48,3 +48,8 @@ fn gossip_large() {
         assert!(outcome.metrics.op_ok_count > 0, "{}", outcome.headline());
     }
 }
+
+#[test]
+fn docdb_txn() {
+    check("docdb-txn");
+}

@@ -31,3 +31,12 @@ fn gossip_cluster_seed_0xf_value_fragments_reach_the_session() {
 fn gossip_cluster_seed_0xbe4_value_fragments_of_two_encodings_never_combine() {
     check_passes("gossip-cluster", 0xbe4);
 }
+
+/// The change-stream consumer of `docdb-txn` could not start from the beginning of the history
+/// ("resume point is no longer in the change history (oldest commit 3)"): docdb judged trimmed
+/// history by the oldest change key, and the first commits (index builds) wrote no events.
+/// It now derives the trimmed commits from the last commit number and the history length.
+#[test]
+fn docdb_txn_seed_0x14_commits_without_events_are_not_lost_history() {
+    check_passes("docdb-txn", 0x14);
+}

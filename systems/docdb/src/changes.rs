@@ -142,18 +142,22 @@ impl<E: Env> DocDb<E> {
     }
 
     /// `ChangeHistoryLost` when events after `token` were already trimmed.
+    ///
+    /// Commit `c` trims the events of commit `c - change_history_commits` in its own batch, and
+    /// commits are numbered without gaps, so after commit `last` exactly the commits up to
+    /// `last - change_history_commits` have lost their events. The oldest change key says
+    /// nothing about this: a commit without events (an index build, a new collection) leaves
+    /// no key, and judging by the oldest key refused every token from before it.
     async fn check_history(&self, token: ResumeToken) -> Result<()> {
-        let mut first = self.inner.lsm.prefix(&layout::change_prefix()).await?;
-        let oldest = match first.next().await {
-            Some(entry) => layout::parse_change_key(&entry?.0)?.0,
-            None => self.last_commit() + 1,
-        };
-        // Commits numbered below `oldest` are gone; the stream needs every commit after the
-        // token's (or the token's own, when it stopped inside one).
+        let last = self.last_commit();
+        let oldest = last.saturating_sub(self.inner.options.change_history_commits) + 1;
+        // The stream needs every commit after the token's (or the token's own, when it
+        // stopped inside one).
         let needed = if token.index == u32::MAX { token.commit + 1 } else { token.commit };
-        if needed < oldest && token.commit < self.last_commit() {
+        if needed < oldest && token.commit < last {
             return Err(Error::ChangeHistoryLost { oldest_commit: oldest });
         }
+        assert!(oldest <= last + 1);
         Ok(())
     }
 }

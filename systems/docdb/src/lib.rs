@@ -22,6 +22,8 @@
 //!   `query::QueryError` with MongoDB's error codes.
 //! - `error`: the one error type, with MongoDB's error codes.
 //! - `wire`: the MongoDB wire protocol server (OP_MSG, commands, cursors, sessions, SCRAM).
+//! - `verify`: `DocDb::verify_indexes`, every index checked against a rebuild from documents.
+//! - `planted` (feature `planted-bugs`): a deliberately broken commit for the harness to catch.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -36,10 +38,13 @@ pub mod keycode;
 pub mod layout;
 pub mod ops;
 pub mod plan;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod query;
 pub mod txn;
 pub mod validate;
 pub mod value;
+pub mod verify;
 pub mod wire;
 
 pub use changes::{ChangeEvent, ChangeStream, ResumeToken, Scope};
