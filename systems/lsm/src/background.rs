@@ -138,7 +138,7 @@ impl<E: Env> Inner<E> {
     async fn create_table(&self, number: u64, level0: bool) -> Result<TableWriter<E::File>> {
         let path = join(&self.dir, &table_name(number));
         let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
-        Ok(TableWriter::new(file, self.options.table_options(level0)))
+        Ok(TableWriter::new(file, number, self.options.table_options(level0)))
     }
 
     /// Finishes and syncs table `number` and its directory entry, and opens it.

@@ -32,11 +32,38 @@ const GROUP_BYTES_MAX: usize = 4 << 20;
 /// The write-ahead log being appended to.
 pub(crate) struct WalWriter<F: File> {
     pub file: F,
+    /// The log's file number (every record names it).
+    pub number: u64,
     /// Scratch space for one group's records, reused across groups.
     pub buffer: Vec<u8>,
     pub len: u64,
     pub synced_len: u64,
     pub last_sequence: u64,
+}
+
+impl<F: File> WalWriter<F> {
+    /// A writer appending to the empty log `file` numbered `number`.
+    pub fn new(file: F, number: u64, buffer: Vec<u8>, last_sequence: u64) -> WalWriter<F> {
+        WalWriter { file, number, buffer, len: 0, synced_len: 0, last_sequence }
+    }
+
+    /// Where the next appended buffer lands.
+    fn place(&self) -> wal::Place {
+        wal::Place { file_number: self.number, buffer_offset: self.len }
+    }
+
+    /// Appends `bytes`; the log's end must be where this writer left it (a log whose end moved
+    /// was written by something else or lost a write: its bytes can no longer be trusted).
+    async fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let offset = self.file.append(bytes).await?;
+        if offset != self.len {
+            let reason = format!("log end at {offset}, expected {}", self.len);
+            return Err(Error::corruption(&wal_name(self.number), self.len, reason));
+        }
+        self.len += bytes.len() as u64;
+        assert!(self.synced_len <= self.len);
+        Ok(())
+    }
 }
 
 /// The memtables (newest first), version and sequence number a read uses.
@@ -432,21 +459,21 @@ impl<E: Env> Inner<E> {
         let mut buffer = std::mem::take(&mut writer.buffer);
         buffer.clear();
         let mut sequence = first;
+        let place = writer.place();
         for pending in group {
             let batch = &pending.batch;
-            wal::encode_record_with(&mut buffer, writer.synced_len, |out| {
+            wal::encode_record_with(&mut buffer, place, writer.synced_len, |out| {
                 batch.encode(sequence, out);
             });
             sequence += pending.op_count as u64;
         }
-        let appended = writer.file.append(&buffer).await;
+        let appended = writer.append(&buffer).await;
         let buffer_len = buffer.len() as u64;
         // Keep the scratch space unless one huge group blew it up.
         if buffer.capacity() <= GROUP_BYTES_MAX {
             writer.buffer = buffer;
         }
         appended?;
-        writer.len += buffer_len;
         self.counters.wal_bytes.fetch_add(buffer_len, Ordering::Relaxed);
         if group.iter().any(|pending| pending.durability == Durability::Sync) {
             writer.file.sync().await?;
@@ -527,7 +554,7 @@ impl<E: Env> Inner<E> {
         self.env.sync_dir(&self.dir).await?;
         let last_sequence = writer.last_sequence;
         let buffer = std::mem::take(&mut writer.buffer);
-        *writer = WalWriter { file, buffer, len: 0, synced_len: 0, last_sequence };
+        *writer = WalWriter::new(file, number, buffer, last_sequence);
         {
             let mut state = lock(&self.state);
             let frozen = std::mem::replace(&mut state.mem, Arc::new(Memtable::new(number)));
@@ -540,14 +567,13 @@ impl<E: Env> Inner<E> {
 
 /// Syncs the log, then appends and syncs a marker proving every record before it was synced
 /// (so recovery reports a damaged last record as corruption instead of a torn tail).
-async fn close_log<F: File>(writer: &mut WalWriter<F>) -> std::io::Result<()> {
+async fn close_log<F: File>(writer: &mut WalWriter<F>) -> Result<()> {
     writer.file.sync().await?;
     writer.synced_len = writer.len;
     let mut marker = Vec::new();
-    wal::encode_marker(&mut marker, writer.synced_len);
-    writer.file.append(&marker).await?;
+    wal::encode_marker(&mut marker, writer.place(), writer.synced_len);
+    writer.append(&marker).await?;
     writer.file.sync().await?;
-    writer.len += marker.len() as u64;
     writer.synced_len = writer.len;
     Ok(())
 }
@@ -752,6 +778,6 @@ impl<E: Env> Db<E> {
         self.inner.delete_obsolete_tables().await;
         // Another store may open the directory from here on.
         lock(&self.inner.lock_file).take();
-        synced.map_err(Error::Io)
+        synced
     }
 }
