@@ -20,7 +20,7 @@ use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::iter::{Iter, ReadView, before_start};
 use crate::memtable::Memtable;
-use crate::options::{Durability, Options};
+use crate::options::{Durability, Options, PlantedBug};
 use crate::signal::Signal;
 use crate::table::Table;
 use crate::version::{TableFile, Version};
@@ -190,6 +190,36 @@ pub(crate) struct Inner<E: Env> {
     pub counters: Counters,
     // The directory's `LOCK` file, locked while this store is open (released by `close`).
     pub lock_file: Mutex<Option<E::File>>,
+    gate: Mutex<Gate>,
+    // Notified when the last running operation of a closing store ends.
+    idle: Signal,
+}
+
+/// Which operations of the store run, and whether `close` has begun: `close` returns only once
+/// none runs and none can start, so no work of a closed store outlives its directory lock.
+#[derive(Debug, Default)]
+struct Gate {
+    closing: bool,
+    // Invariant: counts the `Pass`es alive; never below zero, and never raised once closing.
+    active_count: usize,
+}
+
+/// Admission of one operation of the store; it ends when the pass is dropped.
+pub(crate) struct Pass<'a, E: Env> {
+    inner: &'a Inner<E>,
+}
+
+impl<E: Env> Drop for Pass<'_, E> {
+    fn drop(&mut self) {
+        let mut gate = lock(&self.inner.gate);
+        assert!(gate.active_count > 0, "a pass outlived the count of passes");
+        gate.active_count -= 1;
+        let idle = gate.closing && gate.active_count == 0;
+        drop(gate);
+        if idle {
+            self.inner.idle.notify();
+        }
+    }
 }
 
 /// A crash-safe LSM-tree key-value store on an `Env` disk. Cheap to clone (a handle).
@@ -264,6 +294,39 @@ impl<E: Env> Inner<E> {
             snapshots: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
             lock_file: Mutex::new(None),
+            gate: Mutex::new(Gate::default()),
+            idle: Signal::default(),
+        }
+    }
+
+    /// Admits one operation, or `Closed` once `close` has begun.
+    pub(crate) fn enter(&self) -> Result<Pass<'_, E>> {
+        let mut gate = lock(&self.gate);
+        if gate.closing {
+            return Err(Error::Closed);
+        }
+        gate.active_count += 1;
+        Ok(Pass { inner: self })
+    }
+
+    /// Stops admitting operations; false if `close` had already begun.
+    fn begin_closing(&self) -> bool {
+        let mut gate = lock(&self.gate);
+        !std::mem::replace(&mut gate.closing, true)
+    }
+
+    /// Waits until no admitted operation runs (`begin_closing` first, so none can start).
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.subscribe();
+            {
+                let gate = lock(&self.gate);
+                assert!(gate.closing, "waiting for idle on an open store");
+                if gate.active_count == 0 {
+                    return;
+                }
+            }
+            let _ = idle.await;
         }
     }
 
@@ -300,6 +363,7 @@ impl<E: Env> Inner<E> {
         key: &[u8],
         sequence: Option<u64>,
     ) -> Result<Option<Vec<u8>>> {
+        let _pass = self.enter()?;
         let (memtables, version, sequence) = self.read_view(sequence);
         for memtable in &memtables {
             if let Some((_, value)) = memtable.get(key, sequence) {
@@ -316,6 +380,7 @@ impl<E: Env> Inner<E> {
         forward: bool,
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<Iter<E::File>> {
+        let _pass = self.enter()?;
         let (memtables, version, sequence) = self.read_view(sequence);
         let start = if forward { &range.0 } else { &range.1 };
         self.charge_seek(&version, forward, start);
@@ -357,6 +422,7 @@ impl<E: Env> Inner<E> {
 
     /// Writes `batch` through a group commit.
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let _pass = self.enter()?;
         batch.check().map_err(Error::InvalidArgument)?;
         if batch.is_empty() {
             return Ok(());
@@ -721,6 +787,7 @@ impl<E: Env> Db<E> {
 
     /// Makes every write so far durable and moves the memtable into a level-0 table.
     pub async fn flush(&self) -> Result<()> {
+        let _pass = self.inner.enter()?;
         {
             let mut wal = self.inner.wal.lock().await;
             let writer = wal.as_mut().ok_or(Error::Closed)?;
@@ -737,6 +804,7 @@ impl<E: Env> Db<E> {
     /// Compacts every table overlapping `range` down the levels (after a flush), dropping
     /// overwritten versions and, at the bottom, tombstones.
     pub async fn compact_range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<()> {
+        let _pass = self.inner.enter()?;
         self.flush().await?;
         self.inner.compact_range(owned_bounds(&range)).await
     }
@@ -756,9 +824,18 @@ impl<E: Env> Db<E> {
         self.inner.iter_at(None, false, (Bound::Unbounded, Bound::Unbounded)).await
     }
 
-    /// Syncs the log, stops the background task and closes the store. Later calls fail with
-    /// `Closed`.
+    /// Closes the store: stops admitting operations (on every clone: later calls, this one
+    /// included, fail with `Closed`), waits for every running one (writes, reads, flushes and
+    /// compactions started through any clone), syncs the log, stops the background task, and
+    /// releases the directory lock last, so another store may open the directory only once
+    /// nothing of this one runs. Iterators made before keep reading what they hold.
     pub async fn close(&self) -> Result<()> {
+        if !self.inner.begin_closing() {
+            return Err(Error::Closed);
+        }
+        if !self.inner.options.planted(PlantedBug::CloseIgnoresClonedWork) {
+            self.inner.wait_idle().await;
+        }
         let synced = {
             let mut wal = self.inner.wal.lock().await;
             let synced = match wal.as_mut() {
@@ -776,6 +853,7 @@ impl<E: Env> Db<E> {
             let _ = handle.await;
         }
         self.inner.delete_obsolete_tables().await;
+        assert!(lock(&self.inner.background).is_none());
         // Another store may open the directory from here on.
         lock(&self.inner.lock_file).take();
         synced

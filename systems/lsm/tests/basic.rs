@@ -33,9 +33,14 @@ fn put_get_delete_survive_flush_compaction_and_reopen() {
             let expected = (index % 3 != 0).then(|| format!("v{index}").into_bytes());
             assert_eq!(db.get(&key(index)).await.expect("get"), expected, "key {index}");
         }
+        let clone = db.clone();
         db.close().await.expect("close");
-        assert!(db.get(&key(1)).await.is_ok());
+        assert!(matches!(clone.get(&key(1)).await, Err(Error::Closed)));
         assert!(matches!(db.put(b"x", b"y", SYNC).await, Err(Error::Closed)));
+        assert!(matches!(clone.flush().await, Err(Error::Closed)));
+        assert!(matches!(clone.compact_all().await, Err(Error::Closed)));
+        assert!(matches!(clone.iter().await.map(|_| ()), Err(Error::Closed)));
+        assert!(matches!(clone.close().await, Err(Error::Closed)));
         let db = Db::open(env, "db", small_options()).await.expect("reopen");
         assert_eq!(db.get(&key(1)).await.expect("get"), Some(b"v1".to_vec()));
         assert_eq!(db.get(&key(3)).await.expect("get"), None);
