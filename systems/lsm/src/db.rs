@@ -77,6 +77,12 @@ struct PendingWrite {
     op_count: usize,
     payload_bytes: usize,
     durability: Durability,
+    // A user flush's request to freeze the memtable, carried through the same queue as writes
+    // so that it is served in order however many writers push (no batch, no log record).
+    rotate: bool,
+    // For a rotation request: the log number of the memtable it left current; every memtable
+    // it froze, and every older one, is numbered below it.
+    rotated_below: AtomicU64,
     result: Mutex<Option<Result<()>>>,
     // Fired by the leader that sets `result`, so a follower learns it without taking the log
     // lock (taking it one follower at a time would serialise them and defeat group commit).
@@ -84,6 +90,20 @@ struct PendingWrite {
 }
 
 impl PendingWrite {
+    fn new(batch: WriteBatch, durability: Durability, rotate: bool) -> Arc<PendingWrite> {
+        assert!(rotate == batch.is_empty(), "a rotation request carries no batch");
+        Arc::new(PendingWrite {
+            op_count: batch.len(),
+            payload_bytes: batch.payload_bytes(),
+            batch,
+            durability,
+            rotate,
+            rotated_below: AtomicU64::new(0),
+            result: Mutex::new(None),
+            done: Mutex::new(None),
+        })
+    }
+
     fn finish(&self, result: Result<()>) {
         *lock(&self.result) = Some(result);
         if let Some(done) = lock(&self.done).take() {
@@ -182,6 +202,8 @@ pub(crate) struct Inner<E: Env> {
     pub wal: futures::lock::Mutex<Option<WalWriter<E::File>>>,
     queue: Mutex<VecDeque<Arc<PendingWrite>>>,
     pub work: futures::lock::Mutex<()>,
+    // User flushes and compactions waiting for `work`; the background task gives way to them.
+    pub user_work_waiting: std::sync::atomic::AtomicUsize,
     pub changed: Signal,
     pub visible_sequence: AtomicU64,
     pub doorbell: Mutex<Option<futures::channel::mpsc::Sender<()>>>,
@@ -287,6 +309,7 @@ impl<E: Env> Inner<E> {
             wal: futures::lock::Mutex::new(None),
             queue: Mutex::new(VecDeque::new()),
             work: futures::lock::Mutex::new(()),
+            user_work_waiting: std::sync::atomic::AtomicUsize::new(0),
             changed: Signal::default(),
             visible_sequence: AtomicU64::new(0),
             doorbell: Mutex::new(None),
@@ -428,31 +451,39 @@ impl<E: Env> Inner<E> {
             return Ok(());
         }
         let payload_bytes = batch.payload_bytes() as u64;
-        let pending = Arc::new(PendingWrite {
-            op_count: batch.len(),
-            payload_bytes: batch.payload_bytes(),
-            batch,
-            durability,
-            result: Mutex::new(None),
-            done: Mutex::new(None),
-        });
-        let result = match self.wal.try_lock() {
-            // Fast path: nobody leads; lead at once (no completion channel needed).
-            Some(mut wal) => {
-                lock(&self.queue).push_back(Arc::clone(&pending));
-                loop {
-                    self.lead_group(&mut wal).await;
-                    if let Some(result) = Inner::<E>::take_result(&pending) {
-                        break result;
-                    }
-                }
-            }
-            None => self.write_following(&pending).await,
-        };
+        let pending = PendingWrite::new(batch, durability, false);
+        let result = self.submit(&pending).await;
         if result.is_ok() {
             self.counters.user_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Freezes the memtable (if it holds anything) in its turn among the queued writes;
+    /// returns the log number every memtable to flush for the caller is below.
+    pub(crate) async fn request_rotation(&self) -> Result<u64> {
+        let pending = PendingWrite::new(WriteBatch::new(), Durability::Buffered, true);
+        self.submit(&pending).await?;
+        let below = pending.rotated_below.load(Ordering::Acquire);
+        assert!(below > 0, "a served rotation request names its log");
+        Ok(below)
+    }
+
+    /// Commits `pending` through a group commit, leading one if nobody does.
+    async fn submit(&self, pending: &Arc<PendingWrite>) -> Result<()> {
+        match self.wal.try_lock() {
+            // Fast path: nobody leads; lead at once (no completion channel needed).
+            Some(mut wal) => {
+                lock(&self.queue).push_back(Arc::clone(pending));
+                loop {
+                    self.lead_group(&mut wal).await;
+                    if let Some(result) = Inner::<E>::take_result(pending) {
+                        break result;
+                    }
+                }
+            }
+            None => self.write_following(pending).await,
+        }
     }
 
     /// Queues `pending` behind the current leader: either a leader commits it (and fires its
@@ -511,9 +542,35 @@ impl<E: Env> Inner<E> {
         if let Err(error) = &result {
             self.poison(error);
         }
+        let rotated = match &result {
+            Ok(()) if group.iter().any(|pending| pending.rotate) => {
+                self.rotate_for_flush(writer).await
+            }
+            _ => Ok(0),
+        };
         for pending in &group {
-            pending.finish(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+            let outcome = match (&result, &rotated) {
+                (Err(error), _) => Err(error.duplicate()),
+                (Ok(()), _) if !pending.rotate => Ok(0),
+                (Ok(()), Ok(below)) => Ok(*below),
+                (Ok(()), Err(error)) => Err(error.duplicate()),
+            };
+            if let Ok(below) = outcome {
+                pending.rotated_below.store(below, Ordering::Release);
+            }
+            pending.finish(outcome.map(|_| ()));
         }
+    }
+
+    /// Serves rotation requests (user flushes): freezes the memtable unless it is empty;
+    /// returns the log number of the memtable left current.
+    async fn rotate_for_flush(&self, writer: &mut WalWriter<E::File>) -> Result<u64> {
+        if !lock(&self.state).mem.is_empty() {
+            self.rotate(writer).await?;
+        }
+        let below = lock(&self.state).mem.wal_number();
+        assert_eq!(below, writer.number, "the current memtable belongs to the current log");
+        Ok(below)
     }
 
     async fn commit_group(
@@ -521,12 +578,15 @@ impl<E: Env> Inner<E> {
         writer: &mut WalWriter<E::File>,
         group: &[Arc<PendingWrite>],
     ) -> Result<()> {
+        if group.iter().all(|pending| pending.rotate) {
+            return Ok(());
+        }
         let first = writer.last_sequence + 1;
         let mut buffer = std::mem::take(&mut writer.buffer);
         buffer.clear();
         let mut sequence = first;
         let place = writer.place();
-        for pending in group {
+        for pending in group.iter().filter(|pending| !pending.rotate) {
             let batch = &pending.batch;
             wal::encode_record_with(&mut buffer, place, writer.synced_len, |out| {
                 batch.encode(sequence, out);
@@ -785,9 +845,23 @@ impl<E: Env> Db<E> {
         }
     }
 
-    /// Makes every write so far durable and moves the memtable into a level-0 table.
+    /// Makes every write so far durable and moves the memtable into a level-0 table. Under any
+    /// write load it ends after the writes queued before it and at most one round of
+    /// background work: its request to freeze the memtable is served in order with the writes,
+    /// and the background task gives way to it.
     pub async fn flush(&self) -> Result<()> {
         let _pass = self.inner.enter()?;
+        if self.inner.options.planted(PlantedBug::FlushYieldsToWriters) {
+            return self.flush_behind_writers().await;
+        }
+        let below = self.inner.request_rotation().await?;
+        self.inner.flush_immutables(Some(below)).await
+    }
+
+    /// The flush of planted bug `FlushYieldsToWriters`: it competes for the log lock with
+    /// every writer and for the work lock with the background task, and loses while they keep
+    /// coming.
+    async fn flush_behind_writers(&self) -> Result<()> {
         {
             let mut wal = self.inner.wal.lock().await;
             let writer = wal.as_mut().ok_or(Error::Closed)?;
@@ -798,7 +872,7 @@ impl<E: Env> Db<E> {
                 self.inner.rotate(writer).await?;
             }
         }
-        self.inner.flush_immutables().await
+        self.inner.flush_immutables(None).await
     }
 
     /// Compacts every table overlapping `range` down the levels (after a flush), dropping
