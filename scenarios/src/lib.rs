@@ -13,7 +13,9 @@
 //!   distinct exit codes, `Metrics`, `Outcome`.
 //! - `shrink`: delta debugging over a failing plan's faults and workload length.
 //! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
-//! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors and bit flips.
+//! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors, bit flips and
+//!   misdirected writes, close races and write bursts (and, with `planted-bugs`, three bugs the
+//!   store once had).
 //! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
 //! - `gossip`: `gossip-cluster`, membership, broadcast and anti-entropy under churn.
 //! - `register`: a small ABD quorum register written for these tests (and, with feature
@@ -43,7 +45,9 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     for scenario in register::scenarios() {
         list.push(Box::new(scenario));
     }
-    list.push(Box::new(lsm::LsmCrash));
+    for scenario in lsm::scenarios() {
+        list.push(Box::new(scenario));
+    }
     list.push(Box::new(wireguard::WireguardMesh));
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));
