@@ -13,7 +13,9 @@
 //!   distinct exit codes, `Metrics`, `Outcome`.
 //! - `shrink`: delta debugging over a failing plan's faults and workload length.
 //! - `testing`: `SIM_SEED`/`SIM_SEEDS` for `cargo test`, failure messages with replay commands.
-//! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors and bit flips.
+//! - `lsm`: `lsm-crash`, the LSM store under crashes, torn writes, I/O errors, bit flips and
+//!   misdirected writes, close races and write bursts (and, with `planted-bugs`, three bugs the
+//!   store once had).
 //! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
 //! - `docdb`: `docdb-txn`, document database transactions, indexes and change streams under
 //!   crashes and disk faults, checked for snapshot isolation, durability and exactly-once events.
@@ -46,7 +48,9 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     for scenario in register::scenarios() {
         list.push(Box::new(scenario));
     }
-    list.push(Box::new(lsm::LsmCrash));
+    for scenario in lsm::scenarios() {
+        list.push(Box::new(scenario));
+    }
     list.push(Box::new(wireguard::WireguardMesh));
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));

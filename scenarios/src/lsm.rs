@@ -1,28 +1,43 @@
-//! `lsm-crash`: the LSM store on one node under crashes, torn writes, I/O errors and bit flips.
+//! `lsm-crash`: the LSM store on one node under crashes, torn writes, I/O errors, bit flips and
+//! misdirected writes, with closes racing work on clones and write bursts against user flushes.
 //!
 //! Writers (one task per swarm client) each own a slice of the keys and issue puts, deletes and
 //! atomic batches with sync or buffered durability, reads, flushes and compactions. The nemesis
 //! crashes the node (each unsynced write dropped, kept or torn), pauses it, and makes its disk
 //! fail reads, writes and syncs or flip bits on read. When a write fails the store stops taking
-//! writes; the node closes and reopens it, as an operator would.
+//! writes; the node closes and reopens it, as an operator would. Beyond the plan, each seed
+//! draws (on its own stream, so a replay or a shrunk plan draws the same): misdirected writes
+//! on the store's disk during the run, or only for a few `Sync` writes just before the final
+//! crash; openings that end with `close` called while flushes and compactions run on clones
+//! and a second opener races the close, then reopen in the same boot; and a burst of writes
+//! without pause in the healed phase while a clone asks for flushes and compactions.
 //!
 //! Safety: a read returns the writer's own last acknowledged value (read-your-writes within one
-//! opening of the store) or an error, never anything else; and after a final crash and
-//! recovery on a healthy disk, every key holds the value of a write at or after its last
-//! durable one (acknowledged, and followed or made by a sync-acknowledged write of the same
-//! writer), never an older or invented value, and a full scan agrees with point reads.
-//! Liveness: acknowledged writes resume within the bound after the heal.
+//! opening of the store) or an error, never anything else; no operation of a store ends after
+//! its `close` returned, and no second opener gets the directory before that (close
+//! quiescence); and after a final crash and recovery on a healthy disk, every key holds the
+//! value of a write at or after its last durable one (acknowledged, and followed or made by a
+//! sync-acknowledged write of the same writer), never an older or invented value, and a full
+//! scan agrees with point reads. Where the disk misdirected writes, `Corruption` from open or
+//! a read is the correct answer (the store noticed), and the keys it hides are not checked; a
+//! silent loss still is a violation.
+//! Liveness: acknowledged writes resume within the bound after the heal (unless the store
+//! reported corruption from misdirected writes: an operator must restore it), and every user
+//! flush or compaction during the burst ends within `USER_WORK_BOUND`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use invariants::Violation;
 use invariants::durability::{KeyHistory, WriteRecord, check_durability};
-use lsm::{Db, Durability, Options, WriteBatch};
-use rand::Rng;
-use sim::world::{NodeId, SimEnv, SimError, World};
+use lsm::{Db, Durability, Error, Options, PlantedBug, WriteBatch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sim::world::trace::splitmix64;
+use sim::world::{DiskConfig, NodeId, SimConfig, SimEnv, SimError, World};
 use sim::{Env, Instant};
 
 use crate::nemesis::at;
@@ -33,13 +48,57 @@ use crate::swarm::{Bounds, Span, Swarm};
 const DB_DIR: &str = "db";
 const OPEN_ATTEMPTS_MAX: u32 = 2_000;
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(10);
-/// Openings of the store per boot of the node (each after a failed write).
+/// Openings of the store per boot of the node (each after a failed write or a close race).
 const REOPEN_COUNT_MAX: u32 = 10_000;
+/// Tries of the opener that races a close (every `RACE_OPEN_DELAY`).
+const RACE_OPEN_ATTEMPTS_MAX: u32 = 20_000;
+const RACE_OPEN_DELAY: Duration = Duration::from_micros(100);
+/// The longest a user flush or compaction may take during the healed write burst.
+pub const USER_WORK_BOUND: Duration = Duration::from_millis(300);
+/// Salt of the stream the per-seed options below the plan are drawn from.
+const DRAWN_STREAM_SALT: u64 = 0x6c73_6d2d_6472_6177;
 const FAULTS: &[FaultClass] =
     &[FaultClass::Crash, FaultClass::DiskFaults, FaultClass::DiskCorruption, FaultClass::Pause];
 
 fn key(index: u32) -> Vec<u8> {
     format!("key-{index:03}").into_bytes()
+}
+
+/// What a seed draws beyond its plan: a pure function of the seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Drawn {
+    /// Probability that the disk misdirects a write, all run long (0 in most seeds).
+    misdirect_rate: f64,
+    /// Before the final crash: this many `Sync` writes, each write of the disk misdirected
+    /// with the given probability.
+    tail: Option<(u32, f64)>,
+    /// Probability that an opening ends in a close racing work on clones and a second opener.
+    close_race: f64,
+    /// A burst of writes without pause: (start after the heal, length), in milliseconds.
+    burst_ms: Option<(u64, u64)>,
+}
+
+impl Drawn {
+    fn draw(seed: u64) -> Drawn {
+        let mut rng = ChaCha8Rng::seed_from_u64(splitmix64(seed ^ DRAWN_STREAM_SALT));
+        // Low: the first misdirected write usually ends the store (it reports the damage).
+        let misdirect_rate =
+            if rng.random_bool(0.15) { rng.random_range(1..=10) as f64 / 10_000.0 } else { 0.0 };
+        let tail = rng
+            .random_bool(0.5)
+            .then(|| (rng.random_range(1..=3), if rng.random_bool(0.5) { 1.0 } else { 0.5 }));
+        let close_race =
+            if rng.random_bool(0.5) { rng.random_range(3..=10) as f64 / 10.0 } else { 0.0 };
+        let burst_ms = rng
+            .random_bool(0.35)
+            .then(|| (rng.random_range(300..=2_000), rng.random_range(600..=1_500)));
+        Drawn { misdirect_rate, tail, close_race, burst_ms }
+    }
+
+    /// Whether the disk may misdirect a write at some point of the run.
+    fn misdirects(&self) -> bool {
+        self.misdirect_rate > 0.0 || self.tail.is_some()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -71,9 +130,29 @@ struct History {
     /// Openings of the store so far.
     epoch: u32,
     read_count: u64,
-    violations: Vec<String>,
+    violations: Vec<Violation>,
+    /// A logical clock: every operation's start and end, every close's return, in order.
+    tick: u64,
+    /// Per opening whose `close` returned: the tick it returned at.
+    close_returned: BTreeMap<u32, u64>,
+    /// The first corruption the store reported, if any.
+    corruption: Option<String>,
+    /// Open failed with corruption on a disk that misdirected writes: the store is lost, and
+    /// said so.
+    store_lost: bool,
+    /// Keys whose final read reported corruption (on a disk that misdirected writes).
+    keys_hidden: u32,
+    /// The slowest user flush or compaction during the burst: (time, what).
+    user_work_slowest: Option<(Duration, String)>,
     /// The final reads after the last recovery (None until done).
     final_reads: Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl History {
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -82,18 +161,65 @@ fn lock(shared: &Shared) -> MutexGuard<'_, History> {
     shared.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Config {
     writer_count: u32,
     key_count: u32,
     think_ms_max: u64,
     stop_at: Instant,
+    drawn: Drawn,
+    /// The healed write burst: (start, end).
+    burst: Option<(Instant, Instant)>,
+    options: Options,
 }
 
-async fn open(env: &SimEnv) -> Option<Db<SimEnv>> {
+impl Config {
+    fn in_burst(&self, now: Instant) -> bool {
+        self.burst.is_some_and(|(start, end)| start <= now && now < end)
+    }
+}
+
+/// Runs one operation of opening `epoch` of the store on the logical clock: an operation that
+/// began before that opening's `close` returned must not end after it (unless refused with
+/// `Closed`). Records the first corruption the store reports.
+async fn tracked<T>(
+    shared: &Shared,
+    epoch: u32,
+    what: &str,
+    operation: impl Future<Output = lsm::Result<T>>,
+) -> lsm::Result<T> {
+    let started = lock(shared).next_tick();
+    let result = operation.await;
+    let mut history = lock(shared);
+    let ended = history.next_tick();
+    assert!(started < ended);
+    if let Some(&closed) = history.close_returned.get(&epoch)
+        && closed > started
+        && !matches!(result, Err(Error::Closed))
+    {
+        let message = format!("{what} on opening {epoch} ran on after its close returned");
+        history.violations.push(Violation::new("close-quiescence", message));
+    }
+    if let Err(error @ Error::Corruption { .. }) = &result
+        && history.corruption.is_none()
+    {
+        history.corruption = Some(error.to_string());
+    }
+    result
+}
+
+/// Opens the store, retrying; `None` if it never opens, or (on a disk that misdirected
+/// writes) if it reports corruption: then the store is lost, and said so.
+async fn open(env: &SimEnv, config: &Config, shared: &Shared) -> Option<Db<SimEnv>> {
     for _ in 0..OPEN_ATTEMPTS_MAX {
-        match Db::open(env.clone(), DB_DIR, Options::tiny()).await {
+        match Db::open(env.clone(), DB_DIR, config.options.clone()).await {
             Ok(db) => return Some(db),
+            Err(error) if error.is_corruption() && config.drawn.misdirects() => {
+                let mut history = lock(shared);
+                history.corruption.get_or_insert(error.to_string());
+                history.store_lost = true;
+                return None;
+            }
             Err(error) => {
                 tracing::debug!(target: "lsm", %error, "open failed, retrying");
                 env.sleep(OPEN_RETRY_DELAY).await;
@@ -103,34 +229,141 @@ async fn open(env: &SimEnv) -> Option<Db<SimEnv>> {
     None
 }
 
-/// The node's main task: open, run the writers until one fails or time is up, close, reopen.
-/// Once the workload has stopped, a boot reads every key for the final check instead.
+/// The node's main task. A boot after the workload stopped (the final crash) reads every key
+/// for the final check; any other runs openings of the store until the workload stops.
 async fn db_main(env: SimEnv, config: Config, shared: Shared) {
+    if env.now() >= config.stop_at {
+        let Some(db) = open(&env, &config, &shared).await else { return };
+        final_reads(&db, &config, &shared).await;
+        let _ = db.close().await;
+        return;
+    }
+    let mut rng = env.rng();
+    let mut next = None;
     for _ in 0..REOPEN_COUNT_MAX {
-        let Some(db) = open(&env).await else { return };
+        let db = match next.take() {
+            Some(db) => db,
+            None => match open(&env, &config, &shared).await {
+                Some(db) => db,
+                None => return,
+            },
+        };
         if env.now() >= config.stop_at {
-            final_reads(&db, config, &shared).await;
             let _ = db.close().await;
             return;
         }
-        let epoch = {
-            let mut history = lock(&shared);
-            history.epoch += 1;
-            history.epoch
-        };
-        let mut writers = Vec::new();
-        for writer in 0..config.writer_count {
-            let task = writer_main(env.clone(), db.clone(), config, writer, epoch, shared.clone());
-            writers.push(env.spawn(task));
-        }
-        for writer in writers {
-            let _ = writer.await;
-        }
-        let _ = db.close().await;
-        if env.now() >= config.stop_at {
-            return;
+        let racing = rng.random_bool(config.drawn.close_race);
+        next = run_opening(&env, &db, &config, &shared, racing).await;
+    }
+}
+
+/// Runs one opening: its writers, the burst's flusher, and (if `racing`) a close racing work
+/// on clones; returns the store the racing opener got, if any.
+async fn run_opening(
+    env: &SimEnv,
+    db: &Db<SimEnv>,
+    config: &Config,
+    shared: &Shared,
+    racing: bool,
+) -> Option<Db<SimEnv>> {
+    let epoch = {
+        let mut history = lock(shared);
+        history.epoch += 1;
+        history.epoch
+    };
+    let mut tasks = Vec::new();
+    for writer in 0..config.writer_count {
+        let task =
+            writer_main(env.clone(), db.clone(), config.clone(), writer, epoch, shared.clone());
+        tasks.push(env.spawn(task));
+    }
+    if config.burst.is_some() {
+        tasks.push(env.spawn(burst_flusher(
+            env.clone(),
+            db.clone(),
+            config.clone(),
+            epoch,
+            shared.clone(),
+        )));
+    }
+    let writers_done = Arc::new(AtomicBool::new(false));
+    let race = racing.then(|| {
+        let context = (config.clone(), epoch, shared.clone());
+        env.spawn(close_race(env.clone(), db.clone(), context, writers_done.clone()))
+    });
+    for task in tasks {
+        let _ = task.await;
+    }
+    writers_done.store(true, Ordering::Release);
+    match race {
+        Some(race) => race.await.ok().flatten(),
+        None => {
+            let _ = tracked(shared, epoch, "close", db.close()).await;
+            let mut history = lock(shared);
+            let tick = history.next_tick();
+            history.close_returned.insert(epoch, tick);
+            None
         }
     }
+}
+
+/// Closes the store while flushes and compactions run on clones and a second opener tries
+/// the directory; returns the store the opener got.
+async fn close_race(
+    env: SimEnv,
+    db: Db<SimEnv>,
+    (config, epoch, shared): (Config, u32, Shared),
+    writers_done: Arc<AtomicBool>,
+) -> Option<Db<SimEnv>> {
+    let mut rng = env.rng();
+    // Close after a while, or at once when the opening's writers have all stopped.
+    let close_at = env.now() + Duration::from_millis(rng.random_range(0..=1_000));
+    while env.now() < close_at && !writers_done.load(Ordering::Acquire) {
+        env.sleep(Duration::from_millis(10)).await;
+    }
+    for index in 0..rng.random_range(1..=3u32) {
+        let (clone, shared) = (db.clone(), shared.clone());
+        env.spawn(async move {
+            if index % 2 == 0 {
+                let _ = tracked(&shared, epoch, "flush on a clone", clone.flush()).await;
+            } else {
+                let _ = tracked(&shared, epoch, "compaction on a clone", clone.compact_all()).await;
+            }
+        });
+    }
+    env.sleep(Duration::from_micros(rng.random_range(0..=300))).await;
+    let opener = env.spawn(race_open(env.clone(), config, epoch, shared.clone()));
+    let _ = db.close().await;
+    {
+        let mut history = lock(&shared);
+        let tick = history.next_tick();
+        history.close_returned.insert(epoch, tick);
+    }
+    opener.await.ok().flatten()
+}
+
+/// A second opener racing the close of opening `epoch`: it must get `Locked` until the close
+/// returned.
+async fn race_open(env: SimEnv, config: Config, epoch: u32, shared: Shared) -> Option<Db<SimEnv>> {
+    for _ in 0..RACE_OPEN_ATTEMPTS_MAX {
+        match Db::open(env.clone(), DB_DIR, config.options.clone()).await {
+            Ok(db) => {
+                let mut history = lock(&shared);
+                if !history.close_returned.contains_key(&epoch) {
+                    let message = format!(
+                        "a second store opened opening {epoch}'s directory \
+                                           before its close returned"
+                    );
+                    history.violations.push(Violation::new("close-quiescence", message));
+                }
+                return Some(db);
+            }
+            Err(Error::Locked { .. }) => env.sleep(RACE_OPEN_DELAY).await,
+            // Disk faults and corruption: the regular opener deals with them.
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// What a writer knows its key holds in this opening of the store.
@@ -140,6 +373,15 @@ enum Known {
     Value(Option<Vec<u8>>),
     /// Unknown (nothing written yet in this opening, or a write failed).
     Unknown,
+}
+
+/// One writer of one opening.
+struct Writer {
+    db: Db<SimEnv>,
+    writer: u32,
+    epoch: u32,
+    shared: Shared,
+    known: BTreeMap<u32, Known>,
 }
 
 async fn writer_main(
@@ -153,22 +395,29 @@ async fn writer_main(
     let mut rng = env.rng();
     let own_keys: Vec<u32> =
         (0..config.key_count).filter(|k| k % config.writer_count == writer).collect();
-    let mut known: BTreeMap<u32, Known> = BTreeMap::new();
+    let mut state = Writer { db, writer, epoch, shared, known: BTreeMap::new() };
     let mut step = 0u64;
     while env.now() < config.stop_at && !own_keys.is_empty() {
-        env.sleep(Duration::from_millis(rng.random_range(0..=config.think_ms_max))).await;
+        // A burst is uninterrupted writes: no think time, no reads.
+        let burst = config.in_burst(env.now());
+        if !burst {
+            env.sleep(Duration::from_millis(rng.random_range(0..=config.think_ms_max))).await;
+        }
         step += 1;
-        let choice = rng.random_range(0..100);
+        let choice = if burst { 99 } else { rng.random_range(0..100) };
+        let (db, shared) = (&state.db, &state.shared);
         if choice < 2 {
-            let _ = db.flush().await;
+            let _ = tracked(shared, epoch, "flush", db.flush()).await;
         } else if choice < 3 {
-            let _ = db.compact_all().await;
+            let _ = tracked(shared, epoch, "compaction", db.compact_all()).await;
         } else if choice < 30 {
             let index = own_keys[rng.random_range(0..own_keys.len())];
-            read_own(&db, index, known.get(&index), &shared).await;
+            state.read_own(index).await;
         } else {
             let ops = draw_batch(&mut rng, &own_keys, writer, epoch, step);
-            if !write(&env, &db, &mut rng, ops, writer, epoch, &mut known, &shared).await {
+            let durability =
+                if rng.random_bool(0.5) { Durability::Sync } else { Durability::Buffered };
+            if !state.write(&env, ops, durability).await {
                 return;
             }
         }
@@ -195,66 +444,65 @@ fn draw_batch(
         .collect()
 }
 
-/// Issues one batch; records it; returns false if it failed (the store stops taking writes).
-#[allow(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
-async fn write(
-    env: &SimEnv,
-    db: &Db<SimEnv>,
-    rng: &mut impl Rng,
-    ops: Vec<(u32, Option<Vec<u8>>)>,
-    writer: u32,
-    epoch: u32,
-    known: &mut BTreeMap<u32, Known>,
-    shared: &Shared,
-) -> bool {
-    let durability = if rng.random_bool(0.5) { Durability::Sync } else { Durability::Buffered };
-    let mut batch = WriteBatch::new();
-    let global = {
-        let mut history = lock(shared);
-        let global = history.statuses.len();
-        let status = WriteStatus { writer, epoch, status: Status::Pending, acked_nanos: None };
-        history.statuses.push(status);
-        for (index, value) in &ops {
-            match value {
-                Some(value) => batch.put(key(*index), value.clone()),
-                None => batch.delete(key(*index)),
-            };
-            history.writes.entry(key(*index)).or_default().push((global, value.clone()));
+impl Writer {
+    /// Issues one batch; records it; returns false if it failed (the store stops taking
+    /// writes, or was closed).
+    async fn write(
+        &mut self,
+        env: &SimEnv,
+        ops: Vec<(u32, Option<Vec<u8>>)>,
+        durability: Durability,
+    ) -> bool {
+        let mut batch = WriteBatch::new();
+        let global = {
+            let mut history = lock(&self.shared);
+            let global = history.statuses.len();
+            let (writer, epoch) = (self.writer, self.epoch);
+            let status = WriteStatus { writer, epoch, status: Status::Pending, acked_nanos: None };
+            history.statuses.push(status);
+            for (index, value) in &ops {
+                match value {
+                    Some(value) => batch.put(key(*index), value.clone()),
+                    None => batch.delete(key(*index)),
+                };
+                history.writes.entry(key(*index)).or_default().push((global, value.clone()));
+            }
+            global
+        };
+        let result =
+            tracked(&self.shared, self.epoch, "write", self.db.write(batch, durability)).await;
+        let mut history = lock(&self.shared);
+        let entry = &mut history.statuses[global];
+        entry.status = match (&result, durability) {
+            (Ok(()), Durability::Sync) => Status::AckedSync,
+            (Ok(()), Durability::Buffered) => Status::AckedBuffered,
+            (Err(_), _) => Status::Failed,
+        };
+        if result.is_ok() {
+            entry.acked_nanos = Some(env.now().as_nanos());
         }
-        global
-    };
-    let result = db.write(batch, durability).await;
-    let mut history = lock(shared);
-    let entry = &mut history.statuses[global];
-    entry.status = match (&result, durability) {
-        (Ok(()), Durability::Sync) => Status::AckedSync,
-        (Ok(()), Durability::Buffered) => Status::AckedBuffered,
-        (Err(_), _) => Status::Failed,
-    };
-    if result.is_ok() {
-        entry.acked_nanos = Some(env.now().as_nanos());
+        for (index, value) in ops {
+            let state = if result.is_ok() { Known::Value(value) } else { Known::Unknown };
+            self.known.insert(index, state);
+        }
+        result.is_ok()
     }
-    for (index, value) in ops {
-        let state = if result.is_ok() { Known::Value(value) } else { Known::Unknown };
-        known.insert(index, state);
-    }
-    result.is_ok()
-}
 
-async fn read_own(db: &Db<SimEnv>, index: u32, known: Option<&Known>, shared: &Shared) {
-    let result = db.get(&key(index)).await;
-    let mut history = lock(shared);
-    history.read_count += 1;
-    let Ok(got) = result else { return };
-    if let Some(Known::Value(expected)) = known
-        && *expected != got
-    {
-        let message = format!(
-            "read of key-{index:03} returned {} but the writer's last acknowledged write was {}",
-            show(got.as_deref()),
-            show(expected.as_deref())
-        );
-        history.violations.push(message);
+    async fn read_own(&self, index: u32) {
+        let result = tracked(&self.shared, self.epoch, "read", self.db.get(&key(index))).await;
+        let mut history = lock(&self.shared);
+        history.read_count += 1;
+        let Ok(got) = result else { return };
+        if let Some(Known::Value(expected)) = self.known.get(&index)
+            && *expected != got
+        {
+            let (got, expected) = (show(got.as_deref()), show(expected.as_deref()));
+            let message = format!(
+                "read of key-{index:03} returned {got} but the writer's last acknowledged \
+                 write was {expected}"
+            );
+            history.violations.push(Violation::new("read-your-writes", message));
+        }
     }
 }
 
@@ -262,12 +510,48 @@ fn show(value: Option<&[u8]>) -> String {
     value.map_or("<absent>".to_string(), |v| format!("{:?}", String::from_utf8_lossy(v)))
 }
 
-async fn final_reads(db: &Db<SimEnv>, config: Config, shared: &Shared) {
+/// During the burst, asks for a flush or a compaction every 20 ms through a clone and notes
+/// the slowest.
+async fn burst_flusher(env: SimEnv, db: Db<SimEnv>, config: Config, epoch: u32, shared: Shared) {
+    let Some((start, end)) = config.burst else { return };
+    if env.now() < start {
+        env.sleep(start - env.now()).await;
+    }
+    let mut round = 0u32;
+    while env.now() < end {
+        env.sleep(Duration::from_millis(20)).await;
+        let began = env.now();
+        let (what, result) = if round.is_multiple_of(2) {
+            ("flush", tracked(&shared, epoch, "burst flush", db.flush()).await)
+        } else {
+            ("compaction", tracked(&shared, epoch, "burst compaction", db.compact_all()).await)
+        };
+        // Any error ends this opening's part of the burst (the store was closed or stopped
+        // taking writes, and the node reopens it): holding the opening open would delay that.
+        if result.is_err() {
+            return;
+        }
+        let took = env.now() - began;
+        let mut history = lock(&shared);
+        if history.user_work_slowest.as_ref().is_none_or(|(slowest, _)| took > *slowest) {
+            let at = began.as_nanos() as f64 / 1e9;
+            history.user_work_slowest = Some((took, format!("a user {what} asked at {at:.3}s")));
+        }
+        round += 1;
+    }
+}
+
+/// Reads every key after the final recovery. On a disk that misdirected writes, corruption
+/// reported for a key hides it from the durability check (the store said so).
+async fn final_reads(db: &Db<SimEnv>, config: &Config, shared: &Shared) {
     let mut reads = BTreeMap::new();
     let mut errors = Vec::new();
+    let mut hidden = 0;
+    let excused = |error: &Error| error.is_corruption() && config.drawn.misdirects();
     for index in 0..config.key_count {
         match db.get(&key(index)).await {
             Ok(value) => _ = reads.insert(key(index), value),
+            Err(error) if excused(&error) => hidden += 1,
             Err(error) => errors.push(format!("final read of key-{index:03} failed: {error}")),
         }
     }
@@ -277,35 +561,94 @@ async fn final_reads(db: &Db<SimEnv>, config: Config, shared: &Shared) {
     };
     let mut history = lock(shared);
     match scanned {
-        Ok(scanned) => {
+        Ok(scanned) if hidden == 0 => {
             let point: Vec<_> =
                 reads.iter().filter_map(|(k, v)| Some((k.clone(), v.clone()?))).collect();
             if scanned != point {
-                history.violations.push("a full scan disagrees with point reads".to_string());
+                errors.push("a full scan disagrees with point reads".to_string());
             }
         }
+        Ok(_) => {}
+        Err(error) if excused(&error) => {}
         Err(error) => errors.push(format!("final scan failed: {error}")),
     }
-    history.violations.extend(errors);
+    let violations = errors.into_iter().map(|error| Violation::new("scan-consistency", error));
+    history.violations.extend(violations);
+    history.keys_hidden = hidden;
     history.final_reads = Some(reads);
 }
 
-/// The `lsm-crash` scenario.
+/// The `lsm-crash` scenario, or one of its planted-bug variants.
 #[derive(Clone, Copy, Debug)]
-pub struct LsmCrash;
+pub struct LsmCrash {
+    name: &'static str,
+    bug: Option<PlantedBug>,
+}
+
+/// Every lsm scenario of this build (the planted-bug variants with feature `planted-bugs`).
+pub fn scenarios() -> Vec<LsmCrash> {
+    let mut list = vec![LsmCrash { name: "lsm-crash", bug: None }];
+    if cfg!(feature = "planted-bugs") {
+        for (name, bug) in [
+            ("planted-lsm-misdirect", PlantedBug::MisplacedRecordIsTornTail),
+            ("planted-lsm-close", PlantedBug::CloseIgnoresClonedWork),
+            ("planted-lsm-starve", PlantedBug::FlushYieldsToWriters),
+        ] {
+            list.push(LsmCrash { name, bug: Some(bug) });
+        }
+    }
+    list
+}
+
+impl LsmCrash {
+    /// The store's options, with this variant's planted bug.
+    fn options(&self) -> Options {
+        #[cfg_attr(not(feature = "planted-bugs"), allow(unused_mut))]
+        let mut options = Options::tiny();
+        #[cfg(feature = "planted-bugs")]
+        {
+            options.planted_bug = self.bug;
+        }
+        options
+    }
+}
 
 impl Scenario for LsmCrash {
     fn name(&self) -> &'static str {
-        "lsm-crash"
+        self.name
     }
 
     fn summary(&self) -> &'static str {
-        "the LSM store on one node, 1-4 writers, under crashes (torn and lost unsynced writes), \
-         pauses, read/write/sync errors and bit flips; final crash and recovery"
+        match self.bug {
+            None => {
+                "the LSM store on one node, 1-4 writers, under crashes (torn and lost unsynced \
+                 writes), pauses, read/write/sync errors, bit flips and misdirected writes, closes \
+                 racing work on clones and a second opener, write bursts against user flushes; \
+                 final crash and recovery"
+            }
+            Some(PlantedBug::MisplacedRecordIsTornTail) => {
+                "planted bug: the store's recovery takes a misdirected log record for a torn tail"
+            }
+            Some(PlantedBug::CloseIgnoresClonedWork) => {
+                "planted bug: the store's close does not wait for work started through a clone"
+            }
+            Some(_) => "planted bug: the store's user flush is starved by writers",
+        }
     }
 
     fn checks(&self) -> &'static [&'static str] {
-        &["read-your-writes", "durability", "scan-consistency", "liveness"]
+        &[
+            "read-your-writes",
+            "close-quiescence",
+            "durability",
+            "scan-consistency",
+            "liveness",
+            "user-work-bound",
+        ]
+    }
+
+    fn feature(&self) -> Option<&'static str> {
+        self.bug.map(|_| "planted-bugs")
     }
 
     fn bounds(&self) -> Bounds {
@@ -324,21 +667,34 @@ impl Scenario for LsmCrash {
         }
     }
 
+    fn configure(&self, config: &mut SimConfig, _: &Swarm) {
+        // Misdirected writes all run long: the base disk the nemesis returns to.
+        config.disk.faults.misdirected_write = Drawn::draw(config.seed).misdirect_rate;
+    }
+
     fn topology(&self, _: &Swarm) -> Topology {
         Topology { servers: vec!["db".to_string()], clients: Vec::new() }
     }
 
     fn start(&self, world: &World, swarm: &Swarm) -> Box<dyn Workload> {
+        let drawn = Drawn::draw(world.seed());
+        let burst = drawn.burst_ms.map(|(start_ms, length_ms)| {
+            let start = swarm.faulty_ms + start_ms;
+            (at(start), at((start + length_ms).min(swarm.total_ms())))
+        });
         let config = Config {
             writer_count: swarm.client_count.max(1),
             key_count: swarm.key_count,
             think_ms_max: swarm.think_ms_max,
             stop_at: at(swarm.total_ms()),
+            drawn,
+            burst,
+            options: self.options(),
         };
         let shared: Shared = Arc::default();
-        let boot_shared = shared.clone();
+        let (boot_config, boot_shared) = (config.clone(), shared.clone());
         let node = world.add_node_with("db", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |env| {
-            db_main(env, config, boot_shared.clone())
+            db_main(env, boot_config.clone(), boot_shared.clone())
         });
         Box::new(LsmRun { node, config, shared })
     }
@@ -363,6 +719,46 @@ impl LsmRun {
                     && later.epoch == write.epoch
                     && later.status == Status::AckedSync
             })
+    }
+
+    /// Before the final crash, on a seed that draws it: a few `Sync` writes while the disk
+    /// misdirects writes (the fault of issue 14 that lost the last synced record silently).
+    fn misdirected_tail(&self, world: &World, count: u32, rate: f64) -> Result<(), SimError> {
+        let (config, shared) = (self.config.clone(), self.shared.clone());
+        let env = world.env(self.node);
+        let budget = RACE_OPEN_DELAY * RACE_OPEN_ATTEMPTS_MAX + Duration::from_secs(10);
+        let opened = world.block_on(self.node, budget, async move {
+            for _ in 0..RACE_OPEN_ATTEMPTS_MAX {
+                match Db::open(env.clone(), DB_DIR, config.options.clone()).await {
+                    Ok(db) => return Some(db),
+                    Err(Error::Locked { .. }) => env.sleep(RACE_OPEN_DELAY).await,
+                    Err(_) => return None,
+                }
+            }
+            None
+        })?;
+        let Some(db) = opened else { return Ok(()) };
+        let mut disk = DiskConfig::default();
+        disk.faults.misdirected_write = rate;
+        world.set_disk(self.node, disk);
+        let env = world.env(self.node);
+        let key_count = self.config.key_count;
+        world.block_on(self.node, Duration::from_secs(10), async move {
+            let epoch = {
+                let mut history = lock(&shared);
+                history.epoch += 1;
+                history.epoch
+            };
+            let mut writer = Writer { db, writer: 0, epoch, shared, known: BTreeMap::new() };
+            let mut rng = env.rng();
+            for step in 0..count {
+                let index = rng.random_range(0..key_count);
+                let value = format!("tail-e{epoch}-s{step}").into_bytes();
+                writer.write(&env, vec![(index, Some(value))], Durability::Sync).await;
+            }
+            // No close: the final crash follows.
+            drop(writer);
+        })
     }
 }
 
@@ -390,14 +786,25 @@ fn key_history(history: &History, key: &[u8], observed: Option<&Vec<u8>>) -> Key
 
 impl Workload for LsmRun {
     fn finish(&mut self, world: &World) -> Result<(), SimError> {
-        // A final crash: only what was made durable may count.
+        if let Some((count, rate)) = self.config.drawn.tail {
+            self.misdirected_tail(world, count, rate)?;
+        }
+        // A final crash: only what was made durable may count. Recovery runs on a healthy disk.
+        world.set_disk(self.node, DiskConfig::default());
         world.crash(self.node);
         world.restart(self.node);
         let shared = self.shared.clone();
         let env = world.env(self.node);
         let budget = OPEN_RETRY_DELAY * OPEN_ATTEMPTS_MAX + Duration::from_secs(60);
         world.block_on(self.node, budget, async move {
-            while lock(&shared).final_reads.is_none() {
+            loop {
+                let done = {
+                    let history = lock(&shared);
+                    history.final_reads.is_some() || history.store_lost
+                };
+                if done {
+                    return;
+                }
                 env.sleep(Duration::from_millis(10)).await;
             }
         })
@@ -406,14 +813,16 @@ impl Workload for LsmRun {
     fn check_safety(&self) -> Result<(), Violation> {
         let history = lock(&self.shared);
         if let Some(first) = history.violations.first() {
-            let name =
-                if first.starts_with("read of") { "read-your-writes" } else { "scan-consistency" };
-            return Err(Violation::new(name, first.clone()));
+            return Err(first.clone());
         }
         let Some(final_reads) = &history.final_reads else {
+            if history.store_lost {
+                return Ok(());
+            }
             return Err(Violation::new("durability", "the store never recovered for final reads"));
         };
         let keys: Vec<KeyHistory> = (0..self.config.key_count)
+            .filter(|index| final_reads.contains_key(&key(*index)))
             .map(|index| {
                 let observed = final_reads.get(&key(index)).and_then(Option::as_ref);
                 key_history(&history, &key(index), observed)
@@ -424,6 +833,17 @@ impl Workload for LsmRun {
 
     fn check_liveness(&self, healed_nanos: u64, bound_nanos: u64) -> Result<(), Violation> {
         let history = lock(&self.shared);
+        if let Some((took, what)) = &history.user_work_slowest
+            && *took > USER_WORK_BOUND
+        {
+            let message =
+                format!("{what} took {took:?} under a write burst (bound {USER_WORK_BOUND:?})");
+            return Err(Violation::new("user-work-bound", message));
+        }
+        if self.config.drawn.misdirects() && history.corruption.is_some() {
+            // The store reported the damage misdirected writes did; it waits for an operator.
+            return Ok(());
+        }
         let progress: Vec<u64> = history.statuses.iter().filter_map(|w| w.acked_nanos).collect();
         invariants::liveness::check_progress_after_heal(healed_nanos, &progress, bound_nanos)
     }
@@ -432,6 +852,7 @@ impl Workload for LsmRun {
         let history = lock(&self.shared);
         let count = |wanted: Status| history.statuses.iter().filter(|w| w.status == wanted).count();
         let recovered = history.final_reads.as_ref().map(|reads| reads.values().flatten().count());
+        let slowest = history.user_work_slowest.as_ref().map(|(took, _)| took.as_nanos() as u64);
         serde_json::json!({
             "writes_acked_sync": count(Status::AckedSync),
             "writes_acked_buffered": count(Status::AckedBuffered),
@@ -440,6 +861,11 @@ impl Workload for LsmRun {
             "reads": history.read_count,
             "openings": history.epoch,
             "keys_recovered": recovered,
+            "keys_hidden_by_reported_corruption": history.keys_hidden,
+            "corruption_reported": history.corruption,
+            "store_lost_with_error": history.store_lost,
+            "user_work_slowest_nanos": slowest,
+            "drawn": format!("{:?}", self.config.drawn),
         })
     }
 

@@ -1,9 +1,10 @@
 //! The harness's proof that it finds real bugs.
 //!
-//! Goal: with a known bug planted in the test register, a seed sweep finds a failing seed,
-//! replaying that seed reproduces the failure identically (same verdict, violation and trace
-//! hash), and shrinking reduces its fault plan to the one or two faults that matter, a plan
-//! that fails again on its own. Method: the `planted-*` scenarios (feature `planted-bugs`).
+//! Goal: with a known bug planted in the test register, the lsm store or docdb, a seed sweep finds a
+//! failing seed, replaying that seed reproduces the failure identically (same verdict, violation
+//! and trace hash), and shrinking reduces its fault plan to the faults that matter (for the
+//! register one or two; for the lsm bugs, which the seed's own draws expose, possibly none), a
+//! plan that fails again on its own. Method: the `planted-*` scenarios (feature `planted-bugs`).
 
 use scenarios::shrink::shrink;
 use scenarios::{Outcome, RunOptions, Verdict, run_plan, run_seed};
@@ -25,9 +26,19 @@ fn find_replay_shrink(name: &str) {
 
 /// As `find_replay_shrink`, with the number of faults the minimal plan may keep.
 fn find_replay_shrink_to(name: &str, minimal_faults: std::ops::RangeInclusive<usize>) {
+    let report = find_replay_shrink_as(name, Verdict::SafetyViolation);
+    let left = report.minimal.faults.len();
+    let original = report.original.faults.len();
+    assert!(minimal_faults.contains(&left), "{left} faults left");
+    assert!(left < original || original <= *minimal_faults.end());
+}
+
+/// Finds `name`'s first failing seed, which must end with `verdict`; replays it; shrinks it and
+/// runs the minimal plan again from its file. Returns the shrink report.
+fn find_replay_shrink_as(name: &str, verdict: Verdict) -> scenarios::shrink::ShrinkReport {
     let scenario = scenarios::find(name).expect("planted scenario exists");
     let found = first_failure(name);
-    assert_eq!(found.verdict, Verdict::SafetyViolation, "{}", found.headline());
+    assert_eq!(found.verdict, verdict, "{}", found.headline());
 
     let replayed = run_seed(scenario.as_ref(), found.plan.seed, &RunOptions { record_trace: true });
     assert_eq!(replayed.trace_hash, found.trace_hash, "replay diverged");
@@ -35,19 +46,18 @@ fn find_replay_shrink_to(name: &str, minimal_faults: std::ops::RangeInclusive<us
     assert_eq!(replayed.history, found.history);
 
     let report = shrink(scenario.as_ref(), &found.plan, &mut |_, _| {}).expect("plan fails");
-    assert_eq!(report.verdict, Verdict::SafetyViolation);
+    assert_eq!(report.verdict, verdict);
     assert!(!report.exhausted, "shrink ran out of budget");
     let minimal = &report.minimal;
-    let left = minimal.faults.len();
-    assert!(minimal_faults.contains(&left), "{left} faults left");
-    assert!(left < found.plan.faults.len() || found.plan.faults.len() <= *minimal_faults.end());
+    assert!(minimal.faults.len() <= found.plan.faults.len());
     assert!(minimal.swarm.faulty_ms <= found.plan.swarm.faulty_ms);
 
     // The minimal plan fails on its own, after a round trip through its file format.
     let reloaded = scenarios::PlanFile::from_json(&minimal.to_json()).expect("plan parses");
     let (again, _) = run_plan(scenario.as_ref(), &reloaded, &RunOptions::default());
-    assert_eq!(again.verdict, Verdict::SafetyViolation);
+    assert_eq!(again.verdict, verdict);
     assert_eq!(again.trace_hash, report.outcome.trace_hash);
+    report
 }
 
 #[test]
@@ -58,6 +68,24 @@ fn ack_before_replicate_is_found_replayed_and_shrunk() {
 #[test]
 fn skipped_fsync_is_found_replayed_and_shrunk() {
     find_replay_shrink("planted-skip-fsync");
+}
+
+/// Issue 14: a synced log record moved by a misdirected write read as a torn tail at recovery.
+#[test]
+fn lsm_misdirected_record_taken_for_a_torn_tail_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-lsm-misdirect", Verdict::SafetyViolation);
+}
+
+/// Issue 14: `close` returned while a flush or compaction started through a clone still ran.
+#[test]
+fn lsm_close_ignoring_work_on_clones_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-lsm-close", Verdict::SafetyViolation);
+}
+
+/// Issue 14: a user flush waited until writers paused.
+#[test]
+fn lsm_flush_starved_by_writers_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-lsm-starve", Verdict::LivenessFailure);
 }
 
 /// docdb's commit writes index entries after its batch, unsynced (`docdb::planted`): a crash
@@ -76,6 +104,9 @@ fn the_same_seeds_pass_without_the_bugs() {
     for (planted, correct) in [
         ("planted-ack-early", "register-abd"),
         ("planted-skip-fsync", "register-crash"),
+        ("planted-lsm-misdirect", "lsm-crash"),
+        ("planted-lsm-close", "lsm-crash"),
+        ("planted-lsm-starve", "lsm-crash"),
         ("planted-docdb-index-outside-batch", "docdb-txn"),
     ] {
         let found = first_failure(planted);

@@ -18,9 +18,14 @@ use crate::error::{Error, Result};
 use crate::key::Entry;
 use crate::manifest::{ManifestState, TableMeta};
 use crate::memtable::Memtable;
+use crate::options::PlantedBug;
 use crate::table::{Table, TableCursor, TableWriter};
 use crate::version::{TableFile, Version};
 
+/// Frozen memtables a user flush may find before its own (writers freeze at most
+/// `Options::immutable_memtable_count_max` ahead of it before they stall; this bounds it
+/// loosely, as an assertion).
+const FLUSH_WAIT_MEMTABLES_MAX: usize = 1 << 10;
 /// Units of work (one flush or one compaction) per doorbell ring before yielding.
 const WORK_ROUNDS_MAX: usize = 16;
 /// The manifest's file name.
@@ -40,6 +45,25 @@ pub(crate) async fn background_loop<E: Env>(
     }
 }
 
+/// Counts one waiter while alive, so a dropped (cancelled) wait is uncounted too.
+struct Waiting<'a> {
+    count: &'a std::sync::atomic::AtomicUsize,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting { count }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let before = self.count.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "more waiters left than came");
+    }
+}
+
 /// A compaction: inputs from `level` and `level + 1`, output to `level + 1`.
 struct Compaction<F: sim::File> {
     level: usize,
@@ -50,6 +74,11 @@ struct Compaction<F: sim::File> {
 impl<E: Env> Inner<E> {
     async fn background_work(&self) {
         for _ in 0..WORK_ROUNDS_MAX {
+            // Giving way to a user flush changes nothing: no notification (stalled writers
+            // would only ring again at once, and spin while the user's work waits on the disk).
+            if self.user_work_waiting.load(Ordering::Acquire) > 0 {
+                return;
+            }
             let result = self.work_once().await;
             self.changed.notify();
             match result {
@@ -72,6 +101,11 @@ impl<E: Env> Inner<E> {
                 return Ok(false);
             }
         }
+        // Simulates a slow background round (a stalled disk, a descheduled thread) holding
+        // `work` while a user flush waits for it.
+        if self.env.buggify("lsm.background.slow_round") {
+            self.env.sleep(std::time::Duration::from_millis(5)).await;
+        }
         let _work = self.work.lock().await;
         let did = if self.flush_oldest().await? {
             true
@@ -85,11 +119,28 @@ impl<E: Env> Inner<E> {
         Ok(did)
     }
 
-    /// Flushes every frozen memtable.
-    pub(crate) async fn flush_immutables(&self) -> Result<()> {
-        let _work = self.work.lock().await;
+    /// Takes `work` for a user flush or compaction, ahead of the background task.
+    async fn lock_work_for_user(&self) -> futures::lock::MutexGuard<'_, ()> {
+        if self.options.planted(PlantedBug::FlushYieldsToWriters) {
+            return self.work.lock().await;
+        }
+        // A user flush or compaction is waiting: the background task gives way (this rings
+        // when it is done). Taking `work` again at once would win the race every time.
+        let _waiting = Waiting::new(&self.user_work_waiting);
+        self.work.lock().await
+    }
+
+    /// Flushes the frozen memtables of logs numbered below `below` (every one if `None`;
+    /// under load new ones keep coming, so a bounded flush names its bound).
+    pub(crate) async fn flush_immutables(&self, below: Option<u64>) -> Result<()> {
+        let _work = self.lock_work_for_user().await;
         let flushed = async {
-            while self.flush_oldest().await? {}
+            let mut flushed_count = 0usize;
+            while self.oldest_immutable_below(below) && self.flush_oldest().await? {
+                flushed_count += 1;
+                // Bounded: a bound admits only memtables frozen before the request.
+                assert!(below.is_none() || flushed_count <= FLUSH_WAIT_MEMTABLES_MAX);
+            }
             Ok(())
         }
         .await;
@@ -99,6 +150,13 @@ impl<E: Env> Inner<E> {
             self.poison(error);
         }
         flushed
+    }
+
+    /// Whether there is a frozen memtable whose log is numbered below `below` (any, if `None`).
+    fn oldest_immutable_below(&self, below: Option<u64>) -> bool {
+        let state = lock(&self.state);
+        let Some(oldest) = state.imm.first() else { return false };
+        below.is_none_or(|below| oldest.wal_number() < below)
     }
 
     /// Flushes the oldest frozen memtable, if any. Caller holds `work`.
@@ -138,7 +196,7 @@ impl<E: Env> Inner<E> {
     async fn create_table(&self, number: u64, level0: bool) -> Result<TableWriter<E::File>> {
         let path = join(&self.dir, &table_name(number));
         let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
-        Ok(TableWriter::new(file, self.options.table_options(level0)))
+        Ok(TableWriter::new(file, number, self.options.table_options(level0)))
     }
 
     /// Finishes and syncs table `number` and its directory entry, and opens it.
@@ -258,9 +316,10 @@ impl<E: Env> Inner<E> {
         &self,
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<()> {
-        let _work = self.work.lock().await;
+        let _work = self.lock_work_for_user().await;
         let result = self.compact_range_locked(&range).await;
         self.changed.notify();
+        self.ring();
         if let Err(error) = &result {
             self.poison(error);
         }

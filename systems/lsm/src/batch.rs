@@ -106,6 +106,8 @@ impl WriteBatch {
                 BATCH_BYTES_MAX / 2
             ));
         }
+        // Keys are byte strings from 0 to `KEY_BYTES_MAX` bytes: the empty key is a key like
+        // any other (the smallest), encoded, ordered and recovered by the same code.
         for op in &self.ops {
             if op.key().len() > KEY_BYTES_MAX {
                 return Err(format!("key of {} bytes, limit {KEY_BYTES_MAX}", op.key().len()));

@@ -20,7 +20,7 @@ use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::iter::{Iter, ReadView, before_start};
 use crate::memtable::Memtable;
-use crate::options::{Durability, Options};
+use crate::options::{Durability, Options, PlantedBug};
 use crate::signal::Signal;
 use crate::table::Table;
 use crate::version::{TableFile, Version};
@@ -32,11 +32,38 @@ const GROUP_BYTES_MAX: usize = 4 << 20;
 /// The write-ahead log being appended to.
 pub(crate) struct WalWriter<F: File> {
     pub file: F,
+    /// The log's file number (every record names it).
+    pub number: u64,
     /// Scratch space for one group's records, reused across groups.
     pub buffer: Vec<u8>,
     pub len: u64,
     pub synced_len: u64,
     pub last_sequence: u64,
+}
+
+impl<F: File> WalWriter<F> {
+    /// A writer appending to the empty log `file` numbered `number`.
+    pub fn new(file: F, number: u64, buffer: Vec<u8>, last_sequence: u64) -> WalWriter<F> {
+        WalWriter { file, number, buffer, len: 0, synced_len: 0, last_sequence }
+    }
+
+    /// Where the next appended buffer lands.
+    fn place(&self) -> wal::Place {
+        wal::Place { file_number: self.number, buffer_offset: self.len }
+    }
+
+    /// Appends `bytes`; the log's end must be where this writer left it (a log whose end moved
+    /// was written by something else or lost a write: its bytes can no longer be trusted).
+    async fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        let offset = self.file.append(bytes).await?;
+        if offset != self.len {
+            let reason = format!("log end at {offset}, expected {}", self.len);
+            return Err(Error::corruption(&wal_name(self.number), self.len, reason));
+        }
+        self.len += bytes.len() as u64;
+        assert!(self.synced_len <= self.len);
+        Ok(())
+    }
 }
 
 /// The memtables (newest first), version and sequence number a read uses.
@@ -50,6 +77,12 @@ struct PendingWrite {
     op_count: usize,
     payload_bytes: usize,
     durability: Durability,
+    // A user flush's request to freeze the memtable, carried through the same queue as writes
+    // so that it is served in order however many writers push (no batch, no log record).
+    rotate: bool,
+    // For a rotation request: the log number of the memtable it left current; every memtable
+    // it froze, and every older one, is numbered below it.
+    rotated_below: AtomicU64,
     result: Mutex<Option<Result<()>>>,
     // Fired by the leader that sets `result`, so a follower learns it without taking the log
     // lock (taking it one follower at a time would serialise them and defeat group commit).
@@ -57,6 +90,20 @@ struct PendingWrite {
 }
 
 impl PendingWrite {
+    fn new(batch: WriteBatch, durability: Durability, rotate: bool) -> Arc<PendingWrite> {
+        assert!(rotate == batch.is_empty(), "a rotation request carries no batch");
+        Arc::new(PendingWrite {
+            op_count: batch.len(),
+            payload_bytes: batch.payload_bytes(),
+            batch,
+            durability,
+            rotate,
+            rotated_below: AtomicU64::new(0),
+            result: Mutex::new(None),
+            done: Mutex::new(None),
+        })
+    }
+
     fn finish(&self, result: Result<()>) {
         *lock(&self.result) = Some(result);
         if let Some(done) = lock(&self.done).take() {
@@ -155,6 +202,8 @@ pub(crate) struct Inner<E: Env> {
     pub wal: futures::lock::Mutex<Option<WalWriter<E::File>>>,
     queue: Mutex<VecDeque<Arc<PendingWrite>>>,
     pub work: futures::lock::Mutex<()>,
+    // User flushes and compactions waiting for `work`; the background task gives way to them.
+    pub user_work_waiting: std::sync::atomic::AtomicUsize,
     pub changed: Signal,
     pub visible_sequence: AtomicU64,
     pub doorbell: Mutex<Option<futures::channel::mpsc::Sender<()>>>,
@@ -163,6 +212,36 @@ pub(crate) struct Inner<E: Env> {
     pub counters: Counters,
     // The directory's `LOCK` file, locked while this store is open (released by `close`).
     pub lock_file: Mutex<Option<E::File>>,
+    gate: Mutex<Gate>,
+    // Notified when the last running operation of a closing store ends.
+    idle: Signal,
+}
+
+/// Which operations of the store run, and whether `close` has begun: `close` returns only once
+/// none runs and none can start, so no work of a closed store outlives its directory lock.
+#[derive(Debug, Default)]
+struct Gate {
+    closing: bool,
+    // Invariant: counts the `Pass`es alive; never below zero, and never raised once closing.
+    active_count: usize,
+}
+
+/// Admission of one operation of the store; it ends when the pass is dropped.
+pub(crate) struct Pass<'a, E: Env> {
+    inner: &'a Inner<E>,
+}
+
+impl<E: Env> Drop for Pass<'_, E> {
+    fn drop(&mut self) {
+        let mut gate = lock(&self.inner.gate);
+        assert!(gate.active_count > 0, "a pass outlived the count of passes");
+        gate.active_count -= 1;
+        let idle = gate.closing && gate.active_count == 0;
+        drop(gate);
+        if idle {
+            self.inner.idle.notify();
+        }
+    }
 }
 
 /// A crash-safe LSM-tree key-value store on an `Env` disk. Cheap to clone (a handle).
@@ -230,6 +309,7 @@ impl<E: Env> Inner<E> {
             wal: futures::lock::Mutex::new(None),
             queue: Mutex::new(VecDeque::new()),
             work: futures::lock::Mutex::new(()),
+            user_work_waiting: std::sync::atomic::AtomicUsize::new(0),
             changed: Signal::default(),
             visible_sequence: AtomicU64::new(0),
             doorbell: Mutex::new(None),
@@ -237,6 +317,39 @@ impl<E: Env> Inner<E> {
             snapshots: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
             lock_file: Mutex::new(None),
+            gate: Mutex::new(Gate::default()),
+            idle: Signal::default(),
+        }
+    }
+
+    /// Admits one operation, or `Closed` once `close` has begun.
+    pub(crate) fn enter(&self) -> Result<Pass<'_, E>> {
+        let mut gate = lock(&self.gate);
+        if gate.closing {
+            return Err(Error::Closed);
+        }
+        gate.active_count += 1;
+        Ok(Pass { inner: self })
+    }
+
+    /// Stops admitting operations; false if `close` had already begun.
+    fn begin_closing(&self) -> bool {
+        let mut gate = lock(&self.gate);
+        !std::mem::replace(&mut gate.closing, true)
+    }
+
+    /// Waits until no admitted operation runs (`begin_closing` first, so none can start).
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.subscribe();
+            {
+                let gate = lock(&self.gate);
+                assert!(gate.closing, "waiting for idle on an open store");
+                if gate.active_count == 0 {
+                    return;
+                }
+            }
+            let _ = idle.await;
         }
     }
 
@@ -273,6 +386,7 @@ impl<E: Env> Inner<E> {
         key: &[u8],
         sequence: Option<u64>,
     ) -> Result<Option<Vec<u8>>> {
+        let _pass = self.enter()?;
         let (memtables, version, sequence) = self.read_view(sequence);
         for memtable in &memtables {
             if let Some((_, value)) = memtable.get(key, sequence) {
@@ -289,6 +403,7 @@ impl<E: Env> Inner<E> {
         forward: bool,
         range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
     ) -> Result<Iter<E::File>> {
+        let _pass = self.enter()?;
         let (memtables, version, sequence) = self.read_view(sequence);
         let start = if forward { &range.0 } else { &range.1 };
         self.charge_seek(&version, forward, start);
@@ -330,36 +445,45 @@ impl<E: Env> Inner<E> {
 
     /// Writes `batch` through a group commit.
     async fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
+        let _pass = self.enter()?;
         batch.check().map_err(Error::InvalidArgument)?;
         if batch.is_empty() {
             return Ok(());
         }
         let payload_bytes = batch.payload_bytes() as u64;
-        let pending = Arc::new(PendingWrite {
-            op_count: batch.len(),
-            payload_bytes: batch.payload_bytes(),
-            batch,
-            durability,
-            result: Mutex::new(None),
-            done: Mutex::new(None),
-        });
-        let result = match self.wal.try_lock() {
-            // Fast path: nobody leads; lead at once (no completion channel needed).
-            Some(mut wal) => {
-                lock(&self.queue).push_back(Arc::clone(&pending));
-                loop {
-                    self.lead_group(&mut wal).await;
-                    if let Some(result) = Inner::<E>::take_result(&pending) {
-                        break result;
-                    }
-                }
-            }
-            None => self.write_following(&pending).await,
-        };
+        let pending = PendingWrite::new(batch, durability, false);
+        let result = self.submit(&pending).await;
         if result.is_ok() {
             self.counters.user_bytes.fetch_add(payload_bytes, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Freezes the memtable (if it holds anything) in its turn among the queued writes;
+    /// returns the log number every memtable to flush for the caller is below.
+    pub(crate) async fn request_rotation(&self) -> Result<u64> {
+        let pending = PendingWrite::new(WriteBatch::new(), Durability::Buffered, true);
+        self.submit(&pending).await?;
+        let below = pending.rotated_below.load(Ordering::Acquire);
+        assert!(below > 0, "a served rotation request names its log");
+        Ok(below)
+    }
+
+    /// Commits `pending` through a group commit, leading one if nobody does.
+    async fn submit(&self, pending: &Arc<PendingWrite>) -> Result<()> {
+        match self.wal.try_lock() {
+            // Fast path: nobody leads; lead at once (no completion channel needed).
+            Some(mut wal) => {
+                lock(&self.queue).push_back(Arc::clone(pending));
+                loop {
+                    self.lead_group(&mut wal).await;
+                    if let Some(result) = Inner::<E>::take_result(pending) {
+                        break result;
+                    }
+                }
+            }
+            None => self.write_following(pending).await,
+        }
     }
 
     /// Queues `pending` behind the current leader: either a leader commits it (and fires its
@@ -418,9 +542,35 @@ impl<E: Env> Inner<E> {
         if let Err(error) = &result {
             self.poison(error);
         }
+        let rotated = match &result {
+            Ok(()) if group.iter().any(|pending| pending.rotate) => {
+                self.rotate_for_flush(writer).await
+            }
+            _ => Ok(0),
+        };
         for pending in &group {
-            pending.finish(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+            let outcome = match (&result, &rotated) {
+                (Err(error), _) => Err(error.duplicate()),
+                (Ok(()), _) if !pending.rotate => Ok(0),
+                (Ok(()), Ok(below)) => Ok(*below),
+                (Ok(()), Err(error)) => Err(error.duplicate()),
+            };
+            if let Ok(below) = outcome {
+                pending.rotated_below.store(below, Ordering::Release);
+            }
+            pending.finish(outcome.map(|_| ()));
         }
+    }
+
+    /// Serves rotation requests (user flushes): freezes the memtable unless it is empty;
+    /// returns the log number of the memtable left current.
+    async fn rotate_for_flush(&self, writer: &mut WalWriter<E::File>) -> Result<u64> {
+        if !lock(&self.state).mem.is_empty() {
+            self.rotate(writer).await?;
+        }
+        let below = lock(&self.state).mem.wal_number();
+        assert_eq!(below, writer.number, "the current memtable belongs to the current log");
+        Ok(below)
     }
 
     async fn commit_group(
@@ -428,25 +578,28 @@ impl<E: Env> Inner<E> {
         writer: &mut WalWriter<E::File>,
         group: &[Arc<PendingWrite>],
     ) -> Result<()> {
+        if group.iter().all(|pending| pending.rotate) {
+            return Ok(());
+        }
         let first = writer.last_sequence + 1;
         let mut buffer = std::mem::take(&mut writer.buffer);
         buffer.clear();
         let mut sequence = first;
-        for pending in group {
+        let place = writer.place();
+        for pending in group.iter().filter(|pending| !pending.rotate) {
             let batch = &pending.batch;
-            wal::encode_record_with(&mut buffer, writer.synced_len, |out| {
+            wal::encode_record_with(&mut buffer, place, writer.synced_len, |out| {
                 batch.encode(sequence, out);
             });
             sequence += pending.op_count as u64;
         }
-        let appended = writer.file.append(&buffer).await;
+        let appended = writer.append(&buffer).await;
         let buffer_len = buffer.len() as u64;
         // Keep the scratch space unless one huge group blew it up.
         if buffer.capacity() <= GROUP_BYTES_MAX {
             writer.buffer = buffer;
         }
         appended?;
-        writer.len += buffer_len;
         self.counters.wal_bytes.fetch_add(buffer_len, Ordering::Relaxed);
         if group.iter().any(|pending| pending.durability == Durability::Sync) {
             writer.file.sync().await?;
@@ -527,7 +680,7 @@ impl<E: Env> Inner<E> {
         self.env.sync_dir(&self.dir).await?;
         let last_sequence = writer.last_sequence;
         let buffer = std::mem::take(&mut writer.buffer);
-        *writer = WalWriter { file, buffer, len: 0, synced_len: 0, last_sequence };
+        *writer = WalWriter::new(file, number, buffer, last_sequence);
         {
             let mut state = lock(&self.state);
             let frozen = std::mem::replace(&mut state.mem, Arc::new(Memtable::new(number)));
@@ -540,14 +693,13 @@ impl<E: Env> Inner<E> {
 
 /// Syncs the log, then appends and syncs a marker proving every record before it was synced
 /// (so recovery reports a damaged last record as corruption instead of a torn tail).
-async fn close_log<F: File>(writer: &mut WalWriter<F>) -> std::io::Result<()> {
+async fn close_log<F: File>(writer: &mut WalWriter<F>) -> Result<()> {
     writer.file.sync().await?;
     writer.synced_len = writer.len;
     let mut marker = Vec::new();
-    wal::encode_marker(&mut marker, writer.synced_len);
-    writer.file.append(&marker).await?;
+    wal::encode_marker(&mut marker, writer.place(), writer.synced_len);
+    writer.append(&marker).await?;
     writer.file.sync().await?;
-    writer.len += marker.len() as u64;
     writer.synced_len = writer.len;
     Ok(())
 }
@@ -693,8 +845,23 @@ impl<E: Env> Db<E> {
         }
     }
 
-    /// Makes every write so far durable and moves the memtable into a level-0 table.
+    /// Makes every write so far durable and moves the memtable into a level-0 table. Under any
+    /// write load it ends after the writes queued before it and at most one round of
+    /// background work: its request to freeze the memtable is served in order with the writes,
+    /// and the background task gives way to it.
     pub async fn flush(&self) -> Result<()> {
+        let _pass = self.inner.enter()?;
+        if self.inner.options.planted(PlantedBug::FlushYieldsToWriters) {
+            return self.flush_behind_writers().await;
+        }
+        let below = self.inner.request_rotation().await?;
+        self.inner.flush_immutables(Some(below)).await
+    }
+
+    /// The flush of planted bug `FlushYieldsToWriters`: it competes for the log lock with
+    /// every writer and for the work lock with the background task, and loses while they keep
+    /// coming.
+    async fn flush_behind_writers(&self) -> Result<()> {
         {
             let mut wal = self.inner.wal.lock().await;
             let writer = wal.as_mut().ok_or(Error::Closed)?;
@@ -705,12 +872,13 @@ impl<E: Env> Db<E> {
                 self.inner.rotate(writer).await?;
             }
         }
-        self.inner.flush_immutables().await
+        self.inner.flush_immutables(None).await
     }
 
     /// Compacts every table overlapping `range` down the levels (after a flush), dropping
     /// overwritten versions and, at the bottom, tombstones.
     pub async fn compact_range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Result<()> {
+        let _pass = self.inner.enter()?;
         self.flush().await?;
         self.inner.compact_range(owned_bounds(&range)).await
     }
@@ -730,9 +898,18 @@ impl<E: Env> Db<E> {
         self.inner.iter_at(None, false, (Bound::Unbounded, Bound::Unbounded)).await
     }
 
-    /// Syncs the log, stops the background task and closes the store. Later calls fail with
-    /// `Closed`.
+    /// Closes the store: stops admitting operations (on every clone: later calls, this one
+    /// included, fail with `Closed`), waits for every running one (writes, reads, flushes and
+    /// compactions started through any clone), syncs the log, stops the background task, and
+    /// releases the directory lock last, so another store may open the directory only once
+    /// nothing of this one runs. Iterators made before keep reading what they hold.
     pub async fn close(&self) -> Result<()> {
+        if !self.inner.begin_closing() {
+            return Err(Error::Closed);
+        }
+        if !self.inner.options.planted(PlantedBug::CloseIgnoresClonedWork) {
+            self.inner.wait_idle().await;
+        }
         let synced = {
             let mut wal = self.inner.wal.lock().await;
             let synced = match wal.as_mut() {
@@ -750,8 +927,9 @@ impl<E: Env> Db<E> {
             let _ = handle.await;
         }
         self.inner.delete_obsolete_tables().await;
+        assert!(lock(&self.inner.background).is_none());
         // Another store may open the directory from here on.
         lock(&self.inner.lock_file).take();
-        synced.map_err(Error::Io)
+        synced
     }
 }

@@ -21,7 +21,8 @@ pub enum Error {
     },
     /// The disk reported an error.
     Io(io::Error),
-    /// The caller passed something the store cannot take (an oversized key, an empty key).
+    /// The caller passed something the store cannot take (an oversized key or value, a batch
+    /// over its limits, bad options). An empty key is a valid key: it sorts before every other.
     InvalidArgument(String),
     /// An earlier write-ahead-log or background failure left the store unable to take writes
     /// safely; reads still work. Reopen the store to recover.

@@ -58,5 +58,5 @@ pub use batch::WriteBatch;
 pub use db::{Db, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
-pub use options::{Durability, Options};
+pub use options::{Durability, Options, PlantedBug};
 pub use table::Compression;

@@ -55,6 +55,27 @@ pub struct Options {
     /// A store that is read more than written then keeps no level-0 tables for its seeks to
     /// merge; one only written is unaffected. 0 turns it off.
     pub seek_compaction_bytes: u64,
+    /// A known bug to plant (feature `planted-bugs` only): the simulation harness proves with
+    /// it that its sweeps find each bug this store once had.
+    #[cfg(feature = "planted-bugs")]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// A bug the store once had, kept so the simulation harness can prove it finds it. Only
+/// `Options::planted_bug` (feature `planted-bugs`) turns one on; without the feature every
+/// check of a planted bug is `false`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlantedBug {
+    /// Recovery ignores the position a log record names, so a record moved by a misdirected
+    /// write, and the hole it left, read as a torn tail: the write is lost without an error.
+    MisplacedRecordIsTornTail,
+    /// `close` does not wait for a flush or compaction started through a clone, which then
+    /// writes tables and `MANIFEST` and deletes files after the directory lock was released.
+    CloseIgnoresClonedWork,
+    /// A user flush or compaction queues behind every writer and every background round, so
+    /// it is starved while writes keep coming.
+    FlushYieldsToWriters,
 }
 
 impl Default for Options {
@@ -75,6 +96,8 @@ impl Default for Options {
             table_bytes_target: 2 << 20,
             level_count: 7,
             seek_compaction_bytes: 16 << 10,
+            #[cfg(feature = "planted-bugs")]
+            planted_bug: None,
         }
     }
 }
@@ -96,6 +119,17 @@ impl Options {
             table_bytes_target: 1024,
             level_count: 4,
             ..Options::default()
+        }
+    }
+
+    /// Whether `bug` is planted (never without feature `planted-bugs`).
+    pub(crate) fn planted(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.planted_bug == Some(bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            let _ = bug;
+            false
         }
     }
 

@@ -20,7 +20,7 @@ use crate::db::{Db, Inner, State, WalWriter, join, lock, table_name, wal_name};
 use crate::error::{Error, Result};
 use crate::manifest::ManifestState;
 use crate::memtable::Memtable;
-use crate::options::Options;
+use crate::options::{Options, PlantedBug};
 use crate::table::{Table, TableWriter};
 use crate::version::{TableFile, Version, level_is_disjoint};
 use crate::wal;
@@ -114,8 +114,8 @@ async fn replay_logs<E: Env>(
     env: &E,
     dir: &str,
     names: &[String],
-    log_number: u64,
-    mut last_sequence: u64,
+    options: &Options,
+    (log_number, mut last_sequence): (u64, u64),
 ) -> Result<(Memtable, u64)> {
     let mut numbers: Vec<u64> = names
         .iter()
@@ -128,8 +128,9 @@ async fn replay_logs<E: Env>(
     for number in numbers {
         let name = wal_name(number);
         let file = env.open(&join(dir, &name), OpenOptions::EXISTING).await?;
-        let bytes = read_stable(&file, |bytes| wal::read_log(bytes).bad_offset.is_none()).await?;
-        let contents = wal::read_log(&bytes);
+        let clean = |bytes: &[u8]| wal::read_log(bytes, number).bad_offset.is_none();
+        let bytes = read_stable(&file, clean).await?;
+        let contents = wal::read_log(&bytes, number);
         if let Some((torn_name, offset)) = torn.take()
             && !contents.records.is_empty()
         {
@@ -143,13 +144,35 @@ async fn replay_logs<E: Env>(
             last_sequence = last_sequence.max(first + batch.len() as u64 - 1);
         }
         if let Some(offset) = contents.bad_offset {
-            if contents.bad_region_was_synced {
-                return Err(Error::corruption(&name, offset, "bad record before synced records"));
-            }
+            check_bad_region(&name, offset, &contents, options)?;
             torn = Some((name, offset));
         }
     }
     Ok((memtable, last_sequence))
+}
+
+/// Whether the bad region of log `name` starting at `offset` may be taken for a torn tail:
+/// not if it was synced, nor if a misdirected write left it (see `wal`'s recovery rule).
+fn check_bad_region(
+    name: &str,
+    offset: u64,
+    contents: &wal::LogContents<'_>,
+    options: &Options,
+) -> Result<()> {
+    if contents.bad_region_was_synced {
+        return Err(Error::corruption(name, offset, "bad record before synced records"));
+    }
+    let Some(misplaced) = contents.misplaced else { return Ok(()) };
+    if options.planted(PlantedBug::MisplacedRecordIsTornTail) {
+        return Ok(());
+    }
+    let (file_number, written_for) = misplaced.position;
+    let reason = format!(
+        "a misdirected write: the record written for offset {written_for} of log {file_number} \
+         lies at offset {}, and offset {offset} holds no valid record",
+        misplaced.found_at
+    );
+    Err(Error::corruption(name, misplaced.found_at, reason))
 }
 
 impl<E: Env> Db<E> {
@@ -163,8 +186,8 @@ impl<E: Env> Db<E> {
         let manifest = read_manifest(&env, dir, &names).await?;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
         let mut version = open_tables(&env, dir, &manifest, &options, &cache).await?;
-        let (memtable, last_sequence) =
-            replay_logs(&env, dir, &names, manifest.log_number, manifest.last_sequence).await?;
+        let logs_from = (manifest.log_number, manifest.last_sequence);
+        let (memtable, last_sequence) = replay_logs(&env, dir, &names, &options, logs_from).await?;
         // Everything was read; from here on the directory changes.
         let highest = names
             .iter()
@@ -191,8 +214,7 @@ impl<E: Env> Db<E> {
         };
         write_manifest_file(&env, dir, &state).await?;
         delete_unreferenced(&env, dir, &version, wal_number).await;
-        let writer =
-            WalWriter { file: wal_file, buffer: Vec::new(), len: 0, synced_len: 0, last_sequence };
+        let writer = WalWriter::new(wal_file, wal_number, Vec::new(), last_sequence);
         let state = State {
             mem: Arc::new(Memtable::new(wal_number)),
             imm: Vec::new(),
@@ -229,7 +251,7 @@ async fn write_recovered_table<E: Env>(
 ) -> Result<Arc<TableFile<E::File>>> {
     let name = table_name(number);
     let file = env.open(&join(dir, &name), OpenOptions::CREATE_NEW).await?;
-    let mut writer = TableWriter::new(file, options.table_options(true));
+    let mut writer = TableWriter::new(file, number, options.table_options(true));
     for entry in memtable.entries() {
         writer.add(&entry).await?;
     }

@@ -1,13 +1,15 @@
 //! SSTables: immutable sorted files of internal keys, built once by a flush or a compaction and
 //! read through a block cache.
 //!
-//! ## Format (version 2, little-endian; `docs/format.md` has the full description)
+//! ## Format (version 3, little-endian; `docs/format.md` has the full description)
 //!
 //! `| data block + trailer |* | filter block + trailer | index block + trailer | footer |`
 //!
 //! - Each block is followed by a 5-byte trailer `| compression u8 | crc32c u32 |`; the CRC covers
-//!   the stored block bytes and the compression byte. Compression 0 is none; 1 is LZ4 with the
-//!   uncompressed length prepended as a u32 (`lz4_flex::compress_prepend_size`).
+//!   the stored block bytes and the compression byte, then (version 3) the table's file number
+//!   and the block's offset as two u64s that are not stored: a block read anywhere but where it
+//!   was written for fails its check. Compression 0 is none; 1 is LZ4 with the uncompressed
+//!   length prepended as a u32 (`lz4_flex::compress_prepend_size`).
 //! - Data blocks (see `block.rs`) map encoded internal keys (see `key.rs`) to values; a
 //!   tombstone has an empty value.
 //! - The filter block is one bloom filter over the table's user keys (see `bloom.rs`): a
@@ -16,7 +18,7 @@
 //!   `| offset varint | stored size varint |` of that block (size without the trailer).
 //! - The footer is 48 bytes: `| filter offset u64 | filter size u32 | index offset u64 |
 //!   index size u32 | entry count u64 | format version u32 | crc32c u32 | magic u64 |`, the CRC
-//!   over the 36 bytes before it.
+//!   over the 36 bytes before it, then (version 3) the file number and the footer's offset.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -40,8 +42,10 @@ pub const FOOTER_BYTES: usize = 48;
 const _: () = assert!(FOOTER_BYTES == 8 + 4 + 8 + 4 + 8 + 4 + 4 + 8);
 /// The footer's magic number ("GMLSMSST").
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"GMLSMSST");
-/// The table format version this code writes (it also reads `TABLE_FORMAT_VERSION_LEGACY`).
-pub const TABLE_FORMAT_VERSION: u32 = 2;
+/// The table format version this code writes (it also reads versions 2 and 1).
+pub const TABLE_FORMAT_VERSION: u32 = 3;
+/// The previous table format version, still read: the same layout, checksums without position.
+pub const TABLE_FORMAT_VERSION_UNSEALED: u32 = 2;
 /// The older table format version still read: the same layout with a legacy bloom filter.
 pub const TABLE_FORMAT_VERSION_LEGACY: u32 = 1;
 /// Bytes of the trailer after every block.
@@ -104,11 +108,13 @@ pub struct TableBuilder {
     entry_count: u64,
     key_buffer: Vec<u8>,
     format_version: u32,
+    // The file number the table is written as; version-3 checksums cover it.
+    file_number: u64,
 }
 
 impl TableBuilder {
-    /// An empty builder.
-    pub fn new(options: TableOptions) -> TableBuilder {
+    /// An empty builder of the table that will be file `file_number`.
+    pub fn new(options: TableOptions, file_number: u64) -> TableBuilder {
         TableBuilder {
             options,
             out: Vec::new(),
@@ -121,13 +127,15 @@ impl TableBuilder {
             entry_count: 0,
             key_buffer: Vec::new(),
             format_version: TABLE_FORMAT_VERSION,
+            file_number,
         }
     }
 
-    /// A builder of a table in the legacy format version (tests of the reader's compatibility).
+    /// A builder of table file 1 in an older format version (tests of the reader's
+    /// compatibility).
     #[cfg(test)]
-    fn legacy(options: TableOptions) -> TableBuilder {
-        TableBuilder { format_version: TABLE_FORMAT_VERSION_LEGACY, ..TableBuilder::new(options) }
+    fn with_version(options: TableOptions, format_version: u32) -> TableBuilder {
+        TableBuilder { format_version, ..TableBuilder::new(options, 1) }
     }
 
     /// Appends an entry; entries must come in internal-key order.
@@ -187,12 +195,18 @@ impl TableBuilder {
         }
         let last_key = self.data.last_key().to_vec();
         let raw = self.data.finish();
+        let seal = self.seal();
         let (offset, size) =
-            write_block(&mut self.out, self.consumed, &raw, self.options.compression);
+            write_block(&mut self.out, (self.consumed, seal), &raw, self.options.compression);
         let mut handle = Vec::new();
         put_varint(&mut handle, offset);
         put_varint(&mut handle, size);
         self.index.add(&last_key, &handle);
+    }
+
+    /// The file number version-3 checksums cover, or `None` for an older version.
+    fn seal(&self) -> Option<u64> {
+        is_sealed(self.format_version).then_some(self.file_number)
     }
 
     /// The table's bytes not yet consumed (all of them if nothing was) and its summary. Panics
@@ -204,11 +218,12 @@ impl TableBuilder {
         self.finish_data_block();
         let kind = filter_kind(self.format_version).expect("a known format version");
         let filter = bloom::build(&self.hashes, self.options.bloom_bits_per_key, kind);
+        let at = (self.consumed, self.seal());
         let (filter_offset, filter_size) =
-            write_block(&mut self.out, self.consumed, &filter, Compression::None);
+            write_block(&mut self.out, at, &filter, Compression::None);
         let index = self.index.finish();
-        let (index_offset, index_size) =
-            write_block(&mut self.out, self.consumed, &index, Compression::None);
+        let (index_offset, index_size) = write_block(&mut self.out, at, &index, Compression::None);
+        let footer_offset = self.consumed + self.out.len() as u64;
         let mut footer = Vec::with_capacity(FOOTER_BYTES);
         footer.extend_from_slice(&filter_offset.to_le_bytes());
         footer.extend_from_slice(&(filter_size as u32).to_le_bytes());
@@ -216,7 +231,8 @@ impl TableBuilder {
         footer.extend_from_slice(&(index_size as u32).to_le_bytes());
         footer.extend_from_slice(&self.entry_count.to_le_bytes());
         footer.extend_from_slice(&self.format_version.to_le_bytes());
-        footer.extend_from_slice(&crc32c::crc32c(&footer).to_le_bytes());
+        let crc = sealed_crc(crc32c::crc32c(&footer), self.seal(), footer_offset);
+        footer.extend_from_slice(&crc.to_le_bytes());
         footer.extend_from_slice(&TABLE_MAGIC.to_le_bytes());
         assert_eq!(footer.len(), FOOTER_BYTES);
         self.out.extend_from_slice(&footer);
@@ -225,9 +241,29 @@ impl TableBuilder {
     }
 }
 
-/// Appends a block and its trailer to `out`, which starts at file offset `base`; returns (offset,
-/// stored size without trailer).
-fn write_block(out: &mut Vec<u8>, base: u64, raw: &[u8], compression: Compression) -> (u64, u64) {
+/// Whether tables of `version` seal their checksums with their position.
+fn is_sealed(version: u32) -> bool {
+    version >= TABLE_FORMAT_VERSION
+}
+
+/// `crc` extended with the position (file number, offset) of what it covers, if `seal` names
+/// a file number (version 3); `crc` itself otherwise.
+fn sealed_crc(crc: u32, seal: Option<u64>, offset: u64) -> u32 {
+    let Some(file_number) = seal else { return crc };
+    let mut position = [0u8; 16];
+    position[..8].copy_from_slice(&file_number.to_le_bytes());
+    position[8..].copy_from_slice(&offset.to_le_bytes());
+    crc32c::crc32c_append(crc, &position)
+}
+
+/// Appends a block and its trailer to `out`, which starts at file offset `base`, its checksum
+/// sealed with the file number `seal` if given; returns (offset, stored size without trailer).
+fn write_block(
+    out: &mut Vec<u8>,
+    (base, seal): (u64, Option<u64>),
+    raw: &[u8],
+    compression: Compression,
+) -> (u64, u64) {
     let offset = base + out.len() as u64;
     let compressed = match compression {
         Compression::Lz4 => Some(lz4_flex::compress_prepend_size(raw)),
@@ -240,7 +276,7 @@ fn write_block(out: &mut Vec<u8>, base: u64, raw: &[u8], compression: Compressio
     let start = out.len();
     out.extend_from_slice(stored);
     out.push(kind);
-    let crc = crc32c::crc32c(&out[start..]);
+    let crc = sealed_crc(crc32c::crc32c(&out[start..]), seal, offset);
     out.extend_from_slice(&crc.to_le_bytes());
     (offset, stored.len() as u64)
 }
@@ -257,9 +293,9 @@ pub struct TableWriter<F: File> {
 }
 
 impl<F: File> TableWriter<F> {
-    /// A writer of a new table into the empty `file`.
-    pub fn new(file: F, options: TableOptions) -> TableWriter<F> {
-        TableWriter { file, builder: TableBuilder::new(options) }
+    /// A writer of a new table into the empty `file`, table file number `file_number`.
+    pub fn new(file: F, file_number: u64, options: TableOptions) -> TableWriter<F> {
+        TableWriter { file, builder: TableBuilder::new(options, file_number) }
     }
 
     /// Appends an entry (in internal-key order), writing out a full buffer.
@@ -300,20 +336,30 @@ impl<F: File> TableWriter<F> {
     }
 }
 
+/// Where a block was read from, for a sealed checksum: (file number, offset), or `None` for a
+/// table of a version before 3.
+type Seal = Option<(u64, u64)>;
+
 /// Checks a block's trailer and decompresses it.
-fn decode_block(stored: &[u8]) -> DecodeResult<Vec<u8>> {
-    decode_block_owned(stored, |body| body.to_vec())
+fn decode_block(stored: &[u8], seal: Seal) -> DecodeResult<Vec<u8>> {
+    decode_block_owned(stored, seal, |body| body.to_vec())
 }
 
 /// Like `decode_block`, taking the bytes of an uncompressed block from `take` (given the block
 /// body) only after the checksum matched, so a caller owning the read buffer can reuse it.
-fn decode_block_owned(stored: &[u8], take: impl FnOnce(&[u8]) -> Vec<u8>) -> DecodeResult<Vec<u8>> {
+fn decode_block_owned(
+    stored: &[u8],
+    seal: Seal,
+    take: impl FnOnce(&[u8]) -> Vec<u8>,
+) -> DecodeResult<Vec<u8>> {
     if stored.len() < BLOCK_TRAILER_BYTES {
         return Err("block shorter than its trailer");
     }
     let body_len = stored.len() - 4;
-    if crc32c::crc32c(&stored[..body_len]) != fixed_u32(stored, body_len) {
-        return Err("block checksum mismatch");
+    let crc = crc32c::crc32c(&stored[..body_len]);
+    let (file_number, offset) = (seal.map(|(number, _)| number), seal.map_or(0, |(_, at)| at));
+    if sealed_crc(crc, file_number, offset) != fixed_u32(stored, body_len) {
+        return Err("block checksum mismatch (damaged, or written for another place)");
     }
     let body = &stored[..body_len - 1];
     match stored[body_len - 1] {
@@ -330,9 +376,9 @@ fn decode_block_owned(stored: &[u8], take: impl FnOnce(&[u8]) -> Vec<u8>) -> Dec
 
 /// Checks and decodes a data block read into `buffer`; an uncompressed block takes the
 /// buffer's bytes without a copy (leaving `buffer` empty).
-fn decode_data_block(buffer: &mut Vec<u8>) -> DecodeResult<Block> {
+fn decode_data_block(buffer: &mut Vec<u8>, seal: Seal) -> DecodeResult<Block> {
     let mut owned = None;
-    let decoded = decode_block_owned(buffer, |body| {
+    let decoded = decode_block_owned(buffer, seal, |body| {
         owned = Some(body.len());
         Vec::new()
     })?;
@@ -367,18 +413,20 @@ struct Footer {
     index: Handle,
     entry_count: u64,
     filter_kind: FilterKind,
+    sealed: bool,
 }
 
 /// The bloom filter kind of a table format version, if the version is known.
 fn filter_kind(version: u32) -> Option<FilterKind> {
     match version {
-        TABLE_FORMAT_VERSION => Some(FilterKind::Blocked),
+        TABLE_FORMAT_VERSION | TABLE_FORMAT_VERSION_UNSEALED => Some(FilterKind::Blocked),
         TABLE_FORMAT_VERSION_LEGACY => Some(FilterKind::Legacy),
         _ => None,
     }
 }
 
-fn decode_footer(bytes: &[u8]) -> DecodeResult<Footer> {
+/// Decodes the footer of table `file_number`, read at `offset`.
+fn decode_footer(bytes: &[u8], file_number: u64, offset: u64) -> DecodeResult<Footer> {
     let mut reader = Reader::new(bytes);
     let filter = Handle { offset: reader.u64()?, size: u64::from(reader.u32()?) };
     let index = Handle { offset: reader.u64()?, size: u64::from(reader.u32()?) };
@@ -389,11 +437,12 @@ fn decode_footer(bytes: &[u8]) -> DecodeResult<Footer> {
     if magic != TABLE_MAGIC {
         return Err("bad table magic");
     }
-    if crc != crc32c::crc32c(&bytes[..36]) {
-        return Err("footer checksum mismatch");
+    let sealed = is_sealed(version);
+    if crc != sealed_crc(crc32c::crc32c(&bytes[..36]), sealed.then_some(file_number), offset) {
+        return Err("footer checksum mismatch (damaged, or written for another place)");
     }
     let filter_kind = filter_kind(version).ok_or("unknown table format version")?;
-    Ok(Footer { filter, index, entry_count, filter_kind })
+    Ok(Footer { filter, index, entry_count, filter_kind, sealed })
 }
 
 fn decode_index(block: &Block, file_bytes: u64) -> DecodeResult<Vec<IndexEntry>> {
@@ -475,6 +524,8 @@ pub struct Table<F: File> {
     index_words: Vec<u64>,
     bloom: Bloom,
     entry_count: u64,
+    // Whether block checksums are sealed with their position (version 3 on).
+    sealed: bool,
     cache: Arc<BlockCache>,
     // Lookups of keys the table does not hold: rejected by the bloom filter, or let through.
     bloom_negative_count: AtomicU64,
@@ -519,7 +570,7 @@ impl<F: File> Table<F> {
         }
         let footer_offset = file_bytes - FOOTER_BYTES as u64;
         let footer = read_checked(Vec::new(), &file, &name, footer_offset, FOOTER_BYTES, |bytes| {
-            decode_footer(bytes)
+            decode_footer(bytes, number, footer_offset)
         })
         .await?;
         let limit = footer_offset;
@@ -529,14 +580,17 @@ impl<F: File> Table<F> {
                 return Err(Error::corruption(&name, footer_offset, "footer handle out of range"));
             }
         }
-        let size = footer.index.size as usize + BLOCK_TRAILER_BYTES;
-        let index = read_checked(Vec::new(), &file, &name, footer.index.offset, size, |bytes| {
-            decode_index(&Block::new(decode_block(bytes)?)?, limit)
+        let seal = |offset: u64| footer.sealed.then_some((number, offset));
+        let (offset, size) =
+            (footer.index.offset, footer.index.size as usize + BLOCK_TRAILER_BYTES);
+        let index = read_checked(Vec::new(), &file, &name, offset, size, |bytes| {
+            decode_index(&Block::new(decode_block(bytes, seal(offset))?)?, limit)
         })
         .await?;
-        let size = footer.filter.size as usize + BLOCK_TRAILER_BYTES;
-        let bloom = read_checked(Vec::new(), &file, &name, footer.filter.offset, size, |bytes| {
-            Bloom::new(decode_block(bytes)?, footer.filter_kind)
+        let (offset, size) =
+            (footer.filter.offset, footer.filter.size as usize + BLOCK_TRAILER_BYTES);
+        let bloom = read_checked(Vec::new(), &file, &name, offset, size, |bytes| {
+            Bloom::new(decode_block(bytes, seal(offset))?, footer.filter_kind)
         })
         .await?;
         let entry_count = footer.entry_count;
@@ -550,6 +604,7 @@ impl<F: File> Table<F> {
             index_words,
             bloom,
             entry_count,
+            sealed: footer.sealed,
             cache,
             bloom_negative_count: AtomicU64::new(0),
             bloom_false_positive_count: AtomicU64::new(0),
@@ -602,8 +657,9 @@ impl<F: File> Table<F> {
         let size = handle.size as usize + BLOCK_TRAILER_BYTES;
         let buffer = self.cache.take_buffer();
         let (file, name) = (&self.file, &self.name);
-        let block =
-            read_checked(buffer, file, name, handle.offset, size, decode_data_block).await?;
+        let seal = self.sealed.then_some((self.number, handle.offset));
+        let decode = |buffer: &mut Vec<u8>| decode_data_block(buffer, seal);
+        let block = read_checked(buffer, file, name, handle.offset, size, decode).await?;
         let block = Arc::new(block);
         if fill_cache {
             self.cache.insert(self.number, handle.offset, Arc::clone(&block));
@@ -904,6 +960,41 @@ mod tests {
             .collect()
     }
 
+    fn test_options() -> TableOptions {
+        TableOptions {
+            block_bytes: 512,
+            restart_interval: 4,
+            bloom_bits_per_key: 10,
+            compression: Compression::None,
+        }
+    }
+
+    fn build(format_version: u32) -> Vec<u8> {
+        let mut builder = TableBuilder::with_version(test_options(), format_version);
+        entries().iter().for_each(|entry| builder.add(entry));
+        builder.finish().0
+    }
+
+    /// Goal: version-3 checksums name the block's place, so bytes that a misdirected write put
+    /// at another offset, or a table read as another file, are corruption and never served;
+    /// version 2 (no position under the checksum) still reads. Method: shift a table's bytes by
+    /// whole sectors behind a zeroed hole, as the simulated disk's misdirected write does.
+    #[test]
+    fn a_shifted_version_3_table_is_corruption_and_version_2_still_reads() {
+        open_and_probe(build(TABLE_FORMAT_VERSION_UNSEALED), true).expect("version 2 reads");
+        let bytes = build(TABLE_FORMAT_VERSION);
+        open_and_probe(bytes.clone(), true).expect("version 3 reads");
+        let first_block = 512 * 2;
+        let mut shifted = bytes[..first_block].to_vec();
+        shifted.resize(first_block + 512, 0);
+        shifted.extend_from_slice(&bytes[first_block..]);
+        let error = open_and_probe(shifted, true).expect_err("a shifted table is damage");
+        assert!(error.is_corruption(), "{error}");
+        let mut moved = bytes.clone();
+        moved.copy_within(first_block + 512..first_block + 1024, first_block);
+        assert!(open_and_probe(moved, true).is_err_and(|error| error.is_corruption()));
+    }
+
     /// Opens `bytes` as a table on a simulated disk; with `probe`, looks up every entry and a
     /// missing key after each.
     fn open_and_probe(bytes: Vec<u8>, probe: bool) -> Result<()> {
@@ -928,23 +1019,17 @@ mod tests {
 
     /// Goal: a table of format version 1 (legacy bloom filter) still reads, every key found and
     /// absent keys not; an unknown version is corruption. Method: a table built with the legacy
-    /// builder; then its footer's version patched to 3 (with a fixed-up checksum).
+    /// builder; then its footer's version patched to 4 (with a fixed-up checksum).
     #[test]
     fn a_version_1_table_reads_and_an_unknown_version_is_corruption() {
-        let options = TableOptions {
-            block_bytes: 512,
-            restart_interval: 4,
-            bloom_bits_per_key: 10,
-            compression: Compression::None,
-        };
-        let mut builder = TableBuilder::legacy(options);
+        let mut builder = TableBuilder::with_version(test_options(), TABLE_FORMAT_VERSION_LEGACY);
         entries().iter().for_each(|entry| builder.add(entry));
         let (bytes, _) = builder.finish();
         let footer = bytes.len() - FOOTER_BYTES;
         assert_eq!(fixed_u32(&bytes, footer + 32), TABLE_FORMAT_VERSION_LEGACY);
         open_and_probe(bytes.clone(), true).expect("a version-1 table reads");
         let mut patched = bytes;
-        patched[footer + 32..footer + 36].copy_from_slice(&3u32.to_le_bytes());
+        patched[footer + 32..footer + 36].copy_from_slice(&4u32.to_le_bytes());
         let crc = crc32c::crc32c(&patched[footer..footer + 36]);
         patched[footer + 36..footer + 40].copy_from_slice(&crc.to_le_bytes());
         assert!(open_and_probe(patched, false).is_err_and(|error| error.is_corruption()));

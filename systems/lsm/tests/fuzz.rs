@@ -28,7 +28,8 @@ fn valid_log() -> Vec<u8> {
     let mut out = Vec::new();
     for index in 0..6u64 {
         let synced_through = out.len() as u64;
-        wal::encode_record(&mut out, synced_through, format!("payload {index}").as_bytes());
+        let place = wal::Place { file_number: 1, buffer_offset: 0 };
+        wal::encode_record(&mut out, place, synced_through, format!("payload {index}").as_bytes());
     }
     out
 }
@@ -68,7 +69,7 @@ fn valid_bloom() -> Vec<u8> {
 fn valid_table(compression: Compression) -> Vec<u8> {
     let options =
         TableOptions { block_bytes: 128, restart_interval: 4, bloom_bits_per_key: 10, compression };
-    let mut builder = TableBuilder::new(options);
+    let mut builder = TableBuilder::new(options, 1);
     for index in 0..200u32 {
         let value =
             (index % 7 != 0).then(|| format!("value-{index}-{}", "z".repeat(20)).into_bytes());
@@ -96,7 +97,7 @@ fn mutate(mut data: Vec<u8>, flips: &[(usize, u8)], cut: Option<usize>) -> Vec<u
 }
 
 fn decode_everything(data: &[u8]) {
-    let contents = wal::read_log(data);
+    let contents = wal::read_log(data, 1);
     assert!(contents.records.iter().all(|record| record.payload.len() <= data.len()));
     let _ = ManifestState::decode(data);
     for kind in [FilterKind::Blocked, FilterKind::Legacy] {
@@ -174,7 +175,7 @@ fn a_flipped_bit_in_a_record_followed_by_synced_records_is_corruption() {
     let first_len = wal::HEADER_BYTES + "payload 0".len();
     let mut damaged = data.clone();
     damaged[first_len / 2] ^= 0x10;
-    let contents = wal::read_log(&damaged);
+    let contents = wal::read_log(&damaged, 1);
     assert_eq!(contents.bad_offset, Some(0));
     assert!(contents.bad_region_was_synced, "later records prove record 0 was synced");
 }

@@ -36,7 +36,7 @@ fn streamed_table_equals_built_table_and_reads_back() {
         compression: Compression::None,
     };
     let entries = entries();
-    let mut builder = TableBuilder::new(options);
+    let mut builder = TableBuilder::new(options, 1);
     for entry in &entries {
         builder.add(entry);
     }
@@ -45,7 +45,7 @@ fn streamed_table_equals_built_table_and_reads_back() {
     let (world, node) = world(11);
     run(&world, node, move |env: SimEnv| async move {
         let file = env.open("t.sst", OpenOptions::CREATE_NEW).await.expect("create");
-        let mut writer = TableWriter::new(file, options);
+        let mut writer = TableWriter::new(file, 1, options);
         for entry in &entries {
             writer.add(entry).await.expect("add");
         }
