@@ -4,7 +4,8 @@
 //! finds a failing seed, replaying that seed reproduces the failure identically (same verdict,
 //! violation and trace hash), and shrinking reduces its fault plan to the faults that matter
 //! (for the register one or two; for the lsm bugs, which the seed's own draws expose, possibly
-//! none; for docdb at most three), a plan that fails again on its own. Method: the `planted-*` scenarios (feature `planted-bugs`).
+//! none; for docdb at most three), a plan that fails again on its own.
+//! Method: the `planted-*` scenarios (feature `planted-bugs`).
 
 use scenarios::shrink::shrink;
 use scenarios::{Outcome, RunOptions, Verdict, run_plan, run_seed};
