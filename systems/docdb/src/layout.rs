@@ -140,6 +140,32 @@ pub fn decode_record(bytes: &[u8], what: &str) -> Result<Document> {
     }
 }
 
+/// The top-level fields `fields` of a stored document, decoded without decoding the rest: BSON
+/// gives every element's type and length, so the others are skipped. A filter that names only
+/// these fields matches the partial document exactly when it matches the whole one.
+pub fn decode_fields(bytes: &[u8], fields: &[&str], what: &str) -> Result<Document> {
+    let corrupt = |error: String| Error::Corruption(format!("{what}: bad BSON: {error}"));
+    let body = match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => body,
+        Some((version, _)) => {
+            return Err(Error::Corruption(format!("{what}: unknown record version {version}")));
+        }
+        None => return Err(Error::Corruption(format!("{what}: empty record"))),
+    };
+    let raw = bson::RawDocument::from_bytes(body).map_err(|error| corrupt(error.to_string()))?;
+    let mut partial = Document::new();
+    for field in fields {
+        if partial.contains_key(*field) {
+            continue;
+        }
+        if let Some(value) = raw.get(field).map_err(|error| corrupt(error.to_string()))? {
+            let value = Bson::try_from(value).map_err(|error| corrupt(error.to_string()))?;
+            partial.insert(*field, value);
+        }
+    }
+    Ok(partial)
+}
+
 /// The encoded `_id` of a document, after checking it may be an `_id` (not an array, not
 /// undefined, not a regular expression: MongoDB's rule).
 pub fn id_code(id: &Bson) -> Result<Vec<u8>> {

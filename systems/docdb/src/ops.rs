@@ -264,14 +264,21 @@ impl<E: Env> TxnCollection<'_, E> {
                 let prefix = layout::document_prefix(info.id);
                 let end = crate::keycode::prefix_successor(&prefix);
                 let mut scan = self.txn.scan(prefix, end).await?;
+                // Only the fields the filter names are decoded before it decides; the whole
+                // document only for a match.
+                let fields = filter.first_parts();
                 while !full(&out)
                     && let Some((key, value)) = scan.next().await?
                 {
                     stats.documents_examined += 1;
-                    let document = layout::decode_record(&value, "document")?;
-                    if filter.matches(&document) {
-                        out.push((layout::id_code_of_document_key(&key).to_vec(), document));
+                    if !fields.is_empty()
+                        && !filter.matches(&layout::decode_fields(&value, &fields, "document")?)
+                    {
+                        continue;
                     }
+                    let document = layout::decode_record(&value, "document")?;
+                    debug_assert!(filter.matches(&document), "a partial match is a whole match");
+                    out.push((layout::id_code_of_document_key(&key).to_vec(), document));
                 }
             }
             Access::Index { intervals, .. } => {
