@@ -140,6 +140,8 @@ struct History {
     /// Open failed with corruption on a disk that misdirected writes: the store is lost, and
     /// said so.
     store_lost: bool,
+    /// Open failed `OPEN_ATTEMPTS_MAX` times in a row: the last error.
+    open_given_up: Option<String>,
     /// Keys whose final read reported corruption (on a disk that misdirected writes).
     keys_hidden: u32,
     /// The slowest user flush or compaction during the burst: (time, what).
@@ -211,6 +213,7 @@ async fn tracked<T>(
 /// Opens the store, retrying; `None` if it never opens, or (on a disk that misdirected
 /// writes) if it reports corruption: then the store is lost, and said so.
 async fn open(env: &SimEnv, config: &Config, shared: &Shared) -> Option<Db<SimEnv>> {
+    let mut last_error = None;
     for _ in 0..OPEN_ATTEMPTS_MAX {
         match Db::open(env.clone(), DB_DIR, config.options.clone()).await {
             Ok(db) => return Some(db),
@@ -222,10 +225,12 @@ async fn open(env: &SimEnv, config: &Config, shared: &Shared) -> Option<Db<SimEn
             }
             Err(error) => {
                 tracing::debug!(target: "lsm", %error, "open failed, retrying");
+                last_error = Some(error.to_string());
                 env.sleep(OPEN_RETRY_DELAY).await;
             }
         }
     }
+    lock(shared).open_given_up = last_error;
     None
 }
 
@@ -789,7 +794,9 @@ impl Workload for LsmRun {
         if let Some((count, rate)) = self.config.drawn.tail {
             self.misdirected_tail(world, count, rate)?;
         }
-        // A final crash: only what was made durable may count. Recovery runs on a healthy disk.
+        // A final crash: only what was made durable may count. Recovery runs on a healthy disk,
+        // and only its own failure to open counts.
+        lock(&self.shared).open_given_up = None;
         world.set_disk(self.node, DiskConfig::default());
         world.crash(self.node);
         world.restart(self.node);
@@ -800,7 +807,9 @@ impl Workload for LsmRun {
             loop {
                 let done = {
                     let history = lock(&shared);
-                    history.final_reads.is_some() || history.store_lost
+                    history.final_reads.is_some()
+                        || history.store_lost
+                        || history.open_given_up.is_some()
                 };
                 if done {
                     return;
@@ -819,7 +828,9 @@ impl Workload for LsmRun {
             if history.store_lost {
                 return Ok(());
             }
-            return Err(Violation::new("durability", "the store never recovered for final reads"));
+            let why = history.open_given_up.as_deref().unwrap_or("open never returned");
+            let message = format!("the store never recovered for final reads: {why}");
+            return Err(Violation::new("durability", message));
         };
         let keys: Vec<KeyHistory> = (0..self.config.key_count)
             .filter(|index| final_reads.contains_key(&key(*index)))

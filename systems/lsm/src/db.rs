@@ -329,6 +329,7 @@ impl<E: Env> Inner<E> {
             return Err(Error::Closed);
         }
         gate.active_count += 1;
+        assert!(!gate.closing && gate.active_count > 0);
         Ok(Pass { inner: self })
     }
 
@@ -565,6 +566,11 @@ impl<E: Env> Inner<E> {
     /// Serves rotation requests (user flushes): freezes the memtable unless it is empty;
     /// returns the log number of the memtable left current.
     async fn rotate_for_flush(&self, writer: &mut WalWriter<E::File>) -> Result<u64> {
+        // Simulates a slow fsync of the old log at rotation (a busy device), while writers
+        // queue behind the leader that serves the flush.
+        if self.env.buggify("lsm.flush.slow_rotation") {
+            self.env.sleep(std::time::Duration::from_millis(2)).await;
+        }
         if !lock(&self.state).mem.is_empty() {
             self.rotate(writer).await?;
         }
@@ -927,6 +933,12 @@ impl<E: Env> Db<E> {
             let _ = handle.await;
         }
         self.inner.delete_obsolete_tables().await;
+        // Simulates a slow shutdown (a descheduled process, a slow final unlink) between the
+        // last write of the store and the release of its lock, widening the window in which a
+        // second opener must still find the directory locked.
+        if self.inner.env.buggify("lsm.close.slow_release") {
+            self.inner.env.sleep(std::time::Duration::from_millis(1)).await;
+        }
         assert!(lock(&self.inner.background).is_none());
         // Another store may open the directory from here on.
         lock(&self.inner.lock_file).take();

@@ -25,7 +25,8 @@
 //!
 //! Invariants: no lock is held across an `await`; a write is applied to the memtable only after
 //! its log record was appended (and synced for `Durability::Sync`); a file is deleted only after
-//! a durable manifest no longer refers to it.
+//! a durable manifest no longer refers to it; `close` returns only when no operation of the
+//! store (through any clone) runs or can start, and releases the directory lock last.
 
 #![deny(missing_docs)]
 
