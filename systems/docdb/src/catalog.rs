@@ -178,8 +178,7 @@ pub fn index_keys(index: &IndexInfo, document: &Document) -> Result<(BTreeSet<Ve
         let parts: Vec<&str> = path.split('.').collect();
         let mut values = Vec::new();
         let mut expanded = false;
-        let present =
-            collect_path(&Bson::Document(document.clone()), &parts, &mut values, &mut expanded);
+        let present = collect_document_path(document, &parts, &mut values, &mut expanded);
         any_present |= present;
         per_path.push((values, expanded));
     }
@@ -221,6 +220,23 @@ pub fn index_keys(index: &IndexInfo, document: &Document) -> Result<(BTreeSet<Ve
         )));
     }
     Ok((keys, multikey))
+}
+
+/// `collect_path` from a document, without wrapping (cloning) it into a value first.
+fn collect_document_path(
+    document: &Document,
+    parts: &[&str],
+    out: &mut Vec<Bson>,
+    expanded: &mut bool,
+) -> bool {
+    let (first, rest) = parts.split_first().expect("key paths have a part");
+    match document.get(*first) {
+        Some(child) => collect_path(child, rest, out, expanded),
+        None => {
+            out.push(Bson::Null);
+            false
+        }
+    }
 }
 
 /// Collects the values at `parts` under `value` as MongoDB indexes them: arrays on the way are

@@ -64,6 +64,38 @@ pub(crate) struct Shared {
     pub active: BTreeMap<u64, usize>,
     /// LSM sequence of the last commit (0 before the first since open).
     pub last_sequence: u64,
+    /// How many change events each recent commit of this process wrote.
+    pub event_counts: EventCounts,
+}
+
+/// The change-event counts of this process's recent commits, oldest first, so expiring a
+/// commit's events needs no scan of the history. Bounded by the history length.
+#[derive(Debug, Default)]
+pub(crate) struct EventCounts {
+    counts: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl EventCounts {
+    /// Remembers `commit`'s event count; forgets counts older than `history` commits.
+    fn record(&mut self, commit: u64, count: u32, history: u64) {
+        assert!(self.counts.back().is_none_or(|&(last, _)| last < commit));
+        self.counts.push_back((commit, count));
+        while self.counts.front().is_some_and(|&(oldest, _)| oldest + history <= commit) {
+            self.counts.pop_front();
+        }
+    }
+
+    /// The event count of `commit` if this process made it and still remembers it; the
+    /// entries before it are dropped (their events were expired by earlier commits).
+    fn expired_count(&mut self, commit: u64) -> Option<u32> {
+        while self.counts.front().is_some_and(|&(oldest, _)| oldest < commit) {
+            self.counts.pop_front();
+        }
+        match self.counts.front() {
+            Some(&(oldest, count)) if oldest == commit => Some(count),
+            _ => None,
+        }
+    }
 }
 
 impl Shared {
@@ -260,7 +292,15 @@ impl<E: Env> DocDb<E> {
         }
         self.inner.lsm.write(batch, self.inner.options.durability).await?;
         let sequence = self.inner.lsm.snapshot().sequence();
-        publish_commit(&mut lock(&self.inner.shared), commit, sequence, writes);
+        let history = self.inner.options.change_history_commits;
+        let mut shared = lock(&self.inner.shared);
+        let event_count = u32::try_from(writes.events.len()).expect("events per commit fit u32");
+        shared.event_counts.record(commit, event_count, history);
+        // With no other transaction open, none can conflict with these writes: every later
+        // transaction's snapshot includes them.
+        let alone = shared.active.len() == 1 && shared.active.get(&snapshot_sequence) == Some(&1);
+        publish_commit(&mut shared, commit, sequence, writes, alone);
+        drop(shared);
         self.inner.committed.notify();
         Ok(commit)
     }
@@ -280,10 +320,23 @@ impl<E: Env> DocDb<E> {
         batch.put(layout::commit_key(), commit.to_be_bytes().to_vec());
         let history = self.inner.options.change_history_commits;
         if commit > history {
-            let expired = layout::change_key(commit - history, 0);
-            let mut old = self.inner.lsm.prefix(&expired[..9]).await?;
-            while let Some(entry) = old.next().await {
-                batch.delete(entry?.0);
+            let expired = commit - history;
+            let known = lock(&self.inner.shared).event_counts.expired_count(expired);
+            match known {
+                // This process made that commit: its events are numbered 0..count.
+                Some(count) => {
+                    for index in 0..count {
+                        batch.delete(layout::change_key(expired, index));
+                    }
+                }
+                // A commit of an earlier run of the process: find its events.
+                None => {
+                    let key = layout::change_key(expired, 0);
+                    let mut old = self.inner.lsm.prefix(&key[..9]).await?;
+                    while let Some(entry) = old.next().await {
+                        batch.delete(entry?.0);
+                    }
+                }
             }
         }
         Ok(batch)
@@ -322,19 +375,17 @@ fn describe_key(key: &[u8]) -> String {
     format!("key {hex} was written by a transaction that committed first")
 }
 
-fn publish_commit(shared: &mut Shared, commit: u64, sequence: u64, writes: TxnWrites) {
+fn publish_commit(shared: &mut Shared, commit: u64, sequence: u64, writes: TxnWrites, alone: bool) {
     assert_eq!(commit, shared.last_commit + 1, "commits are numbered without gaps");
     assert!(sequence > shared.last_sequence, "a commit's LSM sequence goes forward");
     shared.last_commit = commit;
     shared.last_sequence = sequence;
-    for key in writes.keys.into_keys() {
+    for key in writes.keys.into_keys().filter(|_| !alone) {
         if key.first() == Some(&0x02) && key.len() >= 5 {
             let id = u32::from_be_bytes(key[1..5].try_into().expect("4 bytes"));
             shared.collection_write.insert(id, sequence);
         }
-        if !shared.active.is_empty() {
-            shared.last_write.insert(key, sequence);
-        }
+        shared.last_write.insert(key, sequence);
     }
     for (namespace, info) in writes.catalog {
         match info {
@@ -406,5 +457,24 @@ async fn load_shared<E: Env>(lsm: &lsm::Db<E>) -> Result<Shared> {
         collection_write: BTreeMap::new(),
         active: BTreeMap::new(),
         last_sequence: 0,
+        event_counts: EventCounts::default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_counts_answer_only_for_remembered_commits() {
+        let mut counts = EventCounts::default();
+        for commit in 1..=5 {
+            counts.record(commit, commit as u32 * 2, 3);
+        }
+        // Commits 3, 4 and 5 are remembered (a history of 3); 1 and 2 are forgotten.
+        assert_eq!(counts.expired_count(1), None);
+        assert_eq!(counts.expired_count(3), Some(6));
+        assert_eq!(counts.expired_count(4), Some(8));
+        assert_eq!(counts.expired_count(9), None);
+    }
 }

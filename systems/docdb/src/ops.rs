@@ -150,7 +150,7 @@ impl<E: Env> TxnCollection<'_, E> {
     /// Inserts one document; returns its `_id` (generated when missing).
     pub async fn insert_one(&mut self, document: Document) -> Result<Bson> {
         let document = self.with_id(document);
-        check_storable(&document)?;
+        let record = storable_record(&document)?;
         let info = self.info_for_write();
         if let Some(validator) = &info.validator {
             validate::validate(validator, &document, &info.namespace())?;
@@ -162,7 +162,7 @@ impl<E: Env> TxnCollection<'_, E> {
             return Err(duplicate(&info, "_id_", &doc! {"_id": id}));
         }
         self.put_index_entries(&info, &id_code, &document).await?;
-        self.txn.put(key, layout::encode_record(&document)?);
+        self.txn.put(key, record);
         self.txn.record_event(doc! {
             "op": "insert", "db": &self.database, "coll": &self.name,
             "documentKey": {"_id": id.clone()}, "fullDocument": document,
@@ -261,25 +261,7 @@ impl<E: Env> TxnCollection<'_, E> {
                 }
             }
             Access::Collection => {
-                let prefix = layout::document_prefix(info.id);
-                let end = crate::keycode::prefix_successor(&prefix);
-                let mut scan = self.txn.scan(prefix, end).await?;
-                // Only the fields the filter names are decoded before it decides; the whole
-                // document only for a match.
-                let fields = filter.first_parts();
-                while !full(&out)
-                    && let Some((key, value)) = scan.next().await?
-                {
-                    stats.documents_examined += 1;
-                    if !fields.is_empty()
-                        && !filter.matches(&layout::decode_fields(&value, &fields, "document")?)
-                    {
-                        continue;
-                    }
-                    let document = layout::decode_record(&value, "document")?;
-                    debug_assert!(filter.matches(&document), "a partial match is a whole match");
-                    out.push((layout::id_code_of_document_key(&key).to_vec(), document));
-                }
+                self.scan_collection(info, filter, stop_after, stats, &mut out).await?
             }
             Access::Index { intervals, .. } => {
                 let mut seen = BTreeSet::new();
@@ -307,6 +289,36 @@ impl<E: Env> TxnCollection<'_, E> {
             }
         }
         Ok(out)
+    }
+
+    /// The collection-scan part of `fetch`: every document in `_id` order. Only the fields the
+    /// filter names are decoded before it decides; the whole document only for a match.
+    async fn scan_collection(
+        &mut self,
+        info: &CollectionInfo,
+        filter: &Filter,
+        stop_after: Option<u64>,
+        stats: &mut ExecutionStats,
+        out: &mut Vec<(Vec<u8>, Document)>,
+    ) -> Result<()> {
+        let prefix = layout::document_prefix(info.id);
+        let end = crate::keycode::prefix_successor(&prefix);
+        let mut scan = self.txn.scan(prefix, end).await?;
+        let fields = filter.first_parts();
+        while stop_after.is_none_or(|stop| (out.len() as u64) < stop)
+            && let Some((key, value)) = scan.next().await?
+        {
+            stats.documents_examined += 1;
+            if !fields.is_empty()
+                && !filter.matches(&layout::decode_fields(&value, &fields, "document")?)
+            {
+                continue;
+            }
+            let document = layout::decode_record(&value, "document")?;
+            debug_assert!(filter.matches(&document), "a partial match is a whole match");
+            out.push((layout::id_code_of_document_key(&key).to_vec(), document));
+        }
+        Ok(())
     }
 
     async fn load(&self, info: &CollectionInfo, id_code: &[u8]) -> Result<Option<Document>> {
@@ -474,7 +486,7 @@ impl<E: Env> TxnCollection<'_, E> {
         operation: &str,
         description: Option<Document>,
     ) -> Result<()> {
-        check_storable(&new)?;
+        let record = storable_record(&new)?;
         let info = self.info_for_write();
         let id = old.get("_id").cloned().expect("stored documents have an _id");
         if !new.get("_id").is_some_and(|new_id| crate::value::equal(new_id, &id)) {
@@ -488,7 +500,7 @@ impl<E: Env> TxnCollection<'_, E> {
             self.txn.delete(key);
         }
         self.put_index_entries(&info, id_code, &new).await?;
-        self.txn.put(layout::document_key(info.id, id_code), layout::encode_record(&new)?);
+        self.txn.put(layout::document_key(info.id, id_code), record);
         let mut event = doc! {
             "op": operation, "db": &self.database, "coll": &self.name, "documentKey": {"_id": id},
         };
@@ -702,18 +714,18 @@ fn sort_keys(sort: &Sort) -> Vec<(String, bool)> {
     sort.keys().map(|(path, descending)| (path.to_string(), !descending)).collect()
 }
 
-/// Refuses documents MongoDB would not store: top-level `$` field names, over 16 MiB.
-fn check_storable(document: &Document) -> Result<()> {
+/// The stored record of a document MongoDB would store: no top-level `$` field names, at most
+/// 16 MiB (measured on the record itself, so the document is encoded once).
+fn storable_record(document: &Document) -> Result<Vec<u8>> {
     if let Some(key) = document.keys().find(|key| key.starts_with('$')) {
         return Err(Error::InvalidDocument(format!("field name '{key}' starts with '$'")));
     }
-    let mut bytes = Vec::new();
-    document.to_writer(&mut bytes).map_err(|error| Error::InvalidDocument(error.to_string()))?;
-    if bytes.len() > layout::DOCUMENT_BYTES_MAX {
+    let record = layout::encode_record(document)?;
+    if record.len() > layout::DOCUMENT_BYTES_MAX + 1 {
         return Err(Error::InvalidDocument(format!(
             "document of {} bytes is over 16 MiB",
-            bytes.len()
+            record.len() - 1
         )));
     }
-    Ok(())
+    Ok(record)
 }
