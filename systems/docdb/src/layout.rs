@@ -131,8 +131,12 @@ pub fn encode_record(document: &Document) -> Result<Vec<u8>> {
 /// Reads a stored record back; a wrong version or bad BSON is `Corruption` naming `what`.
 pub fn decode_record(bytes: &[u8], what: &str) -> Result<Document> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => Document::from_reader(body)
-            .map_err(|error| Error::Corruption(format!("{what}: bad BSON: {error}"))),
+        Some((&RECORD_VERSION, body)) => match crate::decode::document(body) {
+            Ok(document) => Ok(document),
+            // The direct decoder leaves out rare types; the bson crate has the last word.
+            Err(_) => Document::from_reader(body)
+                .map_err(|error| Error::Corruption(format!("{what}: bad BSON: {error}"))),
+        },
         Some((version, _)) => {
             Err(Error::Corruption(format!("{what}: unknown record version {version}")))
         }

@@ -14,7 +14,8 @@
 //! - `catalog`: collection and index entries, index key extraction (multikey, sparse).
 //! - `changes`: change streams with resume tokens.
 //! - `validate`: JSON Schema validators.
-//! - `layout`: the LSM key space and record encodings; `keycode`: order-preserving value keys.
+//! - `layout`: the LSM key space and record encodings (`decode` reads stored BSON in one pass);
+//!   `keycode`: order-preserving value keys.
 //! - `value`: MongoDB's total order over BSON values (type ranks, numbers across widths).
 //! - `query`: the pure MongoDB semantics, with no storage: filters and planner predicates
 //!   (`query::filter`), update operators, upserts and replacements (`query::update`),
@@ -33,6 +34,7 @@ pub mod catalog;
 pub mod changes;
 pub mod collection;
 pub mod db;
+mod decode;
 pub mod error;
 pub mod keycode;
 pub mod layout;
