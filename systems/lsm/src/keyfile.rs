@@ -30,6 +30,11 @@ fn key_error(error: KeyError) -> Error {
     }
 }
 
+/// How messages name directory `dir` (the empty name is the environment's root).
+fn shown(dir: &str) -> &str {
+    if dir.is_empty() { "the store's directory" } else { dir }
+}
+
 /// Whether the directory listing `names` holds no store yet (no manifest, log or table).
 fn is_new_store(names: &[String]) -> bool {
     !names.iter().any(|name| {
@@ -50,13 +55,15 @@ pub(crate) async fn open_key<E: Env>(
     let has_key = names.iter().any(|name| name == KEY_NAME);
     let Some(encryption) = &options.encryption else {
         if has_key {
-            let reason = format!("{dir} holds an encrypted store: open it with its passphrase");
+            let reason =
+                format!("{} holds an encrypted store: open it with its passphrase", shown(dir));
             return Err(Error::EncryptionMismatch(reason));
         }
         return Ok(None);
     };
     if !has_key && !is_new_store(names) {
-        let reason = format!("{dir} holds an unencrypted store: open it without a passphrase");
+        let reason =
+            format!("{} holds an unencrypted store: open it without a passphrase", shown(dir));
         return Err(Error::EncryptionMismatch(reason));
     }
     let cipher = if has_key {
@@ -104,7 +111,7 @@ async fn rewrap_key_file<E: Env>(
 ) -> Result<()> {
     let names = env.list(dir).await?;
     if !names.iter().any(|name| name == KEY_NAME) {
-        let reason = format!("{dir} holds no encrypted store (no KEY file)");
+        let reason = format!("{} holds no encrypted store (no KEY file)", shown(dir));
         return Err(Error::EncryptionMismatch(reason));
     }
     let bytes = read_key_file(env, dir).await?;
