@@ -30,6 +30,11 @@ pub struct Options {
     pub change_history_commits: u64,
     /// How many times an auto-commit operation is retried after a write conflict.
     pub conflict_retries_max: u32,
+    /// Encryption at rest, passed down to the LSM store (it takes precedence over
+    /// `lsm.encryption` when set): documents, index keys, change events, log records and table
+    /// blocks are all sealed there. A wrong passphrase fails `open` with
+    /// `Error::Storage(lsm::Error::WrongPassphrase)`.
+    pub encryption: Option<lsm::Encryption>,
 }
 
 impl Default for Options {
@@ -39,6 +44,7 @@ impl Default for Options {
             durability: lsm::Durability::Sync,
             change_history_commits: 100_000,
             conflict_retries_max: 64,
+            encryption: None,
         }
     }
 }
@@ -146,7 +152,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<E: Env> DocDb<E> {
     /// Opens (or creates) the database in `dir`: the LSM store, then the catalog.
     pub async fn open(env: E, dir: &str, options: Options) -> Result<DocDb<E>> {
-        let lsm = lsm::Db::open(env.clone(), dir, options.lsm.clone()).await?;
+        let mut lsm_options = options.lsm.clone();
+        if let Some(encryption) = &options.encryption {
+            lsm_options.encryption = Some(encryption.clone());
+        }
+        let lsm = lsm::Db::open(env.clone(), dir, lsm_options).await?;
         match lsm.get(&layout::format_key()).await? {
             None => {
                 lsm.put(&layout::format_key(), &[layout::FORMAT_VERSION], options.durability)
@@ -211,6 +221,18 @@ impl<E: Env> DocDb<E> {
     /// The LSM store underneath (for its statistics).
     pub fn storage(&self) -> &lsm::Db<E> {
         &self.inner.lsm
+    }
+
+    /// Rotates the passphrase of this open, encrypted database (`lsm::Db::rotate_passphrase`):
+    /// afterwards only `new_passphrase` opens it. For a closed one, `lsm::rotate_passphrase`.
+    pub async fn rotate_passphrase(
+        &self,
+        old_passphrase: &[u8],
+        new_passphrase: &[u8],
+        kdf: lsm::KdfParams,
+    ) -> Result<()> {
+        self.inner.lsm.rotate_passphrase(old_passphrase, new_passphrase, kdf).await?;
+        Ok(())
     }
 
     /// The last commit number.

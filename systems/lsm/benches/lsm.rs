@@ -17,6 +17,8 @@
 //! Memory and write amplification, one engine per process:
 //! `LSM_BENCH_REPORT=lsm LSM_BENCH_REPORT_KEYS=1000000 cargo bench -p lsm --features tokio --
 //! report-only` (and `=fjall`).
+//! `LSM_BENCH_ENCRYPT=1` runs our store encrypted at rest (Argon2id at its testing cost, so
+//! only the sealing is measured); run it and a plain run back to back for the overhead.
 
 // A benchmark measures real time and uses real files and threads: it is not simulation code.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -74,6 +76,9 @@ fn our_options() -> Options {
         block_cache_bytes: CACHE_BYTES,
         table_bytes_target: 8 << 20,
         level1_bytes_max: 64 << 20,
+        encryption: std::env::var("LSM_BENCH_ENCRYPT")
+            .is_ok_and(|value| value == "1")
+            .then(|| lsm::Encryption::new("bench", lsm::KdfParams::TESTING)),
         ..Options::default()
     }
 }

@@ -196,7 +196,8 @@ impl<E: Env> Inner<E> {
     async fn create_table(&self, number: u64, level0: bool) -> Result<TableWriter<E::File>> {
         let path = join(&self.dir, &table_name(number));
         let file = self.env.open(&path, OpenOptions::CREATE_NEW).await?;
-        Ok(TableWriter::new(file, number, self.options.table_options(level0)))
+        let options = self.options.table_options(level0, self.sealer.as_ref());
+        Ok(TableWriter::new(file, number, options))
     }
 
     /// Finishes and syncs table `number` and its directory entry, and opens it.
@@ -209,7 +210,8 @@ impl<E: Env> Inner<E> {
         let (file, size, summary) = writer.finish().await?;
         self.env.sync_dir(&self.dir).await?;
         let name = table_name(number);
-        let table = Table::open(file, number, name, Arc::clone(&self.cache)).await?;
+        let sealer = self.sealer.clone();
+        let table = Table::open(file, number, name, Arc::clone(&self.cache), sealer).await?;
         let meta =
             TableMeta { level, number, size, smallest: summary.smallest, largest: summary.largest };
         let bytes_per_seek = self.options.seek_compaction_bytes;
@@ -228,7 +230,7 @@ impl<E: Env> Inner<E> {
             log_number,
             tables: version.metas(),
         };
-        write_manifest_file(&self.env, &self.dir, &state).await
+        write_manifest_file(&self.env, &self.dir, &state, self.sealer.as_ref()).await
     }
 
     async fn delete_logs_before(&self, log_number: u64) {
@@ -533,15 +535,16 @@ async fn file_write_all<F: sim::File>(file: &F, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `state` as the manifest of `dir` atomically.
+/// Writes `state` as the manifest of `dir` atomically, its body sealed by `sealer` if given.
 pub(crate) async fn write_manifest_file<E: Env>(
     env: &E,
     dir: &str,
     state: &ManifestState,
+    sealer: Option<&crate::crypto::Sealer>,
 ) -> Result<()> {
     let temp = join(dir, MANIFEST_TEMP_NAME);
     let file = env.open(&temp, OpenOptions::TRUNCATE).await?;
-    file_write_all(&file, &state.encode()).await?;
+    file_write_all(&file, &state.encode_with(sealer)).await?;
     drop(file);
     env.rename(&temp, &join(dir, MANIFEST_NAME)).await?;
     env.sync_dir(dir).await.map_err(Error::Io)

@@ -12,8 +12,14 @@
 //!   The key-encryption key is Argon2id(passphrase, salt, parameters); the wrapped data key is
 //!   the 32-byte data key sealed under it with the header's first 32 bytes as associated data,
 //!   so a changed parameter is detected. A wrong passphrase fails to unwrap: `WrongPassphrase`.
+//! - Positions (the associated data of a sealed unit, 17 bytes): `| domain u8 | file number u64 |
+//!   offset u64 |`, domain 1 = a log record (file number of the log, offset of the record's
+//!   header), 2 = a table block (file number of the table, offset of the block), 3 = the
+//!   manifest (file number and offset 0).
 //! - Rotation (`rewrap`) seals the same data key under a new passphrase and a new salt; the data
 //!   on disk stays valid and the old passphrase stops working once the new file replaces it.
+
+use std::sync::{Arc, Mutex};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -106,6 +112,94 @@ impl Cipher {
         }
         let (nonce, body) = sealed.split_at(NONCE_BYTES);
         self.aead.decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad: position }).ok()
+    }
+}
+
+/// What kind of unit a position names (the first byte of the associated data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Domain {
+    /// A write-ahead-log record.
+    Log = 1,
+    /// A table block.
+    Table = 2,
+    /// The manifest.
+    Manifest = 3,
+}
+
+/// Bytes of a position.
+pub const POSITION_BYTES: usize = 17;
+
+/// The associated data binding a sealed unit to its place: `| domain | file | offset |`.
+pub fn position(domain: Domain, file_number: u64, offset: u64) -> [u8; POSITION_BYTES] {
+    let mut bytes = [0u8; POSITION_BYTES];
+    bytes[0] = domain as u8;
+    bytes[1..9].copy_from_slice(&file_number.to_le_bytes());
+    bytes[9..].copy_from_slice(&offset.to_le_bytes());
+    bytes
+}
+
+/// A source of nonce bytes (the store's `Env` random stream).
+type NonceSource = dyn Fn(&mut [u8]) + Send + Sync;
+
+/// Adapts a nonce source to the `RngCore` that `Cipher::seal` takes.
+struct SourceRng<'a>(&'a NonceSource);
+
+impl RngCore for SourceRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut bytes = [0u8; 4];
+        (self.0)(&mut bytes);
+        u32::from_le_bytes(bytes)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut bytes = [0u8; 8];
+        (self.0)(&mut bytes);
+        u64::from_le_bytes(bytes)
+    }
+
+    fn fill_bytes(&mut self, destination: &mut [u8]) {
+        (self.0)(destination);
+    }
+}
+
+// The source is the Env's random stream: cryptographically seeded in production, seeded by the
+// run's seed in simulation (where it protects nothing and keeps runs reproducible).
+impl CryptoRng for SourceRng<'_> {}
+
+/// The data key of an open store with its nonce source; cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: Arc<Cipher>,
+    nonces: Arc<NonceSource>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Sealer(..)")
+    }
+}
+
+impl Sealer {
+    /// A sealer drawing its nonces from `rng` (the store's `Env::rng()`, never OS randomness
+    /// directly, so a simulation stays deterministic).
+    pub fn new<R: RngCore + CryptoRng + Send + 'static>(cipher: Cipher, rng: R) -> Sealer {
+        let rng = Mutex::new(rng);
+        let nonces = move |destination: &mut [u8]| {
+            rng.lock().unwrap_or_else(|poison| poison.into_inner()).fill_bytes(destination);
+        };
+        Sealer { cipher: Arc::new(cipher), nonces: Arc::new(nonces) }
+    }
+
+    /// Appends `plaintext` sealed at `position` to `out` (`SEAL_OVERHEAD_BYTES` longer).
+    pub fn seal(&self, position: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        self.cipher.seal(&mut SourceRng(self.nonces.as_ref()), position, plaintext, out);
+        assert_eq!(out.len() - start, plaintext.len() + SEAL_OVERHEAD_BYTES);
+    }
+
+    /// The plaintext of a unit sealed at `position`, or `None` if it was not (see `Cipher`).
+    pub fn open(&self, position: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        self.cipher.open(position, sealed)
     }
 }
 

@@ -17,6 +17,7 @@ use sim::{Env, File, OpenOptions, TaskHandle};
 use crate::batch::WriteBatch;
 use crate::bloom;
 use crate::cache::BlockCache;
+use crate::crypto::Sealer;
 use crate::error::{Error, Result};
 use crate::iter::{Iter, ReadView, before_start};
 use crate::memtable::Memtable;
@@ -198,6 +199,8 @@ pub(crate) struct Inner<E: Env> {
     pub dir: String,
     pub options: Options,
     pub cache: Arc<BlockCache>,
+    /// The data key of an encrypted store (seals log records, table blocks and the manifest).
+    pub sealer: Option<Sealer>,
     pub state: Mutex<State<E::File>>,
     pub wal: futures::lock::Mutex<Option<WalWriter<E::File>>>,
     queue: Mutex<VecDeque<Arc<PendingWrite>>>,
@@ -305,6 +308,7 @@ impl<E: Env> Inner<E> {
             env,
             dir,
             options,
+            sealer: None,
             state: Mutex::new(state),
             wal: futures::lock::Mutex::new(None),
             queue: Mutex::new(VecDeque::new()),
@@ -592,11 +596,24 @@ impl<E: Env> Inner<E> {
         buffer.clear();
         let mut sequence = first;
         let place = writer.place();
+        let mut plaintext = Vec::new();
         for pending in group.iter().filter(|pending| !pending.rotate) {
             let batch = &pending.batch;
-            wal::encode_record_with(&mut buffer, place, writer.synced_len, |out| {
-                batch.encode(sequence, out);
-            });
+            if let Some(sealer) = &self.sealer {
+                plaintext.clear();
+                batch.encode(sequence, &mut plaintext);
+                wal::encode_sealed_record(
+                    &mut buffer,
+                    place,
+                    writer.synced_len,
+                    sealer,
+                    &plaintext,
+                );
+            } else {
+                wal::encode_record_with(&mut buffer, place, writer.synced_len, |out| {
+                    batch.encode(sequence, out);
+                });
+            }
             sequence += pending.op_count as u64;
         }
         let appended = writer.append(&buffer).await;

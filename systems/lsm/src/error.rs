@@ -29,6 +29,12 @@ pub enum Error {
     Poisoned(String),
     /// The store was closed.
     Closed,
+    /// The passphrase does not unlock the store's `KEY` file (or the file's salt or wrapped
+    /// key was damaged, which cannot be told apart from a wrong passphrase).
+    WrongPassphrase,
+    /// The store is encrypted and was opened without a passphrase, or is not encrypted and was
+    /// opened with one; the message says which.
+    EncryptionMismatch(String),
     /// Another open store (in this process or another) holds the directory's `LOCK` file.
     Locked {
         /// The directory.
@@ -57,6 +63,8 @@ impl Error {
             Error::InvalidArgument(reason) => Error::InvalidArgument(reason.clone()),
             Error::Poisoned(reason) => Error::Poisoned(reason.clone()),
             Error::Closed => Error::Closed,
+            Error::WrongPassphrase => Error::WrongPassphrase,
+            Error::EncryptionMismatch(reason) => Error::EncryptionMismatch(reason.clone()),
             Error::Locked { dir } => Error::Locked { dir: dir.clone() },
         }
     }
@@ -72,6 +80,10 @@ impl fmt::Display for Error {
             Error::InvalidArgument(reason) => write!(f, "invalid argument: {reason}"),
             Error::Poisoned(reason) => write!(f, "store stopped taking writes: {reason}"),
             Error::Closed => f.write_str("store is closed"),
+            Error::WrongPassphrase => {
+                f.write_str("wrong passphrase: it does not unlock the store's KEY file")
+            }
+            Error::EncryptionMismatch(reason) => write!(f, "encryption mismatch: {reason}"),
             Error::Locked { dir } => {
                 write!(f, "{dir} is in use by another open store (its LOCK file is held)")
             }

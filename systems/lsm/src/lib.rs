@@ -15,6 +15,7 @@
 //! - `batch`: `WriteBatch` and its log encoding.
 //! - `memtable`: the sorted in-memory table (inline short keys, values in an arena).
 //! - `table`, `block`, `bloom`, `cache`: SSTables, their blocks, bloom filters, the block cache.
+//! - `crypto`, `keyfile`: encryption at rest (sealing, the `KEY` file, passphrase rotation).
 //! - `manifest`: the persisted set of tables; `version`: the in-memory one.
 //! - `iter`: merging iterators; `key`: internal keys; `coding`: byte encodings.
 //! - `options`, `error`, `signal`: configuration, the error type, a wake-up primitive.
@@ -39,6 +40,7 @@ pub mod coding;
 pub mod crypto;
 pub mod error;
 pub mod key;
+pub mod keyfile;
 pub mod manifest;
 pub mod memtable;
 pub mod options;
@@ -56,8 +58,10 @@ mod recovery;
 mod version;
 
 pub use batch::WriteBatch;
+pub use crypto::KdfParams;
 pub use db::{Db, Snapshot, Stats};
 pub use error::{Error, Result};
 pub use iter::Iter;
-pub use options::{Durability, Options, PlantedBug};
+pub use keyfile::rotate_passphrase;
+pub use options::{Durability, Encryption, Options, PlantedBug};
 pub use table::Compression;

@@ -12,14 +12,22 @@
 //! table count varint | table* |`, each table
 //! `| level u8 | number varint | size varint | smallest key (varint length + bytes) |
 //! largest key (varint length + bytes) |` (keys are encoded internal keys).
+//!
+//! Version 2 (an encrypted store) has the same header; its body is sealed (`crypto.rs`:
+//! `| nonce (24) | ciphertext | tag (16) |`, associated data `crypto::position(Manifest, 0,
+//! 0)`), and the length and CRC cover the sealed body. The tables' key ranges are user keys,
+//! so they must not stay readable.
 
 use crate::coding::{DecodeResult, Reader, put_bytes, put_varint};
+use crate::crypto::{Domain, Sealer, position};
 use crate::key::split_internal;
 
 /// The manifest's magic number.
 pub const MANIFEST_MAGIC: u64 = u64::from_le_bytes(*b"GMLSMMAN");
-/// The manifest format version this code writes and reads.
+/// The manifest format version this code writes and reads in the clear.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+/// The manifest format version of an encrypted store (the body sealed).
+pub const MANIFEST_FORMAT_VERSION_ENCRYPTED: u32 = 2;
 /// Bytes before the body.
 pub const MANIFEST_HEADER_BYTES: usize = 8 + 4 + 4 + 4;
 /// The most levels a store may have.
@@ -56,8 +64,13 @@ pub struct ManifestState {
 }
 
 impl ManifestState {
-    /// The encoded manifest file.
+    /// The encoded manifest file, in the clear.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_with(None)
+    }
+
+    /// The encoded manifest file, its body sealed by `sealer` if given (version 2).
+    pub fn encode_with(&self, sealer: Option<&Sealer>) -> Vec<u8> {
         let mut body = Vec::new();
         put_varint(&mut body, self.next_file_number);
         put_varint(&mut body, self.last_sequence);
@@ -70,23 +83,44 @@ impl ManifestState {
             put_bytes(&mut body, &table.smallest);
             put_bytes(&mut body, &table.largest);
         }
+        let (version, body) = match sealer {
+            Some(sealer) => {
+                let mut sealed = Vec::new();
+                sealer.seal(&position(Domain::Manifest, 0, 0), &body, &mut sealed);
+                (MANIFEST_FORMAT_VERSION_ENCRYPTED, sealed)
+            }
+            None => (MANIFEST_FORMAT_VERSION, body),
+        };
         let mut out = Vec::with_capacity(MANIFEST_HEADER_BYTES + body.len());
         out.extend_from_slice(&MANIFEST_MAGIC.to_le_bytes());
-        out.extend_from_slice(&MANIFEST_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
         out.extend_from_slice(&body);
         out
     }
 
-    /// Decodes and checks a manifest file.
+    /// Decodes and checks a manifest file in the clear.
     pub fn decode(data: &[u8]) -> DecodeResult<ManifestState> {
+        Self::decode_with(data, None)
+    }
+
+    /// Decodes and checks a manifest file, opening its body with `sealer` if the store is
+    /// encrypted (then it must be of version 2, else of version 1).
+    pub fn decode_with(data: &[u8], sealer: Option<&Sealer>) -> DecodeResult<ManifestState> {
         let mut reader = Reader::new(data);
         if reader.u64()? != MANIFEST_MAGIC {
             return Err("bad manifest magic");
         }
-        if reader.u32()? != MANIFEST_FORMAT_VERSION {
-            return Err("unknown manifest format version");
+        match (reader.u32()?, sealer.is_some()) {
+            (MANIFEST_FORMAT_VERSION, false) | (MANIFEST_FORMAT_VERSION_ENCRYPTED, true) => {}
+            (MANIFEST_FORMAT_VERSION, true) => {
+                return Err("unencrypted manifest of an encrypted store");
+            }
+            (MANIFEST_FORMAT_VERSION_ENCRYPTED, false) => {
+                return Err("encrypted manifest opened without a key");
+            }
+            _ => return Err("unknown manifest format version"),
         }
         let body_len = reader.u32()? as usize;
         let crc = reader.u32()?;
@@ -97,7 +131,11 @@ impl ManifestState {
         if crc32c::crc32c(body) != crc {
             return Err("manifest checksum mismatch");
         }
-        decode_body(body)
+        let Some(sealer) = sealer else { return decode_body(body) };
+        let opened = sealer
+            .open(&position(Domain::Manifest, 0, 0), body)
+            .ok_or("manifest body does not open (damaged, or sealed under another key)")?;
+        decode_body(&opened)
     }
 }
 

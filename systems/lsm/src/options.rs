@@ -1,6 +1,37 @@
 //! Tuning knobs of a store and the durability of a write.
 
+use zeroize::Zeroizing;
+
+use crate::crypto::KdfParams;
 use crate::table::{Compression, TableOptions};
+
+/// Encryption at rest: the passphrase that unlocks the store's `KEY` file, and the Argon2id
+/// cost used when a `KEY` file is written (a new store, or a rotation). Its `Debug` never
+/// shows the passphrase, and the passphrase is wiped from memory when dropped.
+#[derive(Clone)]
+pub struct Encryption {
+    /// The passphrase's bytes.
+    pub passphrase: Zeroizing<Vec<u8>>,
+    /// Key-derivation cost of a new `KEY` file (an existing one names its own).
+    pub kdf: KdfParams,
+}
+
+impl Encryption {
+    /// Encryption under `passphrase` with key-derivation cost `kdf`.
+    pub fn new(passphrase: impl Into<Vec<u8>>, kdf: KdfParams) -> Encryption {
+        Encryption { passphrase: Zeroizing::new(passphrase.into()), kdf }
+    }
+}
+
+impl std::fmt::Debug for Encryption {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Encryption")
+            .field("passphrase", &"<redacted>")
+            .field("kdf", &self.kdf)
+            .finish()
+    }
+}
 
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -55,6 +86,9 @@ pub struct Options {
     /// A store that is read more than written then keeps no level-0 tables for its seeks to
     /// merge; one only written is unaffected. 0 turns it off.
     pub seek_compaction_bytes: u64,
+    /// Encryption at rest (see `Encryption`); `None` stores everything in the clear. A store
+    /// created with it must always be opened with it, and one created without it never.
+    pub encryption: Option<Encryption>,
     /// A known bug to plant (feature `planted-bugs` only): the simulation harness proves with
     /// it that its sweeps find each bug this store once had.
     #[cfg(feature = "planted-bugs")]
@@ -96,6 +130,7 @@ impl Default for Options {
             table_bytes_target: 2 << 20,
             level_count: 7,
             seek_compaction_bytes: 16 << 10,
+            encryption: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
@@ -156,8 +191,13 @@ impl Options {
         Ok(())
     }
 
-    /// What builders of tables of level 0 (`level0`) or a deeper level need.
-    pub(crate) fn table_options(&self, level0: bool) -> TableOptions {
+    /// What builders of tables of level 0 (`level0`) or a deeper level need, sealing blocks
+    /// with `sealer` if the store is encrypted.
+    pub(crate) fn table_options(
+        &self,
+        level0: bool,
+        sealer: Option<&crate::crypto::Sealer>,
+    ) -> TableOptions {
         let bloom_bits_per_key =
             if level0 { self.level0_bloom_bits_per_key } else { self.bloom_bits_per_key };
         TableOptions {
@@ -165,6 +205,7 @@ impl Options {
             restart_interval: self.block_restart_interval,
             bloom_bits_per_key,
             compression: self.compression,
+            sealer: sealer.cloned(),
         }
     }
 

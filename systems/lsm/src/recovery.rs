@@ -16,8 +16,10 @@ use crate::background::{
 };
 use crate::batch::WriteBatch;
 use crate::cache::BlockCache;
+use crate::crypto::Sealer;
 use crate::db::{Db, Inner, State, WalWriter, join, lock, table_name, wal_name};
 use crate::error::{Error, Result};
+use crate::keyfile::{KEY_TEMP_NAME, open_key};
 use crate::manifest::ManifestState;
 use crate::memtable::Memtable;
 use crate::options::{Options, PlantedBug};
@@ -46,7 +48,10 @@ async fn read_all<F: File>(file: &F) -> Result<Vec<u8>> {
 /// way from the disk is transient and differs between reads; a bad stored byte does not), at
 /// most `STABLE_READ_ATTEMPTS_MAX` times. Returns the bytes; whether they pass is the caller's
 /// to check again. Reads that never agree are an I/O error, so open fails and can be retried.
-async fn read_stable<F: File>(file: &F, check: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
+pub(crate) async fn read_stable<F: File>(
+    file: &F,
+    check: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>> {
     let mut previous: Option<Vec<u8>> = None;
     for _ in 0..STABLE_READ_ATTEMPTS_MAX {
         let bytes = read_all(file).await?;
@@ -60,13 +65,19 @@ async fn read_stable<F: File>(file: &F, check: impl Fn(&[u8]) -> bool) -> Result
 }
 
 /// Reads and decodes the manifest, or a fresh state if the store is new.
-async fn read_manifest<E: Env>(env: &E, dir: &str, names: &[String]) -> Result<ManifestState> {
+async fn read_manifest<E: Env>(
+    env: &E,
+    dir: &str,
+    names: &[String],
+    sealer: Option<&Sealer>,
+) -> Result<ManifestState> {
     if !names.iter().any(|name| name == MANIFEST_NAME) {
         return Ok(ManifestState { next_file_number: 1, ..ManifestState::default() });
     }
     let file = env.open(&join(dir, MANIFEST_NAME), OpenOptions::EXISTING).await?;
-    let bytes = read_stable(&file, |bytes| ManifestState::decode(bytes).is_ok()).await?;
-    ManifestState::decode(&bytes).map_err(|reason| Error::corruption(MANIFEST_NAME, 0, reason))
+    let decode = |bytes: &[u8]| ManifestState::decode_with(bytes, sealer);
+    let bytes = read_stable(&file, |bytes| decode(bytes).is_ok()).await?;
+    decode(&bytes).map_err(|reason| Error::corruption(MANIFEST_NAME, 0, reason))
 }
 
 /// Opens every table the manifest lists into a version.
@@ -74,7 +85,7 @@ async fn open_tables<E: Env>(
     env: &E,
     dir: &str,
     manifest: &ManifestState,
-    options: &Options,
+    (options, sealer): (&Options, Option<&Sealer>),
     cache: &Arc<BlockCache>,
 ) -> Result<Version<E::File>> {
     let mut version = Version::new(options.level_count);
@@ -91,7 +102,8 @@ async fn open_tables<E: Env>(
             }
             Err(error) => return Err(Error::Io(error)),
         };
-        let table = Table::open(file, meta.number, name.clone(), Arc::clone(cache)).await?;
+        let sealer = sealer.cloned();
+        let table = Table::open(file, meta.number, name.clone(), Arc::clone(cache), sealer).await?;
         let bytes_per_seek = options.seek_compaction_bytes;
         let file = Arc::new(TableFile::new(meta.clone(), Arc::new(table), bytes_per_seek));
         let level = usize::from(meta.level);
@@ -114,7 +126,7 @@ async fn replay_logs<E: Env>(
     env: &E,
     dir: &str,
     names: &[String],
-    options: &Options,
+    (options, sealer): (&Options, Option<&Sealer>),
     (log_number, mut last_sequence): (u64, u64),
 ) -> Result<(Memtable, u64)> {
     let mut numbers: Vec<u64> = names
@@ -137,8 +149,9 @@ async fn replay_logs<E: Env>(
             // Logs are synced before the next one starts, so an earlier log cannot tear.
             return Err(Error::corruption(&torn_name, offset, "bad record in a finished log"));
         }
-        for record in contents.records.iter().filter(|record| record.kind == wal::KIND_BATCH) {
-            let (first, batch) = WriteBatch::decode(record.payload)
+        for record in contents.records.iter().filter(|record| record.kind != wal::KIND_MARKER) {
+            let payload = record_payload(&name, number, record, sealer)?;
+            let (first, batch) = WriteBatch::decode(&payload)
                 .map_err(|reason| Error::corruption(&name, record.offset, reason))?;
             memtable.apply(first, &batch);
             last_sequence = last_sequence.max(first + batch.len() as u64 - 1);
@@ -149,6 +162,28 @@ async fn replay_logs<E: Env>(
         }
     }
     Ok((memtable, last_sequence))
+}
+
+/// The encoded batch a batch record of log `name` (number `number`) holds: its payload, opened
+/// with `sealer` in an encrypted store. A record sealed or not against the store's kind, or one
+/// that does not open, is corruption.
+fn record_payload<'a>(
+    name: &str,
+    number: u64,
+    record: &wal::Record<'a>,
+    sealer: Option<&Sealer>,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    let corrupt = |reason: &str| Error::corruption(name, record.offset, reason);
+    match (record.kind == wal::KIND_SEALED_BATCH, sealer) {
+        (false, None) => Ok(std::borrow::Cow::Borrowed(record.payload)),
+        (true, Some(sealer)) => {
+            wal::open_sealed(sealer, number, record).map(std::borrow::Cow::Owned).ok_or_else(|| {
+                corrupt("sealed record does not open (damaged, moved, or sealed under another key)")
+            })
+        }
+        (false, Some(_)) => Err(corrupt("unencrypted record in an encrypted store's log")),
+        (true, None) => Err(corrupt("sealed record in an unencrypted store's log")),
+    }
 }
 
 /// Whether the bad region of log `name` starting at `offset` may be taken for a torn tail:
@@ -183,11 +218,13 @@ impl<E: Env> Db<E> {
         env.create_dir_all(dir).await?;
         let lock_file = lock_directory(&env, dir).await?;
         let names = env.list(dir).await?;
-        let manifest = read_manifest(&env, dir, &names).await?;
+        let sealer = open_key(&env, dir, &names, &options).await?;
+        let manifest = read_manifest(&env, dir, &names, sealer.as_ref()).await?;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
-        let mut version = open_tables(&env, dir, &manifest, &options, &cache).await?;
+        let keyed = (&options, sealer.as_ref());
+        let mut version = open_tables(&env, dir, &manifest, keyed, &cache).await?;
         let logs_from = (manifest.log_number, manifest.last_sequence);
-        let (memtable, last_sequence) = replay_logs(&env, dir, &names, &options, logs_from).await?;
+        let (memtable, last_sequence) = replay_logs(&env, dir, &names, keyed, logs_from).await?;
         // Everything was read; from here on the directory changes.
         let highest = names
             .iter()
@@ -202,8 +239,7 @@ impl<E: Env> Db<E> {
         if !memtable.is_empty() {
             let number = next_file_number;
             next_file_number += 1;
-            let file =
-                write_recovered_table(&env, dir, &options, &cache, &memtable, number).await?;
+            let file = write_recovered_table(&env, dir, keyed, &cache, &memtable, number).await?;
             version.add(file);
         }
         let state = ManifestState {
@@ -212,7 +248,7 @@ impl<E: Env> Db<E> {
             log_number: wal_number,
             tables: version.metas(),
         };
-        write_manifest_file(&env, dir, &state).await?;
+        write_manifest_file(&env, dir, &state, sealer.as_ref()).await?;
         delete_unreferenced(&env, dir, &version, wal_number).await;
         let writer = WalWriter::new(wal_file, wal_number, Vec::new(), last_sequence);
         let state = State {
@@ -227,6 +263,7 @@ impl<E: Env> Db<E> {
         };
         let mut inner = Inner::new(env.clone(), dir.to_string(), options, state);
         inner.cache = cache;
+        inner.sealer = sealer;
         inner.visible_sequence.store(last_sequence, Ordering::Release);
         *inner.wal.get_mut() = Some(writer);
         *inner.lock_file.get_mut().unwrap_or_else(|poison| poison.into_inner()) = Some(lock_file);
@@ -244,20 +281,20 @@ impl<E: Env> Db<E> {
 async fn write_recovered_table<E: Env>(
     env: &E,
     dir: &str,
-    options: &Options,
+    (options, sealer): (&Options, Option<&Sealer>),
     cache: &Arc<BlockCache>,
     memtable: &Memtable,
     number: u64,
 ) -> Result<Arc<TableFile<E::File>>> {
     let name = table_name(number);
     let file = env.open(&join(dir, &name), OpenOptions::CREATE_NEW).await?;
-    let mut writer = TableWriter::new(file, number, options.table_options(true));
+    let mut writer = TableWriter::new(file, number, options.table_options(true, sealer));
     for entry in memtable.entries() {
         writer.add(&entry).await?;
     }
     let (file, size, summary) = writer.finish().await?;
     env.sync_dir(dir).await?;
-    let table = Table::open(file, number, name, Arc::clone(cache)).await?;
+    let table = Table::open(file, number, name, Arc::clone(cache), sealer.cloned()).await?;
     let meta = crate::manifest::TableMeta {
         level: 0,
         number,
@@ -271,7 +308,7 @@ async fn write_recovered_table<E: Env>(
 /// Deletes logs before `wal_number`, tables not in `version` and a leftover temp manifest.
 /// Takes the directory's `LOCK` file, so a second store (in this process or, on real files,
 /// another) never writes the same directory; the lock lives as long as the returned handle.
-async fn lock_directory<E: Env>(env: &E, dir: &str) -> Result<E::File> {
+pub(crate) async fn lock_directory<E: Env>(env: &E, dir: &str) -> Result<E::File> {
     let file = env.open(&join(dir, LOCK_NAME), OpenOptions::CREATE).await?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -296,7 +333,7 @@ async fn delete_unreferenced<E: Env>(
     for name in names {
         let stale_log = parse_number(&name, ".log").is_some_and(|number| number < wal_number);
         let stale_table = parse_number(&name, ".sst").is_some_and(|number| !live.contains(&number));
-        if stale_log || stale_table || name == MANIFEST_TEMP_NAME {
+        if stale_log || stale_table || name == MANIFEST_TEMP_NAME || name == KEY_TEMP_NAME {
             let _ = env.remove(&join(dir, &name)).await;
         }
     }

@@ -1,7 +1,7 @@
 //! SSTables: immutable sorted files of internal keys, built once by a flush or a compaction and
 //! read through a block cache.
 //!
-//! ## Format (version 3, little-endian; `docs/format.md` has the full description)
+//! ## Format (version 3, or 4 when encrypted; little-endian; `docs/format.md` has the details)
 //!
 //! `| data block + trailer |* | filter block + trailer | index block + trailer | footer |`
 //!
@@ -19,6 +19,11 @@
 //! - The footer is 48 bytes: `| filter offset u64 | filter size u32 | index offset u64 |
 //!   index size u32 | entry count u64 | format version u32 | crc32c u32 | magic u64 |`, the CRC
 //!   over the 36 bytes before it, then (version 3) the file number and the footer's offset.
+//! - Version 4 (an encrypted store) is version 3 with every block's stored bytes (data,
+//!   filter and index blocks, compressed or not) sealed (`crypto.rs`): `| nonce | ciphertext |
+//!   tag |` in place of the stored bytes, the associated data the block's position
+//!   (`crypto::position(Table, file number, offset)`) followed by its compression byte. The
+//!   trailer and its CRC (over the sealed bytes) and the footer stay as in version 3.
 
 use std::cmp::Ordering;
 use std::ops::Bound;
@@ -31,6 +36,7 @@ use crate::block::{Block, BlockBuilder, BlockPosition};
 use crate::bloom::{self, Bloom, FilterKind};
 use crate::cache::BlockCache;
 use crate::coding::{DecodeResult, Reader, fixed_u32, put_varint};
+use crate::crypto::{Domain, POSITION_BYTES, Sealer, position};
 use crate::error::{Error, Result};
 use crate::key::{
     Entry, KIND_DELETE, KIND_PUT, SEQUENCE_MAX, compare_internal, compare_internal_to,
@@ -44,6 +50,8 @@ const _: () = assert!(FOOTER_BYTES == 8 + 4 + 8 + 4 + 8 + 4 + 4 + 8);
 pub const TABLE_MAGIC: u64 = u64::from_le_bytes(*b"GMLSMSST");
 /// The table format version this code writes (it also reads versions 2 and 1).
 pub const TABLE_FORMAT_VERSION: u32 = 3;
+/// The table format version of an encrypted store: version 3 with every block sealed.
+pub const TABLE_FORMAT_VERSION_ENCRYPTED: u32 = 4;
 /// The previous table format version, still read: the same layout, checksums without position.
 pub const TABLE_FORMAT_VERSION_UNSEALED: u32 = 2;
 /// The older table format version still read: the same layout with a legacy bloom filter.
@@ -68,7 +76,7 @@ pub enum Compression {
 }
 
 /// What a table builder needs to know.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TableOptions {
     /// Target uncompressed size of a data block.
     pub block_bytes: usize,
@@ -78,6 +86,8 @@ pub struct TableOptions {
     pub bloom_bits_per_key: u32,
     /// Data block compression.
     pub compression: Compression,
+    /// Seals every block (format version 4) when the store is encrypted.
+    pub sealer: Option<Sealer>,
 }
 
 /// The key range and size of a built table.
@@ -115,18 +125,22 @@ pub struct TableBuilder {
 impl TableBuilder {
     /// An empty builder of the table that will be file `file_number`.
     pub fn new(options: TableOptions, file_number: u64) -> TableBuilder {
+        let format_version = match options.sealer {
+            Some(_) => TABLE_FORMAT_VERSION_ENCRYPTED,
+            None => TABLE_FORMAT_VERSION,
+        };
         TableBuilder {
+            data: BlockBuilder::new(options.restart_interval),
             options,
             out: Vec::new(),
             consumed: 0,
-            data: BlockBuilder::new(options.restart_interval),
             index: BlockBuilder::new(1),
             hashes: Vec::new(),
             last_user_key: None,
             smallest: None,
             entry_count: 0,
             key_buffer: Vec::new(),
-            format_version: TABLE_FORMAT_VERSION,
+            format_version,
             file_number,
         }
     }
@@ -196,8 +210,12 @@ impl TableBuilder {
         let last_key = self.data.last_key().to_vec();
         let raw = self.data.finish();
         let seal = self.seal();
-        let (offset, size) =
-            write_block(&mut self.out, (self.consumed, seal), &raw, self.options.compression);
+        let (offset, size) = write_block(
+            &mut self.out,
+            (self.consumed, seal),
+            &raw,
+            (self.options.compression, self.options.sealer.as_ref()),
+        );
         let mut handle = Vec::new();
         put_varint(&mut handle, offset);
         put_varint(&mut handle, size);
@@ -219,10 +237,10 @@ impl TableBuilder {
         let kind = filter_kind(self.format_version).expect("a known format version");
         let filter = bloom::build(&self.hashes, self.options.bloom_bits_per_key, kind);
         let at = (self.consumed, self.seal());
-        let (filter_offset, filter_size) =
-            write_block(&mut self.out, at, &filter, Compression::None);
+        let plain = (Compression::None, self.options.sealer.as_ref());
+        let (filter_offset, filter_size) = write_block(&mut self.out, at, &filter, plain);
         let index = self.index.finish();
-        let (index_offset, index_size) = write_block(&mut self.out, at, &index, Compression::None);
+        let (index_offset, index_size) = write_block(&mut self.out, at, &index, plain);
         let footer_offset = self.consumed + self.out.len() as u64;
         let mut footer = Vec::with_capacity(FOOTER_BYTES);
         footer.extend_from_slice(&filter_offset.to_le_bytes());
@@ -256,13 +274,22 @@ fn sealed_crc(crc: u32, seal: Option<u64>, offset: u64) -> u32 {
     crc32c::crc32c_append(crc, &position)
 }
 
+/// The associated data of a sealed block: its position, then its compression byte.
+fn block_position(file_number: u64, offset: u64, compression: u8) -> [u8; POSITION_BYTES + 1] {
+    let mut bytes = [0u8; POSITION_BYTES + 1];
+    bytes[..POSITION_BYTES].copy_from_slice(&position(Domain::Table, file_number, offset));
+    bytes[POSITION_BYTES] = compression;
+    bytes
+}
+
 /// Appends a block and its trailer to `out`, which starts at file offset `base`, its checksum
-/// sealed with the file number `seal` if given; returns (offset, stored size without trailer).
+/// sealed with the file number `seal` if given, its bytes sealed by `sealer` if given (which
+/// needs `seal`); returns (offset, stored size without trailer).
 fn write_block(
     out: &mut Vec<u8>,
     (base, seal): (u64, Option<u64>),
     raw: &[u8],
-    compression: Compression,
+    (compression, sealer): (Compression, Option<&Sealer>),
 ) -> (u64, u64) {
     let offset = base + out.len() as u64;
     let compressed = match compression {
@@ -274,11 +301,19 @@ fn write_block(
         _ => (raw, 0u8),
     };
     let start = out.len();
-    out.extend_from_slice(stored);
+    match sealer {
+        Some(sealer) => {
+            let file_number = seal.expect("an encrypted table seals its checksums too");
+            sealer.seal(&block_position(file_number, offset, kind), stored, out);
+        }
+        None => out.extend_from_slice(stored),
+    }
+    let stored_bytes = out.len() - start;
     out.push(kind);
     let crc = sealed_crc(crc32c::crc32c(&out[start..]), seal, offset);
     out.extend_from_slice(&crc.to_le_bytes());
-    (offset, stored.len() as u64)
+    assert_eq!(out.len() - start, stored_bytes + BLOCK_TRAILER_BYTES);
+    (offset, stored_bytes as u64)
 }
 
 /// Buffered table bytes a `TableWriter` lets accumulate before it writes them out.
@@ -340,9 +375,23 @@ impl<F: File> TableWriter<F> {
 /// table of a version before 3.
 type Seal = Option<(u64, u64)>;
 
-/// Checks a block's trailer and decompresses it.
-fn decode_block(stored: &[u8], seal: Seal) -> DecodeResult<Vec<u8>> {
-    decode_block_owned(stored, seal, |body| body.to_vec())
+/// Checks a block's trailer, opens it if `sealer` is given, and decompresses it.
+fn decode_block(stored: &[u8], seal: Seal, sealer: Option<&Sealer>) -> DecodeResult<Vec<u8>> {
+    decode_block_owned(stored, seal, sealer, |body| body.to_vec())
+}
+
+/// The block of `body` stored with compression byte `compression`.
+fn decompress(body: &[u8], compression: u8) -> DecodeResult<Option<Vec<u8>>> {
+    match compression {
+        0 => Ok(None),
+        1 => {
+            if body.len() < 4 || fixed_u32(body, 0) as usize > BLOCK_BYTES_MAX {
+                return Err("compressed block length out of range");
+            }
+            lz4_flex::decompress_size_prepended(body).map(Some).map_err(|_| "bad lz4 block")
+        }
+        _ => Err("unknown block compression"),
+    }
 }
 
 /// Like `decode_block`, taking the bytes of an uncompressed block from `take` (given the block
@@ -350,6 +399,7 @@ fn decode_block(stored: &[u8], seal: Seal) -> DecodeResult<Vec<u8>> {
 fn decode_block_owned(
     stored: &[u8],
     seal: Seal,
+    sealer: Option<&Sealer>,
     take: impl FnOnce(&[u8]) -> Vec<u8>,
 ) -> DecodeResult<Vec<u8>> {
     if stored.len() < BLOCK_TRAILER_BYTES {
@@ -362,23 +412,26 @@ fn decode_block_owned(
         return Err("block checksum mismatch (damaged, or written for another place)");
     }
     let body = &stored[..body_len - 1];
-    match stored[body_len - 1] {
-        0 => Ok(take(body)),
-        1 => {
-            if body.len() < 4 || fixed_u32(body, 0) as usize > BLOCK_BYTES_MAX {
-                return Err("compressed block length out of range");
-            }
-            lz4_flex::decompress_size_prepended(body).map_err(|_| "bad lz4 block")
-        }
-        _ => Err("unknown block compression"),
-    }
+    let compression = stored[body_len - 1];
+    let Some(sealer) = sealer else {
+        return Ok(decompress(body, compression)?.unwrap_or_else(|| take(body)));
+    };
+    let (file_number, offset) = seal.ok_or("an encrypted block without a position")?;
+    let opened = sealer
+        .open(&block_position(file_number, offset, compression), body)
+        .ok_or("sealed block does not open (damaged, moved, or sealed under another key)")?;
+    Ok(decompress(&opened, compression)?.unwrap_or(opened))
 }
 
 /// Checks and decodes a data block read into `buffer`; an uncompressed block takes the
 /// buffer's bytes without a copy (leaving `buffer` empty).
-fn decode_data_block(buffer: &mut Vec<u8>, seal: Seal) -> DecodeResult<Block> {
+fn decode_data_block(
+    buffer: &mut Vec<u8>,
+    seal: Seal,
+    sealer: Option<&Sealer>,
+) -> DecodeResult<Block> {
     let mut owned = None;
-    let decoded = decode_block_owned(buffer, seal, |body| {
+    let decoded = decode_block_owned(buffer, seal, sealer, |body| {
         owned = Some(body.len());
         Vec::new()
     })?;
@@ -414,12 +467,15 @@ struct Footer {
     entry_count: u64,
     filter_kind: FilterKind,
     sealed: bool,
+    encrypted: bool,
 }
 
 /// The bloom filter kind of a table format version, if the version is known.
 fn filter_kind(version: u32) -> Option<FilterKind> {
     match version {
-        TABLE_FORMAT_VERSION | TABLE_FORMAT_VERSION_UNSEALED => Some(FilterKind::Blocked),
+        TABLE_FORMAT_VERSION_ENCRYPTED | TABLE_FORMAT_VERSION | TABLE_FORMAT_VERSION_UNSEALED => {
+            Some(FilterKind::Blocked)
+        }
         TABLE_FORMAT_VERSION_LEGACY => Some(FilterKind::Legacy),
         _ => None,
     }
@@ -442,7 +498,8 @@ fn decode_footer(bytes: &[u8], file_number: u64, offset: u64) -> DecodeResult<Fo
         return Err("footer checksum mismatch (damaged, or written for another place)");
     }
     let filter_kind = filter_kind(version).ok_or("unknown table format version")?;
-    Ok(Footer { filter, index, entry_count, filter_kind, sealed })
+    let encrypted = version == TABLE_FORMAT_VERSION_ENCRYPTED;
+    Ok(Footer { filter, index, entry_count, filter_kind, sealed, encrypted })
 }
 
 fn decode_index(block: &Block, file_bytes: u64) -> DecodeResult<Vec<IndexEntry>> {
@@ -526,6 +583,8 @@ pub struct Table<F: File> {
     entry_count: u64,
     // Whether block checksums are sealed with their position (version 3 on).
     sealed: bool,
+    // The store's key, if the table's blocks are sealed (version 4).
+    sealer: Option<Sealer>,
     cache: Arc<BlockCache>,
     // Lookups of keys the table does not hold: rejected by the bloom filter, or let through.
     bloom_negative_count: AtomicU64,
@@ -563,7 +622,15 @@ async fn read_checked<F: File, T>(
 
 impl<F: File> Table<F> {
     /// Opens table `number` stored as `name` in `file`: reads and checks footer, index, filter.
-    pub async fn open(file: F, number: u64, name: String, cache: Arc<BlockCache>) -> Result<Self> {
+    /// `sealer` is the store's key if it is encrypted: then every table must be of version 4,
+    /// else none may be.
+    pub async fn open(
+        file: F,
+        number: u64,
+        name: String,
+        cache: Arc<BlockCache>,
+        sealer: Option<Sealer>,
+    ) -> Result<Self> {
         let file_bytes = file.len().await?;
         if file_bytes < FOOTER_BYTES as u64 {
             return Err(Error::corruption(&name, 0, "table shorter than its footer"));
@@ -573,6 +640,13 @@ impl<F: File> Table<F> {
             decode_footer(bytes, number, footer_offset)
         })
         .await?;
+        if footer.encrypted != sealer.is_some() {
+            let reason = match footer.encrypted {
+                true => "an encrypted table in a store opened without a key",
+                false => "an unencrypted table in an encrypted store",
+            };
+            return Err(Error::corruption(&name, footer_offset, reason));
+        }
         let limit = footer_offset;
         for handle in [footer.filter, footer.index] {
             let end = handle.offset.checked_add(handle.size + BLOCK_TRAILER_BYTES as u64);
@@ -584,13 +658,13 @@ impl<F: File> Table<F> {
         let (offset, size) =
             (footer.index.offset, footer.index.size as usize + BLOCK_TRAILER_BYTES);
         let index = read_checked(Vec::new(), &file, &name, offset, size, |bytes| {
-            decode_index(&Block::new(decode_block(bytes, seal(offset))?)?, limit)
+            decode_index(&Block::new(decode_block(bytes, seal(offset), sealer.as_ref())?)?, limit)
         })
         .await?;
         let (offset, size) =
             (footer.filter.offset, footer.filter.size as usize + BLOCK_TRAILER_BYTES);
         let bloom = read_checked(Vec::new(), &file, &name, offset, size, |bytes| {
-            Bloom::new(decode_block(bytes, seal(offset))?, footer.filter_kind)
+            Bloom::new(decode_block(bytes, seal(offset), sealer.as_ref())?, footer.filter_kind)
         })
         .await?;
         let entry_count = footer.entry_count;
@@ -605,6 +679,7 @@ impl<F: File> Table<F> {
             bloom,
             entry_count,
             sealed: footer.sealed,
+            sealer,
             cache,
             bloom_negative_count: AtomicU64::new(0),
             bloom_false_positive_count: AtomicU64::new(0),
@@ -658,7 +733,8 @@ impl<F: File> Table<F> {
         let buffer = self.cache.take_buffer();
         let (file, name) = (&self.file, &self.name);
         let seal = self.sealed.then_some((self.number, handle.offset));
-        let decode = |buffer: &mut Vec<u8>| decode_data_block(buffer, seal);
+        let sealer = self.sealer.as_ref();
+        let decode = |buffer: &mut Vec<u8>| decode_data_block(buffer, seal, sealer);
         let block = read_checked(buffer, file, name, handle.offset, size, decode).await?;
         let block = Arc::new(block);
         if fill_cache {
@@ -966,6 +1042,7 @@ mod tests {
             restart_interval: 4,
             bloom_bits_per_key: 10,
             compression: Compression::None,
+            sealer: None,
         }
     }
 
@@ -1005,7 +1082,7 @@ mod tests {
             let file = env.open("t.sst", OpenOptions::CREATE_NEW).await.expect("create");
             file.write_at(0, &bytes).await.expect("write");
             let cache = Arc::new(BlockCache::new(1 << 16));
-            let table = Table::open(file, 1, "t.sst".into(), cache).await?;
+            let table = Table::open(file, 1, "t.sst".into(), cache, None).await?;
             for entry in entries().into_iter().filter(|_| probe) {
                 let found = table.get(&entry.key, bloom::key_hash(&entry.key), SEQUENCE_MAX).await;
                 assert_eq!(found?, Some((entry.sequence, entry.value)));
@@ -1019,7 +1096,7 @@ mod tests {
 
     /// Goal: a table of format version 1 (legacy bloom filter) still reads, every key found and
     /// absent keys not; an unknown version is corruption. Method: a table built with the legacy
-    /// builder; then its footer's version patched to 4 (with a fixed-up checksum).
+    /// builder; then its footer's version patched to 5 (with a fixed-up checksum).
     #[test]
     fn a_version_1_table_reads_and_an_unknown_version_is_corruption() {
         let mut builder = TableBuilder::with_version(test_options(), TABLE_FORMAT_VERSION_LEGACY);
@@ -1029,7 +1106,7 @@ mod tests {
         assert_eq!(fixed_u32(&bytes, footer + 32), TABLE_FORMAT_VERSION_LEGACY);
         open_and_probe(bytes.clone(), true).expect("a version-1 table reads");
         let mut patched = bytes;
-        patched[footer + 32..footer + 36].copy_from_slice(&4u32.to_le_bytes());
+        patched[footer + 32..footer + 36].copy_from_slice(&5u32.to_le_bytes());
         let crc = crc32c::crc32c(&patched[footer..footer + 36]);
         patched[footer + 36..footer + 40].copy_from_slice(&crc.to_le_bytes());
         assert!(open_and_probe(patched, false).is_err_and(|error| error.is_corruption()));

@@ -13,6 +13,13 @@
 //! byte offset the record was written for, so a record that a misdirected write put anywhere
 //! else is recognised as such.
 //!
+//! In an encrypted store, batches are written as kind 5 (a sealed write batch): the header is
+//! the same and stays clear; the payload is the batch sealed (`crypto.rs`, `| nonce (24) |
+//! ciphertext | tag (16) |`) with the record's position (`crypto::position(Log, file_number,
+//! offset)`) as associated data, and `crc` covers the sealed payload, so torn tails and bit
+//! flips are found before decryption exactly as in the clear. Sync markers carry no payload
+//! and are not sealed.
+//!
 //! Version 1 records (kind 1 = batch, 2 = marker) have the same layout without `file_number`
 //! and `offset`; they are still read, but carry no position to check.
 //!
@@ -30,17 +37,21 @@
 //! always corruption.
 
 use crate::coding::{DecodeResult, fixed_u32};
+use crate::crypto::{Domain, SEAL_OVERHEAD_BYTES, Sealer, position};
 
 /// Bytes of a version-2 record header.
 pub const HEADER_BYTES: usize = 4 + 4 + 1 + 8 + 8 + 8;
 /// Bytes of a version-1 record header (no position).
 pub const HEADER_BYTES_V1: usize = 4 + 4 + 1 + 8;
-/// The largest payload a record may carry.
-pub const PAYLOAD_BYTES_MAX: usize = crate::batch::BATCH_BYTES_MAX;
+/// The largest payload a record may carry (a sealed batch is `SEAL_OVERHEAD_BYTES` longer
+/// than the batch; batches stay far below the limit).
+pub const PAYLOAD_BYTES_MAX: usize = crate::batch::BATCH_BYTES_MAX + SEAL_OVERHEAD_BYTES;
 /// Kind byte of a record holding one write batch.
 pub const KIND_BATCH: u8 = 3;
 /// Kind byte of a sync marker: no payload; says the file was durable through `synced_through`.
 pub const KIND_MARKER: u8 = 4;
+/// Kind byte of a record holding one sealed write batch (an encrypted store).
+pub const KIND_SEALED_BATCH: u8 = 5;
 /// Kind byte of a version-1 batch record (read only).
 pub const KIND_BATCH_V1: u8 = 1;
 /// Kind byte of a version-1 sync marker (read only).
@@ -74,6 +85,29 @@ pub fn encode_record_with(
     fill: impl FnOnce(&mut Vec<u8>),
 ) {
     encode_with(out, place, KIND_BATCH, synced_through, fill);
+}
+
+/// Appends a sealed batch record: `plaintext` (an encoded batch) sealed by `sealer` with the
+/// record's position as associated data.
+pub fn encode_sealed_record(
+    out: &mut Vec<u8>,
+    place: Place,
+    synced_through: u64,
+    sealer: &Sealer,
+    plaintext: &[u8],
+) {
+    let offset = place.buffer_offset + out.len() as u64;
+    let ad = position(Domain::Log, place.file_number, offset);
+    encode_with(out, place, KIND_SEALED_BATCH, synced_through, |out| {
+        sealer.seal(&ad, plaintext, out);
+    });
+}
+
+/// The plaintext of a sealed batch record found in log `file_number`, or `None` if it does not
+/// open there (damaged, moved, or sealed under another key).
+pub fn open_sealed(sealer: &Sealer, file_number: u64, record: &Record<'_>) -> Option<Vec<u8>> {
+    assert_eq!(record.kind, KIND_SEALED_BATCH);
+    sealer.open(&position(Domain::Log, file_number, record.offset), record.payload)
 }
 
 /// Appends a version-1 batch record (no position). The store never writes these; they exist
@@ -125,7 +159,8 @@ pub struct Record<'a> {
     pub offset: u64,
     /// The durable length the writer knew of when it wrote this record.
     pub synced_through: u64,
-    /// `KIND_BATCH` or `KIND_MARKER` (version-1 kinds are reported as these).
+    /// `KIND_BATCH`, `KIND_SEALED_BATCH` or `KIND_MARKER` (version-1 kinds are reported as
+    /// these).
     pub kind: u8,
     /// The place the record was written for; `None` for a version-1 record.
     pub position: Option<Position>,
@@ -179,6 +214,7 @@ pub fn parse_record(data: &[u8], offset: usize) -> DecodeResult<(Record<'_>, usi
     let kind = data[offset + 8];
     let (header_bytes, batch, marker) = match kind {
         KIND_BATCH | KIND_MARKER => (HEADER_BYTES, KIND_BATCH, KIND_MARKER),
+        KIND_SEALED_BATCH => (HEADER_BYTES, KIND_SEALED_BATCH, KIND_MARKER),
         KIND_BATCH_V1 | KIND_MARKER_V1 => (HEADER_BYTES_V1, KIND_BATCH_V1, KIND_MARKER_V1),
         _ => return Err("unknown record kind"),
     };
@@ -202,7 +238,11 @@ pub fn parse_record(data: &[u8], offset: usize) -> DecodeResult<(Record<'_>, usi
     let record = Record {
         offset: offset as u64,
         synced_through: fixed_u64(header, 9),
-        kind: if kind == batch { KIND_BATCH } else { KIND_MARKER },
+        kind: match kind == batch {
+            true if batch == KIND_SEALED_BATCH => KIND_SEALED_BATCH,
+            true => KIND_BATCH,
+            false => KIND_MARKER,
+        },
         position,
         payload: &data[offset + header_bytes..end],
     };

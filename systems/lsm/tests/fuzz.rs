@@ -67,8 +67,13 @@ fn valid_bloom() -> Vec<u8> {
 }
 
 fn valid_table(compression: Compression) -> Vec<u8> {
-    let options =
-        TableOptions { block_bytes: 128, restart_interval: 4, bloom_bits_per_key: 10, compression };
+    let options = TableOptions {
+        block_bytes: 128,
+        restart_interval: 4,
+        bloom_bits_per_key: 10,
+        compression,
+        sealer: None,
+    };
     let mut builder = TableBuilder::new(options, 1);
     for index in 0..200u32 {
         let value =
@@ -118,7 +123,9 @@ fn read_table(bytes: Vec<u8>) {
         let file = env.open("t.sst", OpenOptions::CREATE).await.expect("create");
         file.write_at(0, &bytes).await.expect("write");
         let cache = Arc::new(BlockCache::new(1 << 16));
-        let Ok(table) = Table::open(file, 1, "t.sst".to_string(), cache).await else { return };
+        let Ok(table) = Table::open(file, 1, "t.sst".to_string(), cache, None).await else {
+            return;
+        };
         let table = Arc::new(table);
         let _ = table.get(b"k0010", lsm::bloom::key_hash(b"k0010"), u64::MAX >> 8).await;
         for forward in [true, false] {

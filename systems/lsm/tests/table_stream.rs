@@ -34,9 +34,10 @@ fn streamed_table_equals_built_table_and_reads_back() {
         restart_interval: 16,
         bloom_bits_per_key: 10,
         compression: Compression::None,
+        sealer: None,
     };
     let entries = entries();
-    let mut builder = TableBuilder::new(options, 1);
+    let mut builder = TableBuilder::new(options.clone(), 1);
     for entry in &entries {
         builder.add(entry);
     }
@@ -56,7 +57,8 @@ fn streamed_table_equals_built_table_and_reads_back() {
         file.read_exact_at(0, &mut stored).await.expect("read");
         assert!(stored == expected, "streamed bytes differ from built bytes");
         let cache = Arc::new(BlockCache::new(1 << 20));
-        let table = Arc::new(Table::open(file, 1, "t.sst".into(), cache).await.expect("open"));
+        let table =
+            Arc::new(Table::open(file, 1, "t.sst".into(), cache, None).await.expect("open"));
         let probe = &entries[entries.len() / 2];
         let found = table.get(&probe.key, bloom::key_hash(&probe.key), u64::MAX >> 8).await;
         assert_eq!(found.expect("get"), Some((probe.sequence, probe.value.clone())));
