@@ -132,19 +132,25 @@ impl<E: Env> TxnCollection<'_, E> {
         let Some(info) = self.info() else { return Ok(false) };
         self.txn.touch(&self.database, &self.name);
         for prefix in [layout::document_prefix(info.id), layout::collection_index_prefix(info.id)] {
-            let end = crate::keycode::prefix_successor(&prefix);
-            let mut scan = self.txn.scan(prefix, end).await?;
-            let mut keys = Vec::new();
-            while let Some((key, _)) = scan.next().await? {
-                keys.push(key);
-            }
-            for key in keys {
-                self.txn.delete(key);
-            }
+            self.delete_prefix(prefix).await?;
         }
         self.txn.remove_catalog(&info);
         self.txn.record_event(doc! {"op": "drop", "db": &self.database, "coll": &self.name});
         Ok(true)
+    }
+
+    /// Stages the deletion of every key under `prefix` that this transaction sees.
+    async fn delete_prefix(&mut self, prefix: Vec<u8>) -> Result<()> {
+        let end = crate::keycode::prefix_successor(&prefix);
+        let mut scan = self.txn.scan(prefix, end).await?;
+        let mut keys = Vec::new();
+        while let Some((key, _)) = scan.next().await? {
+            keys.push(key);
+        }
+        for key in keys {
+            self.txn.delete(key);
+        }
+        Ok(())
     }
 
     /// Inserts one document; returns its `_id` (generated when missing).
@@ -629,16 +635,7 @@ impl<E: Env> TxnCollection<'_, E> {
         };
         let index = info.indexes.remove(position);
         info.epoch += 1;
-        let prefix = layout::index_prefix(info.id, index.id);
-        let end = crate::keycode::prefix_successor(&prefix);
-        let mut scan = self.txn.scan(prefix, end).await?;
-        let mut keys = Vec::new();
-        while let Some((key, _)) = scan.next().await? {
-            keys.push(key);
-        }
-        for key in keys {
-            self.txn.delete(key);
-        }
+        self.delete_prefix(layout::index_prefix(info.id, index.id)).await?;
         self.txn.put_catalog(info);
         Ok(())
     }
