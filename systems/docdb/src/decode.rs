@@ -25,6 +25,35 @@ pub fn document(bytes: &[u8]) -> Result<Document, String> {
     Ok(document)
 }
 
+/// The top-level fields `names` of a BSON document, decoded without decoding the others: every
+/// other element is skipped by its type's size. Stops once every name was found.
+pub fn fields(bytes: &[u8], names: &[&str]) -> Result<Document, String> {
+    let mut reader = Reader { bytes, at: 0 };
+    let length = reader.length(5)?;
+    if length != bytes.len() {
+        return Err(format!("document length {length} of {} bytes", bytes.len()));
+    }
+    let mut found = Document::new();
+    loop {
+        let kind = reader.fixed::<1>()?[0];
+        if kind == 0 {
+            break;
+        }
+        let key = reader.cstr()?;
+        match names.iter().find(|name| name.as_bytes() == key) {
+            Some(name) if !found.contains_key(*name) => {
+                let value = reader.value(kind, 0)?;
+                found.insert(*name, value);
+                if found.len() == names.len() {
+                    break;
+                }
+            }
+            _ => reader.skip(kind)?,
+        }
+    }
+    Ok(found)
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -55,6 +84,38 @@ impl<'a> Reader<'a> {
             return Err(format!("length {length} below {minimum}"));
         }
         Ok(length as usize)
+    }
+
+    /// The bytes of a NUL-terminated name, not checked or copied.
+    fn cstr(&mut self) -> Result<&'a [u8], String> {
+        let rest = &self.bytes[self.at..];
+        let end = rest.iter().position(|&byte| byte == 0).ok_or("unterminated name")?;
+        self.at += end + 1;
+        Ok(&rest[..end])
+    }
+
+    /// Moves past one value of type `kind` without decoding it.
+    fn skip(&mut self, kind: u8) -> Result<(), String> {
+        let size = match kind {
+            0x06 | 0x0A | 0x7F | 0xFF => 0,
+            0x08 => 1,
+            0x10 => 4,
+            0x01 | 0x09 | 0x11 | 0x12 => 8,
+            0x07 => 12,
+            0x13 => 16,
+            0x02 | 0x0D | 0x0E => self.length(1)?,
+            // The length of a document, an array or code with scope counts itself.
+            0x03 | 0x04 | 0x0F => self.length(5)? - 4,
+            0x05 => self.length(0)? + 1,
+            0x0B => {
+                self.cstr()?;
+                self.cstr()?;
+                0
+            }
+            0x0C => self.length(1)? + 12,
+            other => return Err(format!("unknown element type {other:#04x}")),
+        };
+        self.take(size).map(drop)
     }
 
     /// A NUL-terminated UTF-8 string (field names, regular expressions).
@@ -168,7 +229,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bson::doc;
+    use bson::{Regex, doc};
 
     #[track_caller]
     fn check(document: Document) {
@@ -204,14 +265,39 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn agrees_with_the_bson_crate(
-            fields in proptest::collection::btree_map("[a-z]{1,3}", value(), 0..6)
+            entries in proptest::collection::btree_map("[a-z]{1,3}", value(), 0..6)
         ) {
-            let document: Document = fields.into_iter().collect();
+            let document: Document = entries.into_iter().collect();
             let mut bytes = Vec::new();
             document.to_writer(&mut bytes).unwrap();
             let reference = Document::from_reader(bytes.as_slice()).unwrap();
             assert_eq!(super::document(&bytes).unwrap(), reference);
+            let every: Vec<&str> = reference.keys().map(String::as_str).collect();
+            for names in [vec!["a"], vec!["b", "zz"], every] {
+                let expected: Document = reference
+                    .iter()
+                    .filter(|(key, _)| names.contains(&key.as_str()))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
+                // Both keep the document's element order.
+                assert_eq!(fields(&bytes, &names).unwrap(), expected);
+            }
         }
+    }
+
+    #[test]
+    fn reads_named_fields_and_skips_the_rest() {
+        let binary = Binary { subtype: BinarySubtype::Generic, bytes: vec![1] };
+        let pattern = "a.".to_string().try_into().unwrap();
+        let regex = Regex { pattern, options: "i".to_string().try_into().unwrap() };
+        let document = doc! {"_id": 1, "s": "text", "n": {"x": [1, 2]}, "b": binary, "r": regex,
+        "age": 40, "city": "x"};
+        let mut bytes = Vec::new();
+        document.to_writer(&mut bytes).unwrap();
+        assert_eq!(fields(&bytes, &["city", "age"]).unwrap(), doc! {"age": 40, "city": "x"});
+        assert_eq!(fields(&bytes, &["missing"]).unwrap(), doc! {});
+        assert_eq!(fields(&bytes, &["n"]).unwrap(), doc! {"n": {"x": [1, 2]}});
+        assert!(fields(&bytes[..bytes.len() - 1], &["city"]).is_err());
     }
 
     #[test]

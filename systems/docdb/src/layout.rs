@@ -156,6 +156,11 @@ pub fn decode_fields(bytes: &[u8], fields: &[&str], what: &str) -> Result<Docume
         }
         None => return Err(Error::Corruption(format!("{what}: empty record"))),
     };
+    if let Ok(partial) = crate::decode::fields(body, fields) {
+        return Ok(partial);
+    }
+    // The direct reader refused something (a rare type it leaves out, or damage): the bson
+    // crate has the last word.
     let raw = bson::RawDocument::from_bytes(body).map_err(|error| corrupt(error.to_string()))?;
     let mut partial = Document::new();
     for field in fields {
