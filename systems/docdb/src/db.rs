@@ -416,7 +416,7 @@ fn publish_commit(shared: &mut Shared, commit: u64, sequence: u64, writes: TxnWr
                     shared.index_ready.entry((info.id, index.id)).or_insert(sequence);
                 }
                 shared.next_collection_id = shared.next_collection_id.max(info.id + 1);
-                shared.collections.insert(namespace, Arc::new(info));
+                shared.collections.insert(namespace, info);
             }
             None => {
                 shared.collections.remove(&namespace);

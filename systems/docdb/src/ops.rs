@@ -10,6 +10,7 @@
 //! `_id`'s keycode; an index entry's value is the keycode of the `_id` it points to.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use bson::{Bson, Document, doc};
 use sim::Env;
@@ -102,12 +103,12 @@ impl<E: Env> TxnCollection<'_, E> {
         format!("{}.{}", self.database, self.name)
     }
 
-    fn info(&self) -> Option<CollectionInfo> {
+    fn info(&self) -> Option<Arc<CollectionInfo>> {
         self.txn.collection_info(&self.database, &self.name)
     }
 
     /// The collection's entry, created (implicitly, as MongoDB does on first write) if missing.
-    fn info_for_write(&mut self) -> CollectionInfo {
+    fn info_for_write(&mut self) -> Arc<CollectionInfo> {
         self.txn.touch(&self.database, &self.name);
         match self.info() {
             Some(info) => info,
@@ -586,7 +587,7 @@ impl<E: Env> TxnCollection<'_, E> {
     pub async fn create_index(&mut self, spec: &IndexSpec) -> Result<String> {
         let keys = catalog::parse_key_pattern(&spec.keys)?;
         let name = spec.name.clone().unwrap_or_else(|| catalog::default_index_name(&keys));
-        let mut info = self.info_for_write();
+        let mut info = CollectionInfo::clone(&self.info_for_write());
         if let Some(existing) = info.index(&name) {
             if existing.keys == keys
                 && existing.unique == spec.unique
@@ -624,7 +625,7 @@ impl<E: Env> TxnCollection<'_, E> {
 
     /// Drops the index called `name` with its entries.
     pub async fn drop_index(&mut self, name: &str) -> Result<()> {
-        let Some(mut info) = self.info() else {
+        let Some(mut info) = self.info().map(|info| CollectionInfo::clone(&info)) else {
             return Err(Error::NamespaceNotFound(self.namespace()));
         };
         let Some(position) = info.indexes.iter().position(|index| index.name == name) else {

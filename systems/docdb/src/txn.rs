@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bson::Document;
 use sim::Env;
@@ -29,7 +30,7 @@ pub(crate) struct TxnWrites {
     /// Catalog epoch each touched collection had when first touched (`None`: did not exist).
     pub epochs: BTreeMap<(String, String), Option<u64>>,
     /// New catalog entries (`None`: dropped), published at commit.
-    pub catalog: BTreeMap<(String, String), Option<CollectionInfo>>,
+    pub catalog: BTreeMap<(String, String), Option<Arc<CollectionInfo>>>,
     /// Collections any of whose documents written by another commit after the snapshot is a
     /// conflict (an index build read them all).
     pub whole_collections: BTreeSet<u32>,
@@ -95,13 +96,17 @@ impl<E: Env> Transaction<E> {
     }
 
     /// The catalog entry of a collection as this transaction sees it.
-    pub(crate) fn collection_info(&self, database: &str, name: &str) -> Option<CollectionInfo> {
+    pub(crate) fn collection_info(
+        &self,
+        database: &str,
+        name: &str,
+    ) -> Option<Arc<CollectionInfo>> {
         let namespace = (database.to_string(), name.to_string());
         if let Some(pending) = self.writes.catalog.get(&namespace) {
             return pending.clone();
         }
         let shared = lock(&self.db.inner.shared);
-        shared.collections.get(&namespace).map(|info| CollectionInfo::clone(info))
+        shared.collections.get(&namespace).cloned()
     }
 
     /// Whether an index's entries are complete in this transaction's snapshot.
@@ -132,7 +137,7 @@ impl<E: Env> Transaction<E> {
         database: &str,
         name: &str,
         validator: Option<Document>,
-    ) -> CollectionInfo {
+    ) -> Arc<CollectionInfo> {
         self.touch(database, name);
         let id = {
             let mut shared = lock(&self.db.inner.shared);
@@ -149,17 +154,18 @@ impl<E: Env> Transaction<E> {
             indexes: Vec::new(),
             validator,
         };
-        self.put_catalog(info.clone());
-        info
+        self.put_catalog(info)
     }
 
-    /// Stages a new catalog entry (its epoch already bumped by the caller).
-    pub(crate) fn put_catalog(&mut self, info: CollectionInfo) {
+    /// Stages a new catalog entry (its epoch already bumped by the caller); returns it shared.
+    pub(crate) fn put_catalog(&mut self, info: CollectionInfo) -> Arc<CollectionInfo> {
         let namespace = (info.database.clone(), info.name.clone());
         self.touch(&info.database, &info.name);
         let record = layout::encode_record(&info.to_document()).expect("catalog entries encode");
         self.writes.keys.insert(layout::catalog_key(info.id), Some(record));
-        self.writes.catalog.insert(namespace, Some(info));
+        let info = Arc::new(info);
+        self.writes.catalog.insert(namespace, Some(Arc::clone(&info)));
+        info
     }
 
     /// Stages the removal of a catalog entry.
