@@ -410,11 +410,22 @@ impl<E: Env> Inner<E> {
     ) -> Result<Iter<E::File>> {
         let _pass = self.enter()?;
         let (memtables, version, sequence) = self.read_view(sequence);
-        let start = if forward { &range.0 } else { &range.1 };
+        let (start, end) = if forward { (&range.0, &range.1) } else { (&range.1, &range.0) };
         self.charge_seek(&version, forward, start);
+        // A table wholly before the start or past the end of the range holds nothing the
+        // iterator can return: leave it out rather than seek into it (a narrow range, such
+        // as an index lookup, then opens only the tables that overlap it).
+        let overlaps = |file: &&Arc<TableFile<E::File>>| {
+            !before_start(file, forward, start) && !before_start(file, !forward, end)
+        };
         let mut runs: Vec<Vec<_>> =
-            version.levels[0].iter().map(|file| vec![Arc::clone(file)]).collect();
-        runs.extend(version.levels[1..].iter().filter(|files| !files.is_empty()).cloned());
+            version.levels[0].iter().filter(overlaps).map(|file| vec![Arc::clone(file)]).collect();
+        for files in &version.levels[1..] {
+            let run: Vec<_> = files.iter().filter(overlaps).cloned().collect();
+            if !run.is_empty() {
+                runs.push(run);
+            }
+        }
         Iter::new(ReadView { memtables, runs }, sequence, forward, range).await
     }
 
