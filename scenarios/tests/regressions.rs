@@ -41,6 +41,15 @@ fn docdb_txn_seed_0x14_commits_without_events_are_not_lost_history() {
     check_passes("docdb-txn", 0x14);
 }
 
+/// A change stream on one collection ended early when a refill (a bounded read of the history)
+/// found only other collections' events; with BUGGIFY's one-event refills the consumer of
+/// seed 0xd stopped 9 events short at its final catch-up. `try_next` now refills until it finds
+/// an event of its own or reads nothing at all.
+#[test]
+fn docdb_txn_seed_0xd_a_stream_passes_over_other_collections_events() {
+    check_passes("docdb-txn", 0xd);
+}
+
 /// Issue 14, found by `planted-lsm-misdirect` seed 0x1 (the first seed of its sweep): the disk
 /// misdirected the last `Sync` log record before the final crash, and recovery took the hole it
 /// left for a torn tail, losing the write without an error. Fixed by log records that name

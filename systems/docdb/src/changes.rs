@@ -184,16 +184,22 @@ impl<E: Env> ChangeStream<E> {
 
     /// The next change if one is committed, without waiting.
     pub async fn try_next(&mut self) -> Result<Option<ChangeEvent>> {
-        if self.buffered.is_empty() {
-            self.refill().await?;
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                assert!(event.token > self.position, "change events go forward");
+                self.position = event.token;
+                return Ok(Some(event));
+            }
+            // A refill may read only events of other collections (it reads a bounded number);
+            // the stream has ended only when a refill reads nothing at all.
+            if !self.refill().await? {
+                return Ok(None);
+            }
         }
-        let Some(event) = self.buffered.pop_front() else { return Ok(None) };
-        assert!(event.token > self.position, "change events go forward");
-        self.position = event.token;
-        Ok(Some(event))
     }
 
-    async fn refill(&mut self) -> Result<()> {
+    /// Reads the next events of the history after the position; whether it read any.
+    async fn refill(&mut self) -> Result<bool> {
         let start = match self.position.index.checked_add(1) {
             Some(index) => layout::change_key(self.position.commit, index),
             None => layout::change_key(self.position.commit + 1, 0),
@@ -224,6 +230,6 @@ impl<E: Env> ChangeStream<E> {
                 self.position = token;
             }
         }
-        Ok(())
+        Ok(scanned > 0)
     }
 }

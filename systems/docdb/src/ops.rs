@@ -205,10 +205,7 @@ impl<E: Env> TxnCollection<'_, E> {
             });
         };
         let sort_keys = sort.as_ref().map(sort_keys);
-        let txn = &*self.txn;
-        let plan = plan::choose(&info, &compiled.predicates(), sort_keys.as_deref(), |index| {
-            txn.index_usable(info.id, index.id)
-        });
+        let plan = self.plan(&info, &compiled, sort_keys.as_deref());
         let mut stats = ExecutionStats::default();
         let stop_after = match (plan.sorted, options.limit) {
             (true, limit) if limit > 0 => Some(options.skip + limit),
@@ -241,6 +238,32 @@ impl<E: Env> TxnCollection<'_, E> {
         let documents = out;
         stats.returned = documents.len() as u64;
         Ok(QueryOutput { documents, plan, stats })
+    }
+
+    /// The plan for `filter` and `sort` on this collection, in this transaction's snapshot.
+    fn plan(
+        &self,
+        info: &CollectionInfo,
+        filter: &Filter,
+        sort: Option<&[(String, bool)]>,
+    ) -> Plan {
+        let env = &self.txn.database().inner.env;
+        if env.buggify("docdb.plan.collection_scan") {
+            // A planner that ignores every index (stale statistics, a hint gone wrong): the
+            // answer must not change, only its cost.
+            let sorted = sort.is_none_or(<[_]>::is_empty);
+            return Plan { access: Access::Collection, sorted };
+        }
+        let txn = &*self.txn;
+        let plan = plan::choose(info, &filter.predicates(), sort, |index| {
+            txn.index_usable(info.id, index.id)
+        });
+        // An interval may be empty (contradictory bounds such as `$gt: 5, $lt: 3`); the scan
+        // then reads nothing. Their number is bounded.
+        if let Access::Index { intervals, .. } = &plan.access {
+            assert!(intervals.len() <= plan::INTERVAL_COUNT_MAX, "too many index intervals");
+        }
+        plan
     }
 
     /// Documents matching `filter`, each with its encoded `_id`, in the plan's order.
@@ -345,10 +368,7 @@ impl<E: Env> TxnCollection<'_, E> {
     ) -> Result<Vec<(Vec<u8>, Document)>> {
         let Some(info) = self.info() else { return Ok(Vec::new()) };
         let sort_keys = sort.map(sort_keys);
-        let txn = &*self.txn;
-        let plan = plan::choose(&info, &filter.predicates(), sort_keys.as_deref(), |index| {
-            txn.index_usable(info.id, index.id)
-        });
+        let plan = self.plan(&info, filter, sort_keys.as_deref());
         let stop_after = (plan.sorted && limit > 0).then_some(limit);
         let mut stats = ExecutionStats::default();
         let mut matched = self.fetch(&info, &plan, filter, stop_after, &mut stats).await?;
@@ -614,6 +634,11 @@ impl<E: Env> TxnCollection<'_, E> {
         info.epoch += 1;
         info.indexes.push(index);
         let documents = self.matching(&Filter::parse(&Document::new())?, None, 0).await?;
+        if self.txn.database().inner.env.buggify("docdb.index_build.slow") {
+            // A long index build: writers of the collection commit meanwhile, and the build
+            // must then fail its commit (it read every document) rather than miss theirs.
+            self.txn.database().inner.env.sleep(std::time::Duration::from_millis(20)).await;
+        }
         self.txn.writes.whole_collections.insert(info.id);
         self.txn.put_catalog(info.clone());
         for (id_code, document) in documents {

@@ -226,3 +226,25 @@ fn validators_refuse_with_the_failing_path() {
         ));
     });
 }
+
+/// A stream on one collection must pass over any number of other collections' events: a
+/// refill reads a bounded number of events, and one that found only others' used to end the
+/// stream early (found by docdb-txn seed 0xd).
+#[test]
+fn change_streams_pass_over_other_collections_events() {
+    let (world, node) = world(6);
+    run(&world, node, |env| async move {
+        let db = DocDb::open(env, "db", options()).await.expect("open");
+        let mut stream =
+            db.watch(Scope::Collection("app".into(), "a".into()), None).await.expect("watch");
+        let others: Vec<_> = (0..600).map(|index| doc! {"_id": index}).collect();
+        db.collection("app", "b").insert_many(others, true).await.expect("others");
+        for index in 0..300 {
+            db.collection("app", "c").insert_one(doc! {"_id": index}).await.expect("other");
+        }
+        db.collection("app", "a").insert_one(doc! {"_id": "mine"}).await.expect("insert");
+        let event = stream.try_next().await.expect("poll").expect("the insert into a");
+        assert_eq!(event.id(), Some(&Bson::String("mine".into())));
+        assert!(stream.try_next().await.expect("poll").is_none());
+    });
+}
