@@ -2,7 +2,9 @@
 //!
 //! - `list`: the scenarios and what each checks.
 //! - `run SCENARIO --seeds N`: a parallel seed sweep with a progress bar, a summary table, a
-//!   paste-able replay command per failure, and an optional JSON report.
+//!   paste-able replay command per failure, and an optional JSON report; `--shard I/K` runs one
+//!   of K interleaved parts of the range, so K machines share a sweep without talking.
+//! - `merge REPORT...`: shard reports (JSON) combined into the report of the whole range.
 //! - `replay SCENARIO --seed S`: one seed (or a plan file) with tracing output, the full trace
 //!   written to a file, the violated invariant on screen.
 //! - `shrink SCENARIO --seed S`: delta debugging down to a minimal failing plan.
@@ -12,6 +14,7 @@
 //! Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, 3 safety violation,
 //! 4 liveness failure, 5 panic, 6 no progress (for a sweep, the most important failure's code).
 
+mod merge;
 mod single;
 mod sweep;
 
@@ -61,6 +64,18 @@ enum Command {
         /// Start no new seed after this many wall-clock seconds (shared by `all`'s scenarios).
         #[arg(long)]
         time_budget: Option<u64>,
+        /// Run only shard I of K (0 <= I < K): the seeds START+i with i % K == I.
+        #[arg(long, value_name = "I/K", value_parser = sweep::Shard::parse)]
+        shard: Option<sweep::Shard>,
+    },
+    /// Combine the JSON reports of a sharded sweep into the report of the whole range.
+    Merge {
+        /// The shards' `--json` files, in any order (each may hold several scenarios).
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+        /// Also write the merged report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Re-run one seed with tracing output and write its full trace to a file.
     Replay {
@@ -157,18 +172,20 @@ fn list() -> String {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::List => print!("{}", list()),
-        Command::Run { scenario, seeds, start, jobs, json, time_budget } => {
+        Command::Run { scenario, seeds, start, jobs, json, time_budget, shard } => {
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
             let options = sweep::SweepOptions {
                 start,
                 count: seeds,
+                shard: shard.unwrap_or(sweep::Shard::WHOLE),
                 jobs,
                 budget: time_budget.map(Duration::from_secs),
                 progress: std::io::stderr().is_terminal(),
             };
             return run_sweep(&scenario, options, json);
         }
+        Command::Merge { reports, json } => return merge::run(&reports, json.as_deref()),
         Command::Replay { scenario, seed, plan, log, trace } => {
             let scenario = find(&scenario)?;
             let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
@@ -212,7 +229,13 @@ fn run_sweep(
     let selected = if name == "all" { scenarios::all() } else { vec![find(name)?] };
     let color = std::io::stdout().is_terminal();
     let (start, count) = (options.start, options.count);
-    println!("seeds {start:#x}..={:#x}", start + count.saturating_sub(1));
+    let shard = options.shard;
+    let part = if shard == sweep::Shard::WHOLE {
+        String::new()
+    } else {
+        format!(", shard {}/{} ({} seeds)", shard.index, shard.count, shard.size(count))
+    };
+    println!("seeds {start:#x}..={:#x}{part}", start + count.saturating_sub(1));
     // Each scenario gets an equal share of the budget.
     options.budget = options.budget.map(|budget| budget / selected.len().max(1) as u32);
     let mut reports = Vec::new();
@@ -222,12 +245,23 @@ fn run_sweep(
         reports.push(report);
     }
     if let Some(path) = json {
-        #[allow(clippy::disallowed_methods, reason = "the CLI writes the report it was asked for")]
-        std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("report {}", path.display());
+        write_reports(&reports, &path)?;
     }
-    Ok(reports.iter().map(sweep::SweepReport::exit_code).filter(|c| *c != 0).min().unwrap_or(0))
+    Ok(exit_code(&reports))
+}
+
+/// Writes sweep reports as the JSON array that `run --json` writes and `merge` reads.
+fn write_reports(reports: &[sweep::SweepReport], path: &std::path::Path) -> anyhow::Result<()> {
+    #[allow(clippy::disallowed_methods, reason = "the CLI writes the report it was asked for")]
+    std::fs::write(path, serde_json::to_string_pretty(reports)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("report {}", path.display());
+    Ok(())
+}
+
+/// The most important failure's exit code over several reports (safety first), or 0.
+fn exit_code(reports: &[sweep::SweepReport]) -> u8 {
+    reports.iter().map(sweep::SweepReport::exit_code).filter(|c| *c != 0).min().unwrap_or(0)
 }
 
 fn run_pings(seed: u64, workload: Option<String>, loss: f64, check: bool) -> anyhow::Result<()> {

@@ -4,6 +4,10 @@
 //! take seeds from a shared counter and send outcomes back to the main thread, which draws the
 //! progress bar. The report sorts runs by seed, so its content does not depend on which thread
 //! finished first; only wall-clock figures vary between two sweeps of the same seeds.
+//!
+//! Sharding splits a range among machines with no coordination: seed `start + i` (`i` in
+//! `0..seeds`) belongs to shard `i % K` of `K`, shards numbered from 0, so the shards interleave
+//! and share the range's slow and fast seeds alike. `merge.rs` puts the shard reports together.
 
 #![allow(clippy::disallowed_methods, reason = "a CLI: wall time and worker threads are its job")]
 
@@ -13,10 +17,10 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use scenarios::{Outcome, RunOptions, Scenario, Verdict, run_seed};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One run in the report (the history is left out: replay the seed to see it).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// The seed.
     pub seed: u64,
@@ -40,20 +44,80 @@ pub struct RunRecord {
     pub replay: Option<String>,
 }
 
+/// Shard `index` of `count` (from 0): the seeds `start + i` of the range with `i % count == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This shard, from 0 to `count - 1`.
+    pub index: u64,
+    /// How many shards split the range.
+    pub count: u64,
+}
+
+impl Shard {
+    /// The whole range as one shard.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `I/K` with `I < K`.
+    pub fn parse(text: &str) -> Result<Shard, String> {
+        let usage = || format!("not a shard: {text:?} (want I/K with 0 <= I < K, e.g. 0/4)");
+        let (index, count) = text.split_once('/').ok_or_else(usage)?;
+        let index: u64 = index.trim().parse().map_err(|_| usage())?;
+        let count: u64 = count.trim().parse().map_err(|_| usage())?;
+        if count == 0 || index >= count {
+            return Err(usage());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// How many of a range's `seed_count` seeds fall in this shard.
+    pub fn size(self, seed_count: u64) -> u64 {
+        assert!(self.index < self.count, "shard {}/{}", self.index, self.count);
+        let size = seed_count.saturating_sub(self.index).div_ceil(self.count);
+        assert!(size <= seed_count);
+        size
+    }
+
+    /// The offset in the range (seed minus start) of this shard's `position`-th seed.
+    pub fn offset(self, position: u64) -> u64 {
+        assert!(self.index < self.count);
+        position * self.count + self.index
+    }
+
+    /// Whether the seed at `offset` in the range belongs to this shard.
+    pub fn contains(self, offset: u64) -> bool {
+        offset % self.count == self.index
+    }
+}
+
+/// The shard a report covers, with the size of the whole range it is a part of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// This shard, from 0.
+    pub index: u64,
+    /// How many shards split the range.
+    pub count: u64,
+    /// Seeds in the whole range, all shards together.
+    pub range_seed_count: u64,
+}
+
 /// A whole sweep.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SweepReport {
     /// Scenario name.
     pub scenario: String,
-    /// First seed.
+    /// First seed of the range.
     pub start: u64,
+    /// The shard this report covers; `None` for the whole range (an unsharded or merged sweep).
+    #[serde(default)]
+    pub shard: Option<ShardRecord>,
     /// Seeds run.
     pub seed_count: u64,
-    /// Seeds asked for; more than `seed_count` when the time budget ran out first.
+    /// Seeds asked for (this shard's part of the range); more than `seed_count` when the time
+    /// budget ran out first.
     pub seed_count_requested: u64,
-    /// Worker threads.
+    /// Worker threads (for a merged report, those of every shard together).
     pub jobs: usize,
-    /// Wall time of the sweep, in seconds.
+    /// Wall time of the sweep, in seconds (for a merged report, the longest shard's).
     pub wall_secs: f64,
     /// Simulated time of all runs, in seconds.
     pub simulated_secs: f64,
@@ -98,10 +162,12 @@ fn record(scenario: &dyn Scenario, outcome: &Outcome) -> RunRecord {
 /// What to sweep.
 #[derive(Clone, Copy, Debug)]
 pub struct SweepOptions {
-    /// First seed.
+    /// First seed of the range.
     pub start: u64,
-    /// Seeds to run.
+    /// Seeds in the range.
     pub count: u64,
+    /// Which part of the range to run.
+    pub shard: Shard,
     /// Worker threads.
     pub jobs: usize,
     /// No new seed starts after this much wall time.
@@ -110,11 +176,13 @@ pub struct SweepOptions {
     pub progress: bool,
 }
 
-/// Runs seeds `start..start + count` of `scenario` on `jobs` threads, within the budget.
+/// Runs the seeds of `options.shard` in `start..start + count` of `scenario` on `jobs` threads,
+/// within the budget.
 pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
-    let SweepOptions { start, count, jobs, budget, progress } = options;
+    let SweepOptions { start, count, shard, jobs, budget, progress } = options;
+    let shard_count = shard.size(count);
     let begun = std::time::Instant::now();
-    let bar = if progress { ProgressBar::new(count) } else { ProgressBar::hidden() };
+    let bar = if progress { ProgressBar::new(shard_count) } else { ProgressBar::hidden() };
     let style = ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} seeds, {msg} (eta {eta})",
     )
@@ -131,12 +199,13 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
             let next = &next;
             scope.spawn(move || {
                 loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let position = next.fetch_add(1, Ordering::Relaxed);
                     let over_budget = budget.is_some_and(|budget| begun.elapsed() >= budget);
-                    if index >= count || over_budget {
+                    if position >= shard_count || over_budget {
                         break;
                     }
-                    let outcome = run_seed(scenario, start + index, &RunOptions::default());
+                    let seed = start + shard.offset(position);
+                    let outcome = run_seed(scenario, seed, &RunOptions::default());
                     if sender.send(record(scenario, &outcome)).is_err() {
                         break;
                     }
@@ -144,31 +213,58 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
             });
         }
         drop(sender);
-        let mut failed = 0;
-        for run in receiver {
-            failed += u64::from(run.verdict.is_failure());
-            bar.set_message(format!("{failed} failed"));
-            if run.verdict.is_failure() {
-                let headline = run.violation.as_deref().unwrap_or("").lines().next().unwrap_or("");
-                bar.println(format!("seed {:#x}: {} {headline}", run.seed, run.verdict.label()));
-            }
-            bar.inc(1);
-            runs.push(run);
-        }
+        collect(&bar, receiver, &mut runs);
     });
     bar.finish_and_clear();
+    let shard = (shard != Shard::WHOLE).then_some(ShardRecord {
+        index: shard.index,
+        count: shard.count,
+        range_seed_count: count,
+    });
+    let mut report = summarize(scenario.name(), start, shard, runs, jobs, begun.elapsed());
+    report.seed_count_requested = shard_count;
+    report
+}
+
+/// Receives the workers' records, drawing progress and printing failures as they come.
+fn collect(bar: &ProgressBar, receiver: mpsc::Receiver<RunRecord>, runs: &mut Vec<RunRecord>) {
+    let mut failed = 0;
+    for run in receiver {
+        failed += u64::from(run.verdict.is_failure());
+        bar.set_message(format!("{failed} failed"));
+        if run.verdict.is_failure() {
+            let headline = run.violation.as_deref().unwrap_or("").lines().next().unwrap_or("");
+            bar.println(format!("seed {:#x}: {} {headline}", run.seed, run.verdict.label()));
+        }
+        bar.inc(1);
+        runs.push(run);
+    }
+}
+
+/// A report over `runs` (in any order): sorted by seed, counted per verdict, simulated time
+/// summed in seed order (so the same runs always give the same figure), rates over `wall`.
+/// `seed_count_requested` is the number of runs; the caller corrects it if more were asked for.
+pub fn summarize(
+    scenario: &str,
+    start: u64,
+    shard: Option<ShardRecord>,
+    mut runs: Vec<RunRecord>,
+    jobs: usize,
+    wall: Duration,
+) -> SweepReport {
     runs.sort_by_key(|run| run.seed);
     let counts = Verdict::ALL
         .iter()
         .map(|verdict| (*verdict, runs.iter().filter(|run| run.verdict == *verdict).count() as u64))
         .collect();
-    let wall_secs = begun.elapsed().as_secs_f64().max(1e-9);
+    let wall_secs = wall.as_secs_f64().max(1e-9);
     let simulated_secs: f64 = runs.iter().map(|run| run.simulated_nanos as f64 / 1e9).sum();
     SweepReport {
-        scenario: scenario.name().to_string(),
+        scenario: scenario.to_string(),
         start,
+        shard,
         seed_count: runs.len() as u64,
-        seed_count_requested: count,
+        seed_count_requested: runs.len() as u64,
         jobs,
         wall_secs,
         simulated_secs,
@@ -191,9 +287,14 @@ pub fn render(report: &SweepReport, color: bool) -> String {
             _ => styled.red().bold().to_string(),
         }
     };
-    let end = report.start + report.seed_count.saturating_sub(1);
+    let range = report.shard.map_or(report.seed_count, |shard| shard.range_seed_count);
+    let end = report.start + range.saturating_sub(1);
+    let part = match report.shard {
+        Some(shard) => format!("shard {}/{} of ", shard.index, shard.count),
+        None => String::new(),
+    };
     let mut text = format!(
-        "{}: {} seeds ({:#x}..={end:#x}) on {} jobs\n",
+        "{}: {} seeds ({part}{:#x}..={end:#x}) on {} jobs\n",
         report.scenario, report.seed_count, report.start, report.jobs
     );
     if report.seed_count < report.seed_count_requested {
@@ -221,4 +322,50 @@ pub fn render(report: &SweepReport, color: bool) -> String {
         text.push_str(&format!("  {}\n", run.replay.as_deref().unwrap_or("")));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[track_caller]
+    fn check(text: &str, expected: Option<(u64, u64)>) {
+        let parsed = Shard::parse(text).ok().map(|shard| (shard.index, shard.count));
+        assert_eq!(parsed, expected, "{text:?}");
+    }
+
+    #[test]
+    fn parse_shards() {
+        check("0/1", Some((0, 1)));
+        check("2/3", Some((2, 3)));
+        check(" 4 / 5 ", Some((4, 5)));
+        check("3/3", None);
+        check("0/0", None);
+        check("1", None);
+        check("-1/3", None);
+        check("a/b", None);
+    }
+
+    /// Every seed of a range lies in exactly one shard, and the shard sizes add up to the range.
+    #[test]
+    fn shards_cover_the_range_once() {
+        for range in [0_u64, 1, 2, 7, 12, 100] {
+            for count in 1..=13 {
+                let mut owners = vec![0_u32; range as usize];
+                let mut total = 0;
+                for index in 0..count {
+                    let shard = Shard { index, count };
+                    let size = shard.size(range);
+                    total += size;
+                    for position in 0..size {
+                        let offset = shard.offset(position);
+                        assert!(offset < range && shard.contains(offset));
+                        owners[offset as usize] += 1;
+                    }
+                }
+                assert_eq!(total, range);
+                assert!(owners.iter().all(|owners| *owners == 1), "{range} seeds, {count} shards");
+            }
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //!
 //! Goal: help texts, the scenario list and the sweep report are pinned (insta snapshots, so a
 //! change is reviewed), exit codes are distinct per verdict, and replay, shrink and
-//! check-determinism work end to end from a fresh directory. Method: run the built binary in a
-//! temp dir; wall-clock figures are masked before snapshotting.
+//! check-determinism work end to end from a fresh directory, and the shards of a sweep merge to
+//! the unsharded sweep's report. Method: run the built binary in a temp dir; wall-clock figures
+//! are masked before snapshotting and left out of report comparisons.
 
 #![allow(clippy::disallowed_methods, reason = "drives the real binary, reads its real files")]
 
@@ -42,6 +43,7 @@ fn help_texts() {
         ("help_run", vec!["run", "--help"]),
         ("help_replay", vec!["replay", "--help"]),
         ("help_shrink", vec!["shrink", "--help"]),
+        ("help_merge", vec!["merge", "--help"]),
     ] {
         let output = ghostmesh(dir.path(), &args);
         assert!(output.status.success());
@@ -69,6 +71,104 @@ fn sweep_report_and_json() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("report is json");
     assert_eq!(report[0]["runs"].as_array().map(Vec::len), Some(3));
     assert_eq!(report[0]["counts"][0], serde_json::json!(["pass", 3]));
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("report written");
+    serde_json::from_str(&text).expect("report is json")
+}
+
+/// A report without its wall-clock figures and worker count, the fields that may differ between
+/// two sweeps of the same seeds.
+fn without_timing(mut reports: serde_json::Value) -> serde_json::Value {
+    for report in reports.as_array_mut().expect("an array of reports") {
+        let report = report.as_object_mut().expect("a report");
+        for field in ["wall_secs", "seeds_per_minute", "sim_secs_per_wall_sec", "jobs"] {
+            assert!(report.remove(field).is_some(), "{field}");
+        }
+        for run in report["runs"].as_array_mut().expect("runs") {
+            assert!(run.as_object_mut().expect("a run").remove("wall_nanos").is_some());
+        }
+    }
+    reports
+}
+
+/// Runs register-abd's 12 seeds from 5 as `count` shards and merges them into `merged.json`.
+fn sharded_sweep(dir: &Path, count: u64) -> Output {
+    let mut paths = Vec::new();
+    for index in 0..count {
+        let (shard, path) = (format!("{index}/{count}"), format!("shard-{index}-of-{count}.json"));
+        let args = ["run", "register-abd", "--seeds", "12", "--start", "5", "--jobs", "1"];
+        let output = ghostmesh(dir, &[&args[..], &["--shard", &shard, "--json", &path]].concat());
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        let report = read_json(&dir.join(&path));
+        assert_eq!(report[0]["shard"]["index"], index);
+        assert_eq!(report[0]["shard"]["count"], count);
+        paths.push(path);
+    }
+    // Merged in reverse order: the order of the files does not matter.
+    paths.reverse();
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    ghostmesh(dir, &[&["merge"], &args[..], &["--json", "merged.json"]].concat())
+}
+
+#[test]
+fn sharded_sweeps_merge_to_the_unsharded_report() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ["run", "register-abd", "--seeds", "12", "--start", "5", "--json", "whole.json"];
+    let output = ghostmesh(dir.path(), &args);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let whole = without_timing(read_json(&dir.path().join("whole.json")));
+    assert_eq!(whole[0]["shard"], serde_json::Value::Null);
+    // 13 shards of 12 seeds: one shard is empty.
+    for count in [3, 5, 13] {
+        let output = sharded_sweep(dir.path(), count);
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        let merged = without_timing(read_json(&dir.path().join("merged.json")));
+        assert_eq!(merged, whole, "{count} shards");
+    }
+    insta::assert_snapshot!("merge_report", mask_timing(&stdout(&sharded_sweep(dir.path(), 2))));
+}
+
+/// Marks the run of `seed` in a shard report as failed with `verdict`, counts included.
+fn plant_failure(path: &Path, seed: u64, verdict: &str) {
+    let mut report = read_json(path);
+    let runs = report[0]["runs"].as_array_mut().expect("runs");
+    let run = runs.iter_mut().find(|run| run["seed"] == seed).expect("seed in shard");
+    run["verdict"] = verdict.into();
+    let counts = report[0]["counts"].as_array_mut().expect("counts");
+    counts[0][1] = (counts[0][1].as_u64().expect("count") - 1).into();
+    let slot = counts.iter_mut().find(|count| count[0] == verdict).expect("verdict counted");
+    slot[1] = (slot[1].as_u64().expect("count") + 1).into();
+    std::fs::write(path, report.to_string()).expect("write");
+}
+
+#[test]
+fn merge_exit_code_and_bad_shard_sets() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    assert_eq!(sharded_sweep(dir.path(), 3).status.code(), Some(0));
+    let shard = |index: u64| format!("shard-{index}-of-3.json");
+    plant_failure(&dir.path().join(shard(0)), 5, "liveness_failure");
+    plant_failure(&dir.path().join(shard(1)), 6, "safety_violation");
+    plant_failure(&dir.path().join(shard(2)), 7, "no_progress");
+    let output = ghostmesh(dir.path(), &["merge", &shard(2), &shard(0), &shard(1)]);
+    assert_eq!(output.status.code(), Some(3), "safety first: {}", stdout(&output));
+    let text = stdout(&output);
+    let order = ["seed 0x5: liveness failure", "seed 0x6: safety violation", "seed 0x7: no"];
+    let found: Vec<usize> = order.iter().map(|line| text.find(line).expect(line)).collect();
+    assert!(found.is_sorted(), "failures sorted by seed: {text}");
+    for (args, error) in [
+        (vec![shard(0), shard(1)], "shards missing: 2/3"),
+        (vec![shard(0), shard(1), shard(1), shard(2)], "shard 1/3 given twice"),
+    ] {
+        let output = ghostmesh(
+            dir.path(),
+            &[&["merge"], &args.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+        );
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(error), "{stderr}");
+    }
 }
 
 #[test]
