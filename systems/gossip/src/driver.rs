@@ -10,6 +10,7 @@ use rand_core::RngCore;
 use sim::{Env, File, Instant, TaskHandle, UdpSocket};
 
 use crate::crdt::ReplicaId;
+use crate::faults::{BuggifyHook, Faults, PlantedBug};
 use crate::node::{Effect, Input, Node, NodeConfig, Now};
 use crate::persist::{self, PersistError, encode_record, wal_path};
 use crate::store::{Store, Update};
@@ -62,7 +63,7 @@ pub async fn start<E: Env>(
     seeds: Vec<SocketAddr>,
     observer: Option<Observer>,
 ) -> io::Result<Arc<Handle<E>>> {
-    launch(env, node, seeds, observer, None).await
+    launch(env, node, seeds, observer, None, None).await
 }
 
 async fn launch<E: Env>(
@@ -71,9 +72,13 @@ async fn launch<E: Env>(
     seeds: Vec<SocketAddr>,
     observer: Option<Observer>,
     persistence: Option<Persistence<E>>,
+    bug: Option<PlantedBug>,
 ) -> io::Result<Arc<Handle<E>>> {
     // A fresh replica id per boot: see `Store::set_replica`.
     node.store_mut().set_replica(ReplicaId(env.rng().next_u64()));
+    let hook_env = env.clone();
+    let hook: BuggifyHook = Arc::new(move |site| hook_env.buggify(site));
+    node.set_faults(&Faults::with_hook(hook).planting(bug));
     let socket = Arc::new(env.bind_udp(node.config().addr).await?);
     let handle = Arc::new(Handle {
         env: env.clone(),
@@ -101,12 +106,36 @@ async fn launch<E: Env>(
 /// knew to `seeds`.
 pub async fn start_persistent<E: Env>(
     env: E,
-    mut config: NodeConfig,
-    mut seeds: Vec<SocketAddr>,
+    config: NodeConfig,
+    seeds: Vec<SocketAddr>,
     observer: Option<Observer>,
     dir: &str,
     interval: Duration,
 ) -> Result<Arc<Handle<E>>, PersistError> {
+    let persistence = Durability { dir, interval };
+    start_persistent_planted(env, config, seeds, observer, persistence, None).await
+}
+
+/// Where `start_persistent_planted` keeps state, and how often it snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct Durability<'a> {
+    /// The directory on the `Env` disk.
+    pub dir: &'a str,
+    /// Time between snapshots.
+    pub interval: Duration,
+}
+
+/// As `start_persistent`, with `bug` planted in the node (inert without feature
+/// `planted-bugs`).
+pub async fn start_persistent_planted<E: Env>(
+    env: E,
+    mut config: NodeConfig,
+    mut seeds: Vec<SocketAddr>,
+    observer: Option<Observer>,
+    durability: Durability<'_>,
+    bug: Option<PlantedBug>,
+) -> Result<Arc<Handle<E>>, PersistError> {
+    let Durability { dir, interval } = durability;
     let (snapshot, records) = persist::load(&env, dir).await?;
     let wall_ms = now_of(&env).wall_ms;
     let mut store = Store::new(ReplicaId(config.id.0));
@@ -130,7 +159,7 @@ pub async fn start_persistent<E: Env>(
         Persistence { dir: dir.to_string(), interval, wal: Mutex::new((sequence, Arc::new(file))) };
     let mut node = Node::with_store(config, store);
     node.swim_mut().restore(&snapshot.members);
-    Ok(launch(env, node, seeds, observer, Some(persistence)).await?)
+    Ok(launch(env, node, seeds, observer, Some(persistence), bug).await?)
 }
 
 impl<E: Env> Handle<E> {

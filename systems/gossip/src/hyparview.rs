@@ -263,6 +263,23 @@ impl HyParView {
         assert!(self.active.len() <= self.config.active_max);
         assert!(self.passive.len() <= self.config.passive_max);
         assert!(!self.active.contains_key(&self.me.id) && !self.passive.contains_key(&self.me.id));
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+
+    /// The views' invariants: bounded, never `me`, disjoint, and every peer filed under its
+    /// own id. Walks the active view: `step` runs it only with debug assertions.
+    pub fn check_invariants(&self) {
+        assert!(self.active.len() <= self.config.active_max);
+        assert!(self.passive.len() <= self.config.passive_max);
+        for (id, peer) in &self.active {
+            assert_eq!(*id, peer.id, "active peer filed under another id");
+            assert!(*id != self.me.id && !self.passive.contains_key(id), "{id:?} in both views");
+        }
+        for (id, peer) in &self.passive {
+            assert_eq!(*id, peer.id, "passive peer filed under another id");
+        }
     }
 
     fn send(effects: &mut Vec<HvEffect>, to: SocketAddr, message: HvMessage) {

@@ -3,6 +3,7 @@
 //! CRDTs kept in sync by Merkle Search Tree anti-entropy.
 //!
 //! Map:
+//! - `faults`: BUGGIFY hooks and planted bugs the driver hands the sans-IO node.
 //! - `hash`: the 128-bit content digest used by the Merkle Search Tree.
 //! - `hlc`: hybrid logical clock timestamps for last-writer-wins.
 //! - `crdt`: LWW-register, G-Counter, PN-Counter, OR-Set, with delta mutators.
@@ -30,6 +31,7 @@
 
 pub mod crdt;
 pub mod driver;
+pub mod faults;
 pub mod hash;
 pub mod hlc;
 pub mod hyparview;

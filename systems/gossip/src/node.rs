@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sim::Instant;
 
 use crate::crdt::{ReplicaId, TOMBSTONE_TTL_SESSIONS_MIN};
+use crate::faults::{Faults, PlantedBug};
 use crate::hyparview::{HvConfig, HvEffect, HvInput, HyParView, Peer};
 use crate::plumtree::{Plumtree, PtConfig, PtEffect, PtInput};
 use crate::store::{Store, Update, Value};
@@ -195,6 +196,7 @@ pub struct Node {
     next_pull_at: Instant,
     next_purge_at: Instant,
     stats: NodeStats,
+    faults: Faults,
 }
 
 impl Node {
@@ -219,8 +221,16 @@ impl Node {
             next_pull_at: Instant::ZERO + config.anti_entropy_interval,
             next_purge_at: Instant::ZERO + config.purge_interval,
             stats: NodeStats::default(),
+            faults: Faults::default(),
             config,
         }
+    }
+
+    /// Hands the node and its state machines the driver's BUGGIFY hook and planted bug.
+    pub fn set_faults(&mut self, faults: &Faults) {
+        self.swim.set_faults(faults.clone());
+        self.plumtree.set_faults(faults.clone());
+        self.faults = faults.clone();
     }
 
     /// Membership, mutably (to restore a persisted view before starting).
@@ -425,9 +435,15 @@ impl Node {
                 self.start_pull(now, rng, effects);
             }
         }
-        if now.monotonic >= self.next_purge_at {
+        // Simulates a purge at the earliest moment the TTL allows rather than on the
+        // interval's schedule (a node whose purge timer fired right after a restart).
+        let purge_now = self.faults.buggify("gossip.store.purge_early");
+        if now.monotonic >= self.next_purge_at || purge_now {
             self.next_purge_at = now.monotonic + self.config.purge_interval;
-            let ttl_ms = self.config.tombstone_ttl.as_millis() as u64;
+            let mut ttl_ms = self.config.tombstone_ttl.as_millis() as u64;
+            if self.faults.planted(PlantedBug::PurgeTtlInSeconds) {
+                ttl_ms = self.config.tombstone_ttl.as_secs();
+            }
             self.stats.purged_count += self.store.purge(now.wall_ms, ttl_ms) as u64;
         }
     }

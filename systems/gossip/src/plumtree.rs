@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sim::Instant;
 
+use crate::faults::Faults;
 use crate::hash::{Digest, hash_bytes};
 use crate::hyparview::Peer;
 use crate::idindex::IdIndex;
@@ -177,6 +178,7 @@ pub struct Plumtree {
     announcements: BTreeMap<MemberId, (Peer, Vec<(MessageId, u16)>)>,
     flush_at: Option<Instant>,
     stats: PtStats,
+    faults: Faults,
 }
 
 impl Plumtree {
@@ -194,7 +196,27 @@ impl Plumtree {
             announcements: BTreeMap::new(),
             flush_at: None,
             stats: PtStats::default(),
+            faults: Faults::default(),
         }
+    }
+
+    /// Hands the state machine the driver's BUGGIFY hook.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// The invariants `step` does not check on every call (they walk the log and the
+    /// timers): the log is in expiry order and `timers` mirrors `missing`.
+    pub fn check_invariants(&self) {
+        assert!(self.eager.keys().all(|id| !self.lazy.contains_key(id)));
+        let in_order = self.log.iter().zip(self.log.iter().skip(1));
+        assert!(in_order.clone().all(|(a, b)| a.expiry <= b.expiry), "log out of expiry order");
+        for (id, missing) in &self.missing {
+            assert!(self.timers.contains(&(missing.timer_at, *id)));
+            assert!(missing.announcements.len() <= ANNOUNCEMENTS_MAX);
+        }
+        let queued = self.announcements.values().any(|(_, ids)| !ids.is_empty());
+        assert!(!queued || self.flush_at.is_some(), "announcements queued without a flush");
     }
 
     /// Counters.
@@ -247,6 +269,9 @@ impl Plumtree {
         assert!(self.received.len() <= RECEIVED_MAX);
         assert_eq!(self.received.len(), self.log.len());
         assert_eq!(self.timers.len(), self.missing.len());
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
     }
 
     /// Records, delivers and pushes on a first copy.
@@ -337,6 +362,13 @@ impl Plumtree {
                 } else {
                     self.make_eager(from);
                     self.deliver(now, id, payload, round, Some(from.id), effects);
+                    // Simulates the prune a duplicate would have caused had another copy won
+                    // the race: the sender's edge turns lazy, and the tree must heal by grafts.
+                    if self.faults.buggify("gossip.plumtree.prune_forced") {
+                        self.stats.prune_count += 1;
+                        self.make_lazy(from);
+                        effects.push(PtEffect::Send { to: from, message: PtMessage::Prune });
+                    }
                 }
             }
             PtMessage::IHave { ids } => {
@@ -364,7 +396,13 @@ impl Plumtree {
         if !self.missing.contains_key(&id) && self.missing.len() >= MISSING_MAX {
             return;
         }
-        let timer_at = now + self.config.ihave_timeout;
+        // Simulates an announcement whose payload copy is late (the eager path is slow or
+        // broken): the graft goes at once instead of after `ihave_timeout`.
+        let timer_at = if self.faults.buggify("gossip.plumtree.graft_forced") {
+            now
+        } else {
+            now + self.config.ihave_timeout
+        };
         let missing = self.missing.entry(id).or_insert_with(|| {
             self.timers.insert((timer_at, id));
             Missing { announcements: Vec::new(), timer_at }

@@ -33,6 +33,8 @@ use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 use sim::Instant;
 
+use crate::faults::{Faults, PlantedBug};
+
 /// A member's identity (stable across restarts of the same node).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -302,6 +304,7 @@ pub struct Swim {
     next_gossip_at: Instant,
     seq: u32,
     stats: SwimStats,
+    faults: Faults,
 }
 
 /// Precedence of states at equal incarnation: a later state in this order wins.
@@ -345,7 +348,30 @@ impl Swim {
             next_gossip_at: Instant::ZERO,
             seq: 0,
             stats: SwimStats::default(),
+            faults: Faults::default(),
         }
+    }
+
+    /// Hands the state machine the driver's BUGGIFY hook and planted bug.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// The state's invariants: `own` mirrors `members[&me]`, `live_count` counts the live
+    /// members, and `suspicion_timers` holds exactly the suspicions' deadlines. Walks every
+    /// member: `step` runs it only in builds with debug assertions.
+    pub fn check_invariants(&self) {
+        assert_eq!(self.members.get(&self.me), Some(&self.own));
+        assert!(self.awareness <= self.config.awareness_max);
+        let live = self.members.values().filter(|member| is_live(member.state)).count();
+        assert_eq!(self.live_count, live);
+        assert_eq!(self.suspicion_timers.len(), self.suspicions.len());
+        for (id, suspicion) in &self.suspicions {
+            assert!(self.suspicion_timers.contains(&(suspicion.deadline, *id)));
+            assert!(suspicion.deadline >= suspicion.started);
+        }
+        assert!(self.relays.len() <= RELAYS_MAX);
+        assert!(self.members.len() <= MEMBERS_MAX);
     }
 
     /// This node's id.
@@ -443,18 +469,19 @@ impl Swim {
                 self.seeds = seeds.to_vec();
                 self.joined = seeds.is_empty();
                 self.next_join_at = now;
+                // Real nodes boot and tick out of phase: the first probe waits a random part
+                // of a period (memberlist staggers its probe loop the same way).
+                self.next_probe_at = now.max(self.next_probe_at) + self.probe_jitter(rng, 1);
                 self.tick(now, rng, effects);
             }
             SwimInput::Leave => self.leave(now, rng, effects),
         }
         assert!(self.awareness <= self.config.awareness_max);
         assert!(self.broadcasts.len() <= BROADCAST_QUEUE_MAX);
-        debug_assert_eq!(self.members.get(&self.me), Some(&self.own));
         assert_eq!(self.suspicion_timers.len(), self.suspicions.len());
-        debug_assert_eq!(
-            self.live_count,
-            self.members.values().filter(|member| is_live(member.state)).count()
-        );
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
     }
 
     fn scaled(&self, duration: Duration) -> Duration {
@@ -562,8 +589,17 @@ impl Swim {
         }
     }
 
+    /// A random delay of up to `1 / divisor` of a probe period, in whole milliseconds.
+    fn probe_jitter(&self, rng: &mut impl RngCore, divisor: u32) -> Duration {
+        assert!(divisor >= 1);
+        let bound_ms = (self.config.probe_interval.as_millis() as u64 / u64::from(divisor)).max(1);
+        Duration::from_millis(rng.next_u64() % bound_ms)
+    }
+
     fn start_probe(&mut self, now: Instant, rng: &mut impl RngCore, effects: &mut Vec<SwimEffect>) {
-        self.next_probe_at = now + self.scaled(self.config.probe_interval);
+        // Each period is stretched by up to a tenth at random, so probes drift out of phase.
+        let period = self.scaled(self.config.probe_interval) + self.probe_jitter(rng, 10);
+        self.next_probe_at = now + period;
         let Some(target) = self.next_target(rng) else { return };
         self.seq = self.seq.wrapping_add(1);
         let updates = self.piggyback(Some(target.id));
@@ -733,6 +769,11 @@ impl Swim {
             effects.push(SwimEffect::Send { to: relay.origin, message });
             return;
         }
+        // Simulates an ack that arrives just after its probe's period ended (a slow relay, a
+        // queue in a switch): the probe counts as failed although the target is alive.
+        if self.faults.buggify("gossip.swim.ack_late") {
+            return;
+        }
         if let Some(probe) = self.probe.as_mut()
             && probe.seq == seq
             && probe.target == from
@@ -821,7 +862,12 @@ impl Swim {
         // The first report is the suspicion itself; later ones are confirmations.
         let count = suspicion.confirmations.len().saturating_sub(1) as f64;
         let fraction = ((count + 1.0).ln() / (expected + 1.0).ln()).min(1.0);
-        let timeout = maximum.saturating_sub(maximum.saturating_sub(minimum).mul_f64(fraction));
+        let mut timeout = maximum.saturating_sub(maximum.saturating_sub(minimum).mul_f64(fraction));
+        // Simulates a suspicion that reaches its floor early, as if every confirmation Lifeguard
+        // expects had come in at once.
+        if self.faults.buggify("gossip.swim.suspect_early") {
+            timeout = minimum;
+        }
         self.suspicion_timers.remove(&(suspicion.deadline, id));
         suspicion.deadline = suspicion.started + timeout.max(minimum);
         self.suspicion_timers.insert((suspicion.deadline, id));
@@ -852,7 +898,10 @@ impl Swim {
             return;
         }
         // Refute: only we raise our incarnation.
-        let incarnation = claim.incarnation.saturating_add(1);
+        let mut incarnation = claim.incarnation.saturating_add(1);
+        if self.faults.planted(PlantedBug::RefuteWithStaleIncarnation) {
+            incarnation = claim.incarnation;
+        }
         let refuted = Member { incarnation, ..own };
         self.put_member(refuted);
         self.stats.refute_count += 1;

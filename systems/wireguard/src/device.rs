@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use crate::allowed_ips::{AllowedIps, IpNet};
 use crate::cookie::{CookieGenerator, LoadMeter};
 use crate::crypto::{self, KEY_LEN};
+use crate::faults::{BuggifyHook, Faults, PlantedBug};
 use crate::messages::{self, COOKIE_REPLY_LEN, Message};
 use crate::noise::SymmetricState;
 use crate::tunnel::{
@@ -146,6 +147,7 @@ pub struct DeviceCore {
     routes: AllowedIps<usize>,
     scratch: Vec<u8>,
     drops: BTreeMap<&'static str, u64>,
+    faults: Faults,
 }
 
 impl DeviceCore {
@@ -187,7 +189,16 @@ impl DeviceCore {
             routes,
             scratch: vec![0u8; DATAGRAM_LEN_MAX + 64],
             drops: BTreeMap::new(),
+            faults: Faults::default(),
         }
+    }
+
+    /// Hands the device and every tunnel the driver's BUGGIFY hook and planted bug.
+    pub fn set_faults(&mut self, faults: &Faults) {
+        for peer in &mut self.peers {
+            peer.set_faults(faults.clone());
+        }
+        self.faults = faults.clone();
     }
 
     /// The peers' tunnels, by peer index.
@@ -324,9 +335,9 @@ impl DeviceCore {
         if !self.generator.verify_mac1(datagram) {
             return Err(DecapsulateError::InvalidMac1);
         }
-        if !self.load.under_load(now)
-            || self.generator.verify_mac2(now, &mut self.rng, datagram, from)
-        {
+        // Simulates a device under load (a handshake flood): cookie replies instead of answers.
+        let loaded = self.load.under_load(now) || self.faults.buggify("wireguard.cookie.load");
+        if !loaded || self.generator.verify_mac2(now, &mut self.rng, datagram, from) {
             return Ok(true);
         }
         let mut reply = [0u8; COOKIE_REPLY_LEN];
@@ -429,6 +440,15 @@ pub struct Device;
 impl Device {
     /// Binds the UDP socket and spawns the device's task; dropping the handle stops it.
     pub async fn start<E: Env>(env: E, config: DeviceConfig) -> io::Result<DeviceHandle> {
+        Device::start_planted(env, config, None).await
+    }
+
+    /// As `start`, with `bug` planted in the core (inert without feature `planted-bugs`).
+    pub async fn start_planted<E: Env>(
+        env: E,
+        config: DeviceConfig,
+        bug: Option<PlantedBug>,
+    ) -> io::Result<DeviceHandle> {
         let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port);
         let socket = env.bind_udp(bind).await?;
         let local_addr = socket.local_addr()?;
@@ -436,7 +456,10 @@ impl Device {
         let wall_origin = wall.saturating_sub(env.now().since_origin());
         let mut seed = [0u8; 32];
         env.rng().fill_bytes(&mut seed);
-        let core = DeviceCore::new(&config, wall_origin, seed);
+        let mut core = DeviceCore::new(&config, wall_origin, seed);
+        let hook_env = env.clone();
+        let hook: BuggifyHook = Arc::new(move |site| hook_env.buggify(site));
+        core.set_faults(&Faults::with_hook(hook).planting(bug));
         let (outbound, outbound_rx) = mpsc::channel(PACKET_QUEUE_MAX);
         let (inbound_tx, inbound) = mpsc::channel(PACKET_QUEUE_MAX);
         let stats = Arc::new(Mutex::new(DeviceStats::default()));

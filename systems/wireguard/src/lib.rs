@@ -10,6 +10,7 @@
 //! - `replay`: the RFC 6479 anti-replay window (8,192 bits).
 //! - `transport`: a session's ring ChaCha20-Poly1305 keys, counter and window: the data path.
 //! - `timers`: the protocol constants.
+//! - `faults`: BUGGIFY hooks and planted bugs the driver hands the sans-IO core.
 //! - `tunnel`: `Tunnel`, one peer's state machine: `encapsulate`, `decapsulate`, `tick`.
 //! - `ip`: the IP header fields the tunnel and device read.
 //! - `config`: the `wg` configuration format, parsed into a `DeviceConfig`.
@@ -30,6 +31,7 @@ pub mod cookie;
 pub mod crypto;
 pub mod device;
 pub mod error;
+pub mod faults;
 pub mod ip;
 pub mod mesh;
 pub mod messages;
@@ -42,4 +44,5 @@ pub mod tunnel;
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use device::{Device, DeviceConfig, DeviceHandle, PeerConfig, Received};
 pub use error::{DecapsulateError, EncapsulateError};
+pub use faults::{Faults, PlantedBug};
 pub use tunnel::{Action, Tunnel, TunnelConfig, TunnelStats};

@@ -18,7 +18,7 @@ use sim::{Env, Instant, UdpSocket};
 use zeroize::Zeroizing;
 
 use crate::ip::ipv4_packet;
-use crate::{Device, DeviceConfig, DeviceHandle, IpNet, PeerConfig};
+use crate::{Device, DeviceConfig, DeviceHandle, IpNet, PeerConfig, PlantedBug};
 
 /// The UDP port every mesh device listens on.
 pub const PORT: u16 = 51820;
@@ -139,8 +139,21 @@ pub async fn peer_main<E: Env>(
     generation: u8,
     history: Arc<Mutex<MeshHistory>>,
 ) {
+    peer_main_planted(env, seed, index, peer_count, generation, history, None).await;
+}
+
+/// As `peer_main`, with `bug` planted in the device (inert without feature `planted-bugs`).
+pub async fn peer_main_planted<E: Env>(
+    env: E,
+    seed: u64,
+    index: usize,
+    peer_count: usize,
+    generation: u8,
+    history: Arc<Mutex<MeshHistory>>,
+    bug: Option<PlantedBug>,
+) {
     let config = device_config(seed, index, peer_count);
-    let Ok(mut device) = Device::start(env.clone(), config).await else { return };
+    let Ok(mut device) = Device::start_planted(env.clone(), config, bug).await else { return };
     let mut sequence = 0u32;
     let mut next_send = env.now();
     loop {

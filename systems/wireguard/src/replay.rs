@@ -54,6 +54,11 @@ impl ReplayWindow {
         if self.words[word] & bit != 0 { Err(ReplayError::Duplicate) } else { Ok(()) }
     }
 
+    /// The greatest counter accepted so far, if any.
+    pub fn greatest(&self) -> Option<u64> {
+        (!self.empty).then_some(self.greatest)
+    }
+
     /// Accepts `counter` (after the packet authenticated), or refuses it.
     pub fn update(&mut self, counter: u64) -> Result<(), ReplayError> {
         self.check(counter)?;

@@ -25,6 +25,8 @@ pub struct Keypair {
     pub created_at: Instant,
     /// Whether we initiated that handshake (only the initiator rekeys on age).
     pub is_initiator: bool,
+    /// Planted bug `ReplayAcceptsGreatestAgain` (set only by a tunnel with the bug planted).
+    pub(crate) planted_accepts_greatest_again: bool,
 }
 
 /// Why a transport message was not opened.
@@ -63,6 +65,7 @@ impl Keypair {
             remote_index,
             created_at,
             is_initiator,
+            planted_accepts_greatest_again: false,
         }
     }
 
@@ -119,7 +122,7 @@ impl Keypair {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(OpenError::CounterExhausted);
         }
-        self.replay.check(counter).map_err(OpenError::Replay)?;
+        self.replay_check(counter)?;
         let Some(buffer) = out.get_mut(..sealed.len()) else {
             return Err(OpenError::BufferTooSmall);
         };
@@ -132,14 +135,28 @@ impl Keypair {
         if counter >= REJECT_AFTER_MESSAGES {
             return Err(OpenError::CounterExhausted);
         }
-        self.replay.check(counter).map_err(OpenError::Replay)?;
+        self.replay_check(counter)?;
         let nonce = Nonce::assume_unique_for_key(nonce12(counter));
         let plaintext_len = match self.receive_key.open_in_place(nonce, Aad::empty(), sealed) {
             Ok(plaintext) => plaintext.len(),
             Err(_) => return Err(OpenError::Forged),
         };
-        self.replay.update(counter).map_err(OpenError::Replay)?;
+        if !self.replays_greatest(counter) {
+            self.replay.update(counter).map_err(OpenError::Replay)?;
+        }
         Ok(plaintext_len)
+    }
+
+    fn replay_check(&self, counter: u64) -> Result<(), OpenError> {
+        if self.replays_greatest(counter) {
+            return Ok(());
+        }
+        self.replay.check(counter).map_err(OpenError::Replay)
+    }
+
+    /// Planted bug `ReplayAcceptsGreatestAgain`: `counter` is the greatest one seen so far.
+    fn replays_greatest(&self, counter: u64) -> bool {
+        self.planted_accepts_greatest_again && self.replay.greatest() == Some(counter)
     }
 }
 

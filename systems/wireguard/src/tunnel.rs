@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use crate::cookie::{CookieGenerator, CookieJar, LoadMeter};
 use crate::crypto::{self, KEY_LEN, Secret};
 use crate::error::{DecapsulateError, EncapsulateError};
+use crate::faults::{Faults, PlantedBug};
 use crate::messages::{self, COOKIE_REPLY_LEN, INITIATION_LEN, Message, RESPONSE_LEN};
 use crate::noise::{self, SymmetricState};
 use crate::timers::*;
@@ -225,6 +226,7 @@ pub struct Tunnel {
     padded_len_max: usize,
     rng: ChaCha20Rng,
     stats: TunnelStats,
+    faults: Faults,
 }
 
 impl Tunnel {
@@ -266,7 +268,14 @@ impl Tunnel {
             padded_len_max: config.padded_len_max,
             rng: ChaCha20Rng::from_seed(config.rng_seed),
             stats: TunnelStats::default(),
+            faults: Faults::default(),
         }
+    }
+
+    /// Hands the tunnel its BUGGIFY hook and planted bug (the driver's, from its `Env`).
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+        assert!(self.current.is_none() && self.next.is_none(), "faults are set before traffic");
     }
 
     /// Our static public key.
@@ -352,9 +361,15 @@ impl Tunnel {
         let keypair = self.current.as_mut().expect("caller checked sendable");
         let len = keypair.seal(packet, self.padded_len_max, out)?;
         let age = now.saturating_duration_since(keypair.created_at);
-        if keypair.is_initiator
+        let is_initiator = keypair.is_initiator;
+        if is_initiator
             && (keypair.send_counter() > REKEY_AFTER_MESSAGES || age >= REKEY_AFTER_TIME)
         {
+            self.initiation_wanted = true;
+        }
+        // Simulates a rekey long before REKEY_AFTER_TIME (a peer with other limits, a counter
+        // near REKEY_AFTER_MESSAGES): a new handshake while the current session carries data.
+        if is_initiator && age >= REKEY_TIMEOUT && self.faults.buggify("wireguard.rekey.early") {
             self.initiation_wanted = true;
         }
         self.stats.tx_packets += 1;
@@ -380,6 +395,12 @@ impl Tunnel {
 
     fn jitter(&mut self) -> Duration {
         let jitter_ms_max = REKEY_TIMEOUT_JITTER_MAX.as_millis() as u32;
+        // Simulates timers that fire at the very edge of their window (a scheduler that wakes
+        // early or late): no jitter at all, or all of it.
+        if self.faults.buggify("wireguard.timers.jitter_edge") {
+            let edge = if self.rng.next_u32().is_multiple_of(2) { 0 } else { jitter_ms_max };
+            return Duration::from_millis(u64::from(edge));
+        }
         Duration::from_millis(u64::from(self.rng.next_u32() % (jitter_ms_max + 1)))
     }
 
@@ -514,9 +535,9 @@ impl Tunnel {
             if !self.generator.verify_mac1(datagram) {
                 return Err(DecapsulateError::InvalidMac1);
             }
-            if self.load.under_load(now)
-                && !self.generator.verify_mac2(now, &mut self.rng, datagram, from)
-            {
+            // Simulates a responder under load (a handshake flood elsewhere): the cookie path.
+            let loaded = self.load.under_load(now) || self.faults.buggify("wireguard.cookie.load");
+            if loaded && !self.generator.verify_mac2(now, &mut self.rng, datagram, from) {
                 return self.cookie_reply(now, from, datagram, out);
             }
         }
@@ -656,8 +677,10 @@ impl Tunnel {
         .map_err(|_| DecapsulateError::HandshakeFailed)?;
         self.jar.stamp(now, response);
         let (initiator_key, responder_key) = state.split();
-        let keypair =
+        let mut keypair =
             Keypair::new(&responder_key, &initiator_key, local_index, remote_index, now, false);
+        keypair.planted_accepts_greatest_again =
+            self.faults.planted(PlantedBug::ReplayAcceptsGreatestAgain);
         self.next = Some(Box::new(keypair));
         self.previous = None;
         self.session_derived(now);
@@ -690,6 +713,16 @@ impl Tunnel {
         else {
             return Err(DecapsulateError::UnexpectedResponse);
         };
+        // Simulates the worst moment for a retransmission: the retry timer fired just before
+        // this response arrived, so a fresh initiation replaced the one it answers. Only on a
+        // first attempt, so a handshake is delayed by one retry at most.
+        if self.timers.attempt_count == 0
+            && self.timers.retransmit_at.is_some()
+            && self.faults.buggify("wireguard.handshake.retransmit_race")
+        {
+            self.timers.retransmit_at = Some(now);
+            return Err(DecapsulateError::UnexpectedResponse);
+        }
         let mut state = pending.state.clone();
         let noise_part =
             &response[messages::RESPONSE_NOISE_OFFSET..messages::mac1_offset(RESPONSE_LEN)];
@@ -705,8 +738,10 @@ impl Tunnel {
         self.pending = None;
         let (initiator_key, responder_key) = state.split();
         let remote_index = messages::sender_index(response);
-        let keypair =
+        let mut keypair =
             Keypair::new(&initiator_key, &responder_key, receiver_index, remote_index, now, true);
+        keypair.planted_accepts_greatest_again =
+            self.faults.planted(PlantedBug::ReplayAcceptsGreatestAgain);
         self.previous = match self.next.take() {
             Some(next) => Some(next),
             None => self.current.take(),
@@ -857,6 +892,9 @@ impl Tunnel {
     /// answers `Action::None`. `out` must hold 148 bytes and the largest staged packet + 32.
     pub fn tick<'o>(&mut self, now: Instant, out: &'o mut [u8]) -> Action<'o> {
         assert!(out.len() >= INITIATION_LEN);
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
         let due = |deadline: Option<Instant>| deadline.is_some_and(|at| at <= now);
         if due(self.timers.zero_keys_at) {
             self.zero_keys();
@@ -918,6 +956,18 @@ impl Tunnel {
             Some(to) => Action::Send { datagram: &out[..INITIATION_LEN], to },
             None => Action::None,
         }
+    }
+
+    /// The state's invariants (debug builds run it on every tick): local indices are distinct
+    /// and carry this tunnel's slot, a retry is scheduled only with attempts left.
+    pub fn check_invariants(&self) {
+        let indices: Vec<u32> = self.local_indices().collect();
+        for (position, index) in indices.iter().enumerate() {
+            assert_eq!(index >> INDEX_RANDOM_BITS, self.index_slot, "index outside our slot");
+            assert!(!indices[position + 1..].contains(index), "local index {index} reused");
+        }
+        assert!(self.timers.attempt_count <= HANDSHAKE_ATTEMPT_MAX);
+        assert!(self.staged.len() <= STAGED_PACKETS_MAX);
     }
 
     /// Forgets keypairs that may neither send nor receive any more, so `next_deadline` never
