@@ -51,12 +51,15 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     for scenario in lsm::scenarios() {
         list.push(Box::new(scenario));
     }
-    list.push(Box::new(wireguard::WireguardMesh));
+    list.push(Box::new(wireguard::WireguardMesh::CORRECT));
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));
     list.push(Box::new(docdb::DocdbTxn::CORRECT));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
+        list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));
+        list.push(Box::new(gossip::GossipCluster::PLANTED_STALE_REFUTE));
+        list.push(Box::new(gossip::GossipCluster::PLANTED_PURGE_TTL));
     }
     list
 }

@@ -19,8 +19,9 @@ use std::time::Duration;
 use invariants::Violation;
 use sim::Instant;
 use sim::world::{SimConfig, SimError, World};
+use wireguard::PlantedBug;
 use wireguard::mesh::{MeshHistory, MeshViolation, attacker_main, check_deliveries, node_ip};
-use wireguard::mesh::{first_deliveries_after, peer_main};
+use wireguard::mesh::{first_deliveries_after, peer_main_planted};
 use wireguard::timers::{KEEPALIVE_TIMEOUT, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX};
 
 use crate::plan::{FaultClass, Topology};
@@ -37,18 +38,40 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, MeshHistory> {
     shared.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-/// The `wireguard-mesh` scenario.
+/// The `wireguard-mesh` scenario, or with a bug planted in every device.
 #[derive(Clone, Copy, Debug)]
-pub struct WireguardMesh;
+pub struct WireguardMesh {
+    name: &'static str,
+    bug: Option<PlantedBug>,
+}
+
+impl WireguardMesh {
+    /// The correct mesh.
+    pub const CORRECT: WireguardMesh = WireguardMesh { name: "wireguard-mesh", bug: None };
+    /// The mesh whose replay window accepts its greatest counter twice (`planted-bugs`).
+    pub const PLANTED_REPLAY: WireguardMesh = WireguardMesh {
+        name: "planted-wg-replay-greatest",
+        bug: Some(PlantedBug::ReplayAcceptsGreatestAgain),
+    };
+}
 
 impl Scenario for WireguardMesh {
     fn name(&self) -> &'static str {
-        "wireguard-mesh"
+        self.name
     }
 
     fn summary(&self) -> &'static str {
-        "3-6 WireGuard peers in a full mesh plus an attacker: splits, one-way cuts, crashes, \
-         pauses, clogs, loss/duplication/reordering spikes, clock jumps"
+        match self.bug {
+            None => {
+                "3-6 WireGuard peers in a full mesh plus an attacker: splits, one-way cuts, \
+                 crashes, pauses, clogs, loss/duplication/reordering spikes, clock jumps"
+            }
+            Some(_) => "planted bug: the replay window accepts its greatest counter twice",
+        }
+    }
+
+    fn feature(&self) -> Option<&'static str> {
+        self.bug.map(|_| "planted-bugs")
     }
 
     fn checks(&self) -> &'static [&'static str] {
@@ -90,11 +113,13 @@ impl Scenario for WireguardMesh {
         let seed = world.seed();
         let peer_count = swarm.node_count as usize;
         let history: Shared = Arc::default();
+        let bug = self.bug;
         for index in 0..peer_count {
             let history = Arc::clone(&history);
             world.add_node_with(&format!("wg{}", index + 1), node_ip(index), move |env| {
                 let generation = env.generation() as u8;
-                peer_main(env, seed, index, peer_count, generation, Arc::clone(&history))
+                let history = Arc::clone(&history);
+                peer_main_planted(env, seed, index, peer_count, generation, history, bug)
             });
         }
         world.add_node_with("attacker", node_ip(peer_count), move |env| {

@@ -1,6 +1,6 @@
 //! The harness's proof that it finds real bugs.
 //!
-//! Goal: with a known bug planted in the test register, the lsm store or docdb, a seed sweep
+//! Goal: with a known bug planted in the test register, lsm, docdb, wireguard or gossip, a sweep
 //! finds a failing seed, replaying that seed reproduces the failure identically (same verdict,
 //! violation and trace hash), and shrinking reduces its fault plan to the faults that matter
 //! (for the register one or two; for the lsm bugs, which the seed's own draws expose, possibly
@@ -99,6 +99,27 @@ fn docdb_index_outside_batch_is_found_replayed_and_shrunk() {
     find_replay_shrink_to("planted-docdb-index-outside-batch", 0..=3);
 }
 
+/// Issue 17: wireguard's replay window accepts a copy of its greatest counter (`>=` for `>`),
+/// so a datagram the network duplicates is delivered twice.
+#[test]
+fn wireguard_replay_of_the_greatest_counter_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-wg-replay-greatest", Verdict::SafetyViolation);
+}
+
+/// Issue 17: a suspected gossip node refutes at the suspected incarnation, so its `Alive`
+/// loses to the `Suspect` and the cluster declares a running node dead.
+#[test]
+fn gossip_refute_with_stale_incarnation_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-gossip-stale-refute", Verdict::LivenessFailure);
+}
+
+/// Issue 17: gossip purges tombstones after 3.6 s (the TTL in seconds read as milliseconds),
+/// so a replica that missed a remove brings the element back.
+#[test]
+fn gossip_purge_ttl_in_seconds_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-gossip-purge-ttl", Verdict::LivenessFailure);
+}
+
 /// Without the planted bugs the same seeds pass: the failures above are the bugs' doing.
 #[test]
 fn the_same_seeds_pass_without_the_bugs() {
@@ -109,6 +130,9 @@ fn the_same_seeds_pass_without_the_bugs() {
         ("planted-lsm-close", "lsm-crash"),
         ("planted-lsm-starve", "lsm-crash"),
         ("planted-docdb-index-outside-batch", "docdb-txn"),
+        ("planted-wg-replay-greatest", "wireguard-mesh"),
+        ("planted-gossip-stale-refute", "gossip-cluster"),
+        ("planted-gossip-purge-ttl", "gossip-cluster"),
     ] {
         let found = first_failure(planted);
         let scenario = scenarios::find(correct).expect("scenario exists");
