@@ -1,0 +1,17 @@
+//! The mesh control plane and its node agent, in the manner of Headscale.
+//!
+//! A coordinator registers nodes, hands out addresses and keys, evaluates the access policy,
+//! approves routes and pushes every node its network map: a full map first, then deltas whose
+//! cost is proportional to the nodes a change affects. An agent holds that stream and applies it
+//! to its WireGuard device. State lives in `systems/docdb`; all I/O goes through `sim::Env`.
+//!
+//! Map:
+//! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//!
+//! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
+
+#![deny(missing_docs)]
+
+pub mod types;
+
+pub use types::{FilterRule, Key, NodeId, NodeInfo, PortRange, User, UserId};

@@ -1,0 +1,140 @@
+//! The vocabulary every part of the coordinator and the agent share.
+//!
+//! Ids are dense integers handed out by the coordinator and never reused. Keys are 32-byte
+//! public keys (X25519), printed in the `nodekey:`/`mkey:` hex form Tailscale uses. A
+//! `FilterRule` is Tailscale's wire form of one packet-filter rule, so the golden ACL cases
+//! compare field by field.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use wireguard::IpNet;
+
+/// A node's id: assigned at registration, never reused.
+pub type NodeId = u64;
+/// A user's id: assigned at creation, never reused.
+pub type UserId = u64;
+
+/// A 32-byte public key (a node key, a machine key). Never a private key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key(pub [u8; 32]);
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str("..")
+    }
+}
+
+/// A user: owns untagged nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Its id.
+    pub id: UserId,
+    /// Its login name (`odin`).
+    pub name: String,
+    /// Its e-mail address, how policies name it (`odin@example.com`), if it has one.
+    pub email: Option<String>,
+}
+
+/// What the coordinator knows about one node: everything a policy, a route decision or a peer's
+/// network map needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: NodeId,
+    /// Its host name as the node reported it.
+    pub hostname: String,
+    /// Its DNS label in the tailnet (unique; `hostname` made unique, or an admin's rename).
+    pub given_name: String,
+    /// The owning user; `None` for a tagged node (tagged nodes belong to no user).
+    pub user: Option<UserId>,
+    /// Its ACL tags (`tag:server`), sorted.
+    pub tags: Vec<String>,
+    /// Its address in 100.64.0.0/10.
+    pub ipv4: Ipv4Addr,
+    /// Its address in fd7a:115c:a1e0::/48.
+    pub ipv6: Ipv6Addr,
+    /// Its WireGuard public key (rotated by the node).
+    pub node_key: Key,
+    /// The key its control channel is authenticated with (stable for the machine).
+    pub machine_key: Key,
+    /// Where peers can reach its WireGuard socket, as it reported.
+    pub endpoints: Vec<SocketAddr>,
+    /// Routes it advertises (subnets, `0.0.0.0/0` and `::/0` for an exit node).
+    #[serde(with = "ipnets")]
+    pub advertised_routes: Vec<IpNet>,
+    /// The advertised routes an admin or `autoApprovers` approved.
+    #[serde(with = "ipnets")]
+    pub approved_routes: Vec<IpNet>,
+    /// Whether it holds a map stream now.
+    pub online: bool,
+    /// Removed automatically once it goes away.
+    pub ephemeral: bool,
+    /// When its key expires (unix seconds); `None` never.
+    pub expiry: Option<u64>,
+}
+
+/// An inclusive port range (`*` is 0-65535).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortRange {
+    /// The first port.
+    #[serde(rename = "First")]
+    pub first: u16,
+    /// The last port (inclusive).
+    #[serde(rename = "Last")]
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ANY: PortRange = PortRange { first: 0, last: 65535 };
+}
+
+/// One destination of a filter rule: an address set in Tailscale's string form and ports.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NetPortRange {
+    /// `*`, an address, a CIDR or an inclusive range `a-b`.
+    #[serde(rename = "IP")]
+    pub ip: String,
+    /// The ports.
+    #[serde(rename = "Ports")]
+    pub ports: PortRange,
+}
+
+/// One packet-filter rule in Tailscale's wire form (`tailcfg.FilterRule`): packets from any of
+/// `src_ips` to any of `dst_ports` with one of `ip_proto` are accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FilterRule {
+    /// Sources: `*`, addresses, CIDRs or ranges `a-b`.
+    #[serde(rename = "SrcIPs")]
+    pub src_ips: Vec<String>,
+    /// Destinations with their ports.
+    #[serde(rename = "DstPorts")]
+    pub dst_ports: Vec<NetPortRange>,
+    /// IANA protocol numbers; empty means TCP, UDP, ICMP and ICMPv6.
+    #[serde(rename = "IPProto", default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_proto: Vec<u8>,
+}
+
+/// Serde for `Vec<IpNet>` as CIDR strings (`wireguard::IpNet` has no serde of its own).
+pub mod ipnets {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use wireguard::IpNet;
+
+    /// Writes the networks as `10.0.0.0/8` strings.
+    pub fn serialize<S: Serializer>(nets: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+        let texts: Vec<String> =
+            nets.iter().map(|net| format!("{}/{}", net.addr, net.prefix_len)).collect();
+        texts.serialize(serializer)
+    }
+
+    /// Reads CIDR strings; a malformed one is an error naming it.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts.iter().map(|text| text.parse().map_err(serde::de::Error::custom)).collect()
+    }
+}
