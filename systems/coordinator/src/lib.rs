@@ -14,4 +14,6 @@
 
 pub mod types;
 
-pub use types::{FilterRule, Key, NodeId, NodeInfo, PortRange, User, UserId};
+pub use types::{
+    Affected, FilterRule, Key, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, User, UserId,
+};

@@ -5,6 +5,7 @@
 //! `FilterRule` is Tailscale's wire form of one packet-filter rule, so the golden ACL cases
 //! compare field by field.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -137,4 +138,37 @@ pub mod ipnets {
         let texts = Vec::<String>::deserialize(deserializer)?;
         texts.iter().map(|text| text.parse().map_err(serde::de::Error::custom)).collect()
     }
+}
+
+/// Which nodes a change may have touched, as the policy sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Affected {
+    /// Nodes whose peer set (who they may exchange packets with) may have changed.
+    pub peers: BTreeSet<NodeId>,
+    /// Nodes whose packet filter may have changed.
+    pub filters: BTreeSet<NodeId>,
+}
+
+/// What the network-map engine asks of the compiled access policy.
+///
+/// The policy keeps its own index of the nodes; the map engine tells it of every node that
+/// appears, changes or goes, and asks per node. Contract:
+/// - `peers_of(n)` is sorted, excludes `n`, and holds `m` exactly when some rule lets `n` send to
+///   `m` or `m` send to `n` (on any port and protocol), or `m` is a subnet router or exit node
+///   whose approved routes a rule lets `n` reach.
+/// - `filter_for(n)` equals what the golden ACL cases expect for `n` (reduced to `n`).
+/// - `upsert_node` and `remove_node` report every node whose answers changed (a superset is
+///   allowed, but its size is the cost of a change: keep it close to the truth). Changes to
+///   fields the policy does not read (endpoints, online, keys, expiry) report nothing.
+pub trait PolicyView: Send + Sync {
+    /// Adds a node or replaces the one with the same id.
+    fn upsert_node(&mut self, node: &NodeInfo) -> Affected;
+    /// Removes a node (unknown ids report nothing).
+    fn remove_node(&mut self, node: NodeId) -> Affected;
+    /// Adds or replaces a user (their e-mail and name are how policies name them).
+    fn upsert_user(&mut self, user: &User) -> Affected;
+    /// The nodes `node` may exchange packets with, sorted.
+    fn peers_of(&self, node: NodeId) -> Vec<NodeId>;
+    /// The packet-filter rules `node` enforces on what arrives from its peers.
+    fn filter_for(&self, node: NodeId) -> Vec<FilterRule>;
 }
