@@ -7,11 +7,13 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `frame`: length-prefixed frames over a stream and the versioned postcard message codec.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod frame;
 pub mod types;
 
 pub use types::{
