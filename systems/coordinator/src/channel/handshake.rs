@@ -72,31 +72,56 @@ impl Initiator {
         machine_private: &[u8; KEY_LEN],
         server_public: &Key,
     ) -> Result<(Initiator, [u8; INITIATION_LEN]), ChannelError> {
-        let static_private = StaticSecret::from(*machine_private);
-        let ephemeral = ephemeral_from(rng);
-        let mut state = SymmetricState::new(PROTOCOL_NAME, PROLOGUE, &server_public.0);
         let mut message = [0u8; INITIATION_LEN];
         message[0] = PROTOCOL_VERSION;
+        let ephemeral = ephemeral_from(rng);
+        let keys = (ephemeral, StaticSecret::from(*machine_private));
+        let initiator = Self::start_with(keys, &server_public.0, PROLOGUE, &[], &mut message[1..])?;
+        assert_eq!(message[0], PROTOCOL_VERSION);
+        Ok((initiator, message))
+    }
+
+    /// `-> e, es, s, ss` and `payload` with any prologue into `out` (`96 + payload.len()`
+    /// bytes): the Noise message itself, without our version byte.
+    pub(crate) fn start_with(
+        (ephemeral, static_private): (StaticSecret, StaticSecret),
+        server_public: &[u8; KEY_LEN],
+        prologue: &[u8],
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> Result<Initiator, ChannelError> {
+        assert_eq!(out.len(), KEY_LEN + KEY_LEN + TAG_LEN + payload.len() + TAG_LEN);
+        let mut state = SymmetricState::new(PROTOCOL_NAME, prologue, server_public);
         let ephemeral_public = crypto::public_key(&ephemeral);
-        message[1..1 + KEY_LEN].copy_from_slice(&ephemeral_public);
+        let (head, rest) = out.split_at_mut(KEY_LEN);
+        head.copy_from_slice(&ephemeral_public);
         state.mix_hash(&ephemeral_public);
-        let es = crypto::dh(&ephemeral, &server_public.0).map_err(bad("low-order server key"))?;
+        let es = crypto::dh(&ephemeral, server_public).map_err(bad("low-order server key"))?;
         let key = state.mix_key(&*es);
         let static_public = crypto::public_key(&static_private);
-        let (sealed_static, sealed_payload) =
-            message[1 + KEY_LEN..].split_at_mut(KEY_LEN + TAG_LEN);
+        let (sealed_static, sealed_payload) = rest.split_at_mut(KEY_LEN + TAG_LEN);
         state.encrypt_and_hash(&key, &static_public, sealed_static);
-        let ss =
-            crypto::dh(&static_private, &server_public.0).map_err(bad("low-order server key"))?;
+        let ss = crypto::dh(&static_private, server_public).map_err(bad("low-order server key"))?;
         let key = state.mix_key(&*ss);
-        state.encrypt_and_hash(&key, &[], sealed_payload);
-        assert_eq!(message[0], PROTOCOL_VERSION);
-        Ok((Initiator { state, ephemeral, static_private }, message))
+        state.encrypt_and_hash(&key, payload, sealed_payload);
+        Ok(Initiator { state, ephemeral, static_private })
     }
 
     /// Reads message 2: proves the server holds its static key; gives the session keys.
-    pub fn finish(mut self, message: &[u8]) -> Result<SessionKeys, ChannelError> {
+    pub fn finish(self, message: &[u8]) -> Result<SessionKeys, ChannelError> {
         if message.len() != RESPONSE_LEN {
+            return Err(ChannelError::BadHandshake { reason: "response of the wrong length" });
+        }
+        self.finish_with(message, &mut [])
+    }
+
+    /// `<- e, ee, se` and a payload of `payload_out.len()` bytes, opened into `payload_out`.
+    pub(crate) fn finish_with(
+        mut self,
+        message: &[u8],
+        payload_out: &mut [u8],
+    ) -> Result<SessionKeys, ChannelError> {
+        if message.len() != KEY_LEN + payload_out.len() + TAG_LEN {
             return Err(ChannelError::BadHandshake { reason: "response of the wrong length" });
         }
         let (head, sealed) = message.split_at(KEY_LEN);
@@ -109,7 +134,7 @@ impl Initiator {
             .map_err(bad("low-order ephemeral key in the response"))?;
         let key = self.state.mix_key(&*se);
         self.state
-            .decrypt_and_hash(&key, sealed, &mut [])
+            .decrypt_and_hash(&key, sealed, payload_out)
             .map_err(bad("response did not authenticate (wrong server key?)"))?;
         let (send, receive) = self.state.split();
         Ok(SessionKeys { send, receive, handshake_hash: self.state.handshake_hash() })
@@ -123,7 +148,7 @@ pub fn respond<R: RngCore + CryptoRng>(
     server_private: &StaticSecret,
     message: &[u8],
 ) -> Result<(Key, [u8; RESPONSE_LEN], SessionKeys), ChannelError> {
-    let Some((&version, rest)) = message.split_first() else {
+    let Some((&version, initiation)) = message.split_first() else {
         return Err(ChannelError::BadHandshake { reason: "empty initiation" });
     };
     if version != PROTOCOL_VERSION {
@@ -132,35 +157,66 @@ pub fn respond<R: RngCore + CryptoRng>(
     if message.len() != INITIATION_LEN {
         return Err(ChannelError::BadHandshake { reason: "initiation of the wrong length" });
     }
-    let server_public = crypto::public_key(server_private);
-    let mut state = SymmetricState::new(PROTOCOL_NAME, PROLOGUE, &server_public);
-    let (head, rest) = rest.split_at(KEY_LEN);
-    let (sealed_static, sealed_payload) = rest.split_at(KEY_LEN + TAG_LEN);
-    let initiator_ephemeral: [u8; KEY_LEN] = head.try_into().expect("split at KEY_LEN");
-    state.mix_hash(&initiator_ephemeral);
-    let es = crypto::dh(server_private, &initiator_ephemeral)
-        .map_err(bad("low-order ephemeral key in the initiation"))?;
-    let key = state.mix_key(&*es);
-    let mut machine = [0u8; KEY_LEN];
-    state
-        .decrypt_and_hash(&key, sealed_static, &mut machine)
-        .map_err(bad("initiation did not authenticate (sent to another server key?)"))?;
-    let ss = crypto::dh(server_private, &machine).map_err(bad("low-order machine key"))?;
-    let key = state.mix_key(&*ss);
-    state
-        .decrypt_and_hash(&key, sealed_payload, &mut [])
-        .map_err(bad("initiation payload did not authenticate (wrong machine key?)"))?;
-    let ephemeral = ephemeral_from(rng);
-    let ephemeral_public = crypto::public_key(&ephemeral);
     let mut response = [0u8; RESPONSE_LEN];
-    response[..KEY_LEN].copy_from_slice(&ephemeral_public);
-    state.mix_hash(&ephemeral_public);
-    let ee = crypto::dh(&ephemeral, &initiator_ephemeral).map_err(bad("low-order ephemeral"))?;
-    state.mix_key(&*ee);
-    let se = crypto::dh(&ephemeral, &machine).map_err(bad("low-order machine key"))?;
-    let key = state.mix_key(&*se);
-    state.encrypt_and_hash(&key, &[], &mut response[KEY_LEN..]);
-    let (receive, send) = state.split();
-    let keys = SessionKeys { send, receive, handshake_hash: state.handshake_hash() };
-    Ok((Key(machine), response, keys))
+    let responder = Responder { ephemeral: ephemeral_from(rng), static_private: server_private };
+    let (machine, keys) =
+        responder.respond_with(PROLOGUE, initiation, &mut [], &[], &mut response)?;
+    Ok((machine, response, keys))
+}
+
+/// The responder's keys for one handshake.
+pub(crate) struct Responder<'a> {
+    /// Its fresh ephemeral key.
+    pub(crate) ephemeral: StaticSecret,
+    /// The coordinator's static key.
+    pub(crate) static_private: &'a StaticSecret,
+}
+
+impl Responder<'_> {
+    /// Reads `-> e, es, s, ss` with any prologue, opening a payload of `payload_out.len()`
+    /// bytes, then writes `<- e, ee, se` and `payload` into `response`.
+    pub(crate) fn respond_with(
+        self,
+        prologue: &[u8],
+        initiation: &[u8],
+        payload_out: &mut [u8],
+        payload: &[u8],
+        response: &mut [u8],
+    ) -> Result<(Key, SessionKeys), ChannelError> {
+        if initiation.len() != KEY_LEN + KEY_LEN + TAG_LEN + payload_out.len() + TAG_LEN {
+            return Err(ChannelError::BadHandshake { reason: "initiation of the wrong length" });
+        }
+        assert_eq!(response.len(), KEY_LEN + payload.len() + TAG_LEN);
+        let server_private = self.static_private;
+        let mut state =
+            SymmetricState::new(PROTOCOL_NAME, prologue, &crypto::public_key(server_private));
+        let (head, rest) = initiation.split_at(KEY_LEN);
+        let (sealed_static, sealed_payload) = rest.split_at(KEY_LEN + TAG_LEN);
+        let initiator_ephemeral: [u8; KEY_LEN] = head.try_into().expect("split at KEY_LEN");
+        state.mix_hash(&initiator_ephemeral);
+        let es = crypto::dh(server_private, &initiator_ephemeral)
+            .map_err(bad("low-order ephemeral key in the initiation"))?;
+        let key = state.mix_key(&*es);
+        let mut machine = [0u8; KEY_LEN];
+        state
+            .decrypt_and_hash(&key, sealed_static, &mut machine)
+            .map_err(bad("initiation did not authenticate (sent to another server key?)"))?;
+        let ss = crypto::dh(server_private, &machine).map_err(bad("low-order machine key"))?;
+        let key = state.mix_key(&*ss);
+        state
+            .decrypt_and_hash(&key, sealed_payload, payload_out)
+            .map_err(bad("initiation payload did not authenticate (wrong machine key?)"))?;
+        let ephemeral_public = crypto::public_key(&self.ephemeral);
+        let (head, sealed) = response.split_at_mut(KEY_LEN);
+        head.copy_from_slice(&ephemeral_public);
+        state.mix_hash(&ephemeral_public);
+        let ee = crypto::dh(&self.ephemeral, &initiator_ephemeral)
+            .map_err(bad("low-order ephemeral"))?;
+        state.mix_key(&*ee);
+        let se = crypto::dh(&self.ephemeral, &machine).map_err(bad("low-order machine key"))?;
+        let key = state.mix_key(&*se);
+        state.encrypt_and_hash(&key, payload, sealed);
+        let (receive, send) = state.split();
+        Ok((Key(machine), SessionKeys { send, receive, handshake_hash: state.handshake_hash() }))
+    }
 }

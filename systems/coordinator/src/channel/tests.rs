@@ -81,6 +81,104 @@ fn the_handshake_authenticates_the_machine_key_and_agrees_on_keys() {
     assert_ne!(again.handshake_hash, server.handshake_hash);
 }
 
+fn hex(text: &str) -> Vec<u8> {
+    let digit = |c: u8| (c as char).to_digit(16).expect("hex digit") as u8;
+    text.as_bytes().chunks(2).map(|pair| digit(pair[0]) << 4 | digit(pair[1])).collect()
+}
+
+fn key32(text: &str) -> [u8; 32] {
+    hex(text).try_into().expect("32 bytes")
+}
+
+/// The Noise project's known answer for `Noise_IK_25519_ChaChaPoly_BLAKE2s` (the cacophony
+/// vector file, github.com/haskell-cryptography/cacophony, vectors/cacophony.txt at commit
+/// 36c1e5c3; the same file snow carries): prologue "John Galt", fixed keys, a payload in each
+/// handshake message, then four transport messages. Our handshake with the same inputs must
+/// give the same bytes, so it is Noise IK and not a look-alike.
+#[test]
+fn the_handshake_and_transport_match_the_noise_known_answer() {
+    const PROLOGUE_KAT: &str = "4a6f686e2047616c74";
+    const INIT_STATIC: &str = "e61ef9919cde45dd5f82166404bd08e38bceb5dfdfded0a34c8df7ed542214d1";
+    const INIT_EPHEMERAL: &str = "893e28b9dc6ca8d611ab664754b8ceb7bac5117349a4439a6b0569da977c464a";
+    const RESP_STATIC: &str = "4a3acbfdb163dec651dfa3194dece676d437029c62a408b4c5ea9114246e4893";
+    const RESP_EPHEMERAL: &str = "bbdb4cdbd309f1a1f2e1456967fe288cadd6f712d65dc7b7793d5e63da6b375b";
+    const RESP_PUBLIC: &str = "31e0303fd6418d2f8c0e78b91f22e8caed0fbe48656dcf4767e4834f701b8f62";
+    const MESSAGES: [(&str, &str); 6] = [
+        (
+            "4c756477696720766f6e204d69736573",
+            "ca35def5ae56cec33dc2036731ab14896bc4c75dbb07a61f879f8e3afa4c79440b03ddc7aac5123d\
+             06a1b23b71670e32e76c28239a7ca4ac8f784de7e44c1adbfc6e83fef7352a58d9d56157400c0a73\
+             7b1d171ce368229c7b752ac25b8faf4eca690f6d896f543be02c996ab2b86b76",
+        ),
+        (
+            "4d757272617920526f746862617264",
+            "95ebc60d2b1fa672c1f46a8aa265ef51bfe38e7ccb39ec5be34069f144808843d9b5a8927f0ac965\
+             5ef76833bc7e5561f42e691ac8404efd6fbd6308b6a27c",
+        ),
+        ("462e20412e20486179656b", "2c256ed08fcd08c2980f954ee4beaccb61c9581340f5dd2fd1cf3b"),
+        ("4361726c204d656e676572", "d6033f70eee20945c7c9dba304e397ee3b284ff5e00fd9efb095d3"),
+        (
+            "4a65616e2d426170746973746520536179",
+            "a9c068ca5d8babf72560652d8e851adbfac35c8a66e810d560863173e96adf4cfe",
+        ),
+        (
+            "457567656e2042f6686d20766f6e2042617765726b",
+            "2a09d8f459e5927e40fdd2eddc99bdafb04e13a26f145cb5cfe9e6ba34c94331ebc17d5156",
+        ),
+    ];
+    let prologue = hex(PROLOGUE_KAT);
+    let server_private = StaticSecret::from(key32(RESP_STATIC));
+    assert_eq!(crypto::public_key(&server_private), key32(RESP_PUBLIC));
+    let (payload, expected) = (hex(MESSAGES[0].0), hex(MESSAGES[0].1));
+    let initiator_keys =
+        (StaticSecret::from(key32(INIT_EPHEMERAL)), StaticSecret::from(key32(INIT_STATIC)));
+    let mut initiation = vec![0u8; expected.len()];
+    let initiator = Initiator::start_with(
+        initiator_keys,
+        &key32(RESP_PUBLIC),
+        &prologue,
+        &payload,
+        &mut initiation,
+    )
+    .expect("message 1");
+    assert_eq!(initiation, expected, "message 1");
+    let (payload, expected) = (hex(MESSAGES[1].0), hex(MESSAGES[1].1));
+    let responder = handshake::Responder {
+        ephemeral: StaticSecret::from(key32(RESP_EPHEMERAL)),
+        static_private: &server_private,
+    };
+    let mut opened = vec![0u8; hex(MESSAGES[0].0).len()];
+    let mut response = vec![0u8; expected.len()];
+    let (machine, server) = responder
+        .respond_with(&prologue, &initiation, &mut opened, &payload, &mut response)
+        .expect("message 2");
+    assert_eq!((opened, response.clone()), (hex(MESSAGES[0].0), expected), "message 2");
+    assert_eq!(machine.0, crypto::public_key(&StaticSecret::from(key32(INIT_STATIC))));
+    let mut opened = vec![0u8; payload.len()];
+    let client = initiator.finish_with(&response, &mut opened).expect("read message 2");
+    assert_eq!(opened, payload);
+    check_transport_known_answer(&client, &server, &MESSAGES[2..]);
+}
+
+/// Transport messages alternate initiator, responder, ...; each direction counts from 0.
+fn check_transport_known_answer(
+    client: &SessionKeys,
+    server: &SessionKeys,
+    messages: &[(&str, &str)],
+) {
+    let mut sealers = [Sealer::new(&client.send), Sealer::new(&server.send)];
+    let mut openers = [Opener::new(&server.receive), Opener::new(&client.receive)];
+    for (index, (payload, expected)) in messages.iter().enumerate() {
+        let (payload, expected) = (hex(payload), hex(expected));
+        let mut frame = Vec::new();
+        sealers[index % 2].seal(&payload, &mut frame).expect("seal");
+        assert_eq!(frame[COUNTER_LEN..], expected, "transport message {index}");
+        let counter = u64::try_from(index / 2).expect("small");
+        assert_eq!(frame[..COUNTER_LEN], counter.to_le_bytes());
+        assert_eq!(openers[index % 2].open(&mut frame).expect("open"), payload);
+    }
+}
+
 #[track_caller]
 fn check_bad_handshake(result: Result<impl Sized, ChannelError>, reason_part: &str) {
     match result {
