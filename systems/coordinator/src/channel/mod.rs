@@ -10,6 +10,11 @@
 //! Every error is fatal to the session (the half that met it answers `Broken` afterwards),
 //! except a message that authenticated but did not decode as the type asked for: the stream is
 //! still in step, so the caller may go on.
+//!
+//! What `accept` proves, and what it does not: the returned machine key is authenticated (only
+//! its holder could have sealed message 1 for this server key). But message 1 can be replayed
+//! by anyone who recorded it, and the replayer then holds no session keys; so the coordinator
+//! treats a machine as connected only once its first transport message has opened.
 
 pub mod handshake;
 pub mod transport;

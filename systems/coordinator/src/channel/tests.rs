@@ -31,6 +31,12 @@ const CLIENT_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 const ADDR: SocketAddr = SocketAddr::new(SERVER_IP, 443);
 const SEEDS: u64 = 8;
 
+/// The world seeds to run: `SEEDS` of them, or `SIM_SEEDS` when set (longer sweeps).
+fn seeds() -> std::ops::Range<u64> {
+    let count = std::env::var("SIM_SEEDS").ok().and_then(|text| text.parse().ok());
+    0..count.unwrap_or(SEEDS)
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum Msg {
     Hello { name: String },
@@ -527,7 +533,7 @@ async fn connect(env: &SimEnv, machine_private: [u8; 32]) -> Result<Channel<SimE
 
 #[test]
 fn messages_flow_both_ways_over_a_simulated_network() {
-    for seed in 0..SEEDS {
+    for seed in seeds() {
         let (world, server, client) = world(seed);
         let echo = spawn_echo(&world, server);
         let env = world.env(client);
@@ -537,6 +543,12 @@ fn messages_flow_both_ways_over_a_simulated_network() {
                 channel.send(&message).await.expect("send");
                 assert_eq!(channel.recv::<Msg>().await.expect("echo"), message);
             }
+            // An authentic message of another type is an error, and the stream stays in step.
+            channel.send(&messages()[0]).await.expect("send");
+            let error = channel.recv::<u8>().await.expect_err("not a u8");
+            assert!(error.to_string().contains("trailing bytes"), "{error}");
+            channel.send(&messages()[1]).await.expect("send");
+            assert_eq!(channel.recv::<Msg>().await.expect("in step"), messages()[1]);
             // A message over the frame limit is refused before sealing; the channel goes on.
             let huge = Msg::Bytes(vec![0; MESSAGE_LEN_MAX]);
             let error = channel.send(&huge).await.expect_err("too long");
@@ -553,7 +565,7 @@ fn messages_flow_both_ways_over_a_simulated_network() {
                 assert_eq!(receiver.recv::<Msg>().await.expect("echo"), message);
             }
             let sender = writer.await.expect("writer");
-            assert_eq!((sender.sent(), receiver.received()), (6, 6));
+            assert_eq!((sender.sent(), receiver.received()), (8, 8));
         };
         world.block_on(client, Duration::from_secs(60), program).expect("client");
         world.crash(client);
@@ -566,7 +578,7 @@ fn messages_flow_both_ways_over_a_simulated_network() {
 
 #[test]
 fn a_wrong_server_key_is_a_typed_error_on_both_ends() {
-    for seed in 0..SEEDS {
+    for seed in seeds() {
         let (world, server, client) = world(seed);
         let echo = spawn_echo(&world, server);
         let env = world.env(client);
@@ -636,7 +648,7 @@ fn run_until_finished<T>(world: &World, handle: &TaskHandle<T>) {
 
 #[test]
 fn a_partition_or_a_crash_reaches_the_agent_as_a_typed_error() {
-    for seed in 0..SEEDS {
+    for seed in seeds() {
         for crash in [false, true] {
             let (world, server, client) = world(seed);
             let echo = spawn_echo(&world, server);
