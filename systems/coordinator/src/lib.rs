@@ -7,11 +7,17 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `frame`: length-prefixed frames over a stream and the versioned postcard message codec.
+//! - `channel`: the Noise IK control channel (agent = initiator with its machine key).
+//! - `ratelimit`: token buckets on `Env::now` time, per peer key, with a bounded peer table.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod channel;
+pub mod frame;
+pub mod ratelimit;
 pub mod types;
 
 pub use types::{

@@ -50,7 +50,8 @@ impl SymmetricState {
         self.hash
     }
 
-    fn mix_hash(&mut self, data: &[u8]) {
+    /// `MixHash(data)`: `h = HASH(h || data)`.
+    pub fn mix_hash(&mut self, data: &[u8]) {
         self.hash = crypto::hash(&self.hash, data);
     }
 
@@ -60,7 +61,8 @@ impl SymmetricState {
         self.chaining_key = crypto::kdf1(&self.chaining_key, ephemeral);
     }
 
-    fn mix_key(&mut self, input: &[u8]) -> Secret {
+    /// `MixKey(input)`: advances `ck` and returns the fresh cipher key (its nonce is 0).
+    pub fn mix_key(&mut self, input: &[u8]) -> Secret {
         let (chaining_key, key) = crypto::kdf2(&self.chaining_key, input);
         self.chaining_key = chaining_key;
         key
@@ -73,12 +75,15 @@ impl SymmetricState {
         key
     }
 
-    fn encrypt_and_hash(&mut self, key: &[u8; KEY_LEN], plaintext: &[u8], out: &mut [u8]) {
+    /// `EncryptAndHash(plaintext)` under `key` (nonce 0) into `out` (`plaintext.len() +
+    /// TAG_LEN` bytes), then `MixHash(out)`.
+    pub fn encrypt_and_hash(&mut self, key: &[u8; KEY_LEN], plaintext: &[u8], out: &mut [u8]) {
         crypto::aead_seal(key, 0, plaintext, &self.hash, out);
         self.mix_hash(out);
     }
 
-    fn decrypt_and_hash(
+    /// `DecryptAndHash(sealed)` under `key` (nonce 0) into `out`, then `MixHash(sealed)`.
+    pub fn decrypt_and_hash(
         &mut self,
         key: &[u8; KEY_LEN],
         sealed: &[u8],
