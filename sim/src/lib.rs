@@ -5,6 +5,8 @@
 //! - `env`: the `Env`, `UdpSocket`, `TcpListener`, `TcpStream` and `File` traits.
 //! - `time`: the backend-independent monotonic `Instant` and `Env::timeout`.
 //! - `task`: `TaskHandle`, the join handle of `Env::spawn`.
+//! - `faults`: `Faults`, the BUGGIFY hook and planted bug a driver hands a system's sans-IO
+//!   core (each system names its sites and bugs).
 //! - `world`: the deterministic backend: seeded executor with virtual time, nodes, a network
 //!   model (latency, loss, duplication, reordering, partitions), a disk model (page cache over
 //!   durable state, torn writes, I/O faults), skewed wall clocks, and the trace hash.
@@ -16,6 +18,7 @@
 //! of one process, and there is no process-global simulator state.
 
 pub mod env;
+pub mod faults;
 pub mod task;
 pub mod time;
 pub mod workloads;

@@ -3,13 +3,12 @@
 //! The sans-IO node takes no `Env`, so the driver hands it a `Faults` whose hook asks
 //! `Env::buggify`; tests and production cores keep `Faults::default()`, which never fires.
 //! Planted bugs (feature `planted-bugs` only) are known defects the simulation harness must
-//! find: without the feature `planted` is always `false`, whatever was asked for.
+//! find: without the feature `planted` is always `false`, whatever was asked for. The hook type
+//! itself is `sim::faults::Faults`, shared by every system; this file names the sites' prefix
+//! and the bugs.
 
-use std::fmt;
-use std::sync::Arc;
-
-/// A BUGGIFY oracle: whether the named site fires now.
-pub type BuggifyHook = Arc<dyn Fn(&'static str) -> bool + Send + Sync>;
+pub use sim::faults::BuggifyHook;
+use sim::faults::PlantedBugs;
 
 /// A known bug to plant (acts only with feature `planted-bugs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,42 +24,10 @@ pub enum PlantedBug {
     PurgeTtlInSeconds,
 }
 
-/// What may go wrong on purpose inside a core.
-#[derive(Clone, Default)]
-pub struct Faults {
-    hook: Option<BuggifyHook>,
-    planted: Option<PlantedBug>,
+impl PlantedBugs for PlantedBug {
+    const SITE_PREFIX: &'static str = "gossip.";
+    const PLANTING_ENABLED: bool = cfg!(feature = "planted-bugs");
 }
 
-impl fmt::Debug for Faults {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Faults")
-            .field("hook", &self.hook.is_some())
-            .field("planted", &self.planted)
-            .finish()
-    }
-}
-
-impl Faults {
-    /// Faults whose BUGGIFY sites ask `hook`.
-    pub fn with_hook(hook: BuggifyHook) -> Self {
-        Faults { hook: Some(hook), planted: None }
-    }
-
-    /// The same faults with `bug` planted (inert without feature `planted-bugs`).
-    pub fn planting(mut self, bug: Option<PlantedBug>) -> Self {
-        self.planted = bug;
-        self
-    }
-
-    /// Whether BUGGIFY site `site` fires now (never without a hook).
-    pub fn buggify(&self, site: &'static str) -> bool {
-        assert!(site.starts_with("gossip."), "site {site} is not named gossip.*");
-        self.hook.as_ref().is_some_and(|hook| hook(site))
-    }
-
-    /// Whether `bug` is planted (never without feature `planted-bugs`).
-    pub fn planted(&self, bug: PlantedBug) -> bool {
-        cfg!(feature = "planted-bugs") && self.planted == Some(bug)
-    }
-}
+/// What may go wrong on purpose inside a core: every BUGGIFY site is named `gossip.*`.
+pub type Faults = sim::faults::Faults<PlantedBug>;

@@ -38,6 +38,17 @@ impl IpNet {
         (prefix_len <= max_len(addr)).then_some(IpNet { addr, prefix_len })
     }
 
+    /// The same network with its host bits cleared (`10.1.2.3/8` is `10.0.0.0/8`): the form
+    /// two spellings of one network share.
+    pub fn network(&self) -> IpNet {
+        let bits = masked(self.addr, self.prefix_len);
+        let addr = match self.addr {
+            IpAddr::V4(_) => IpAddr::from(std::net::Ipv4Addr::from((bits >> 96) as u32)),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::from(bits)),
+        };
+        IpNet { addr, prefix_len: self.prefix_len }
+    }
+
     /// Whether `addr` lies in this network.
     pub fn contains(&self, addr: IpAddr) -> bool {
         addr.is_ipv4() == self.addr.is_ipv4()
@@ -127,6 +138,27 @@ impl<T: Clone + PartialEq> AllowedIps<T> {
         family.lengths.iter().find_map(|&len| family.entries.get(&(len, masked(addr, len))))
     }
 
+    /// Removes `net` (in any spelling of it); returns what it mapped to.
+    pub fn remove(&mut self, net: IpNet) -> Option<T> {
+        let family = if net.addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 };
+        let removed = family.entries.remove(&(net.prefix_len, masked(net.addr, net.prefix_len)))?;
+        let entries = &family.entries;
+        if !entries.keys().any(|(entry_len, _)| *entry_len == net.prefix_len) {
+            family.lengths.retain(|len| *len != net.prefix_len);
+        }
+        Some(removed)
+    }
+
+    /// The number of networks in the table.
+    pub fn len(&self) -> usize {
+        self.v4.entries.len() + self.v6.entries.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Removes every network mapped to `value`.
     pub fn remove_value(&mut self, value: &T) {
         for family in [&mut self.v4, &mut self.v6] {
@@ -183,6 +215,13 @@ mod tests {
         table.remove_value(&2);
         check(&table, "10.1.2.4", Some(1));
         assert_eq!(table.iter().count(), 5);
+        assert_eq!(table.len(), 5);
+        assert_eq!(table.remove(net("10.9.9.9/8")), Some(1));
+        assert_eq!(table.remove(net("10.0.0.0/8")), None);
+        check(&table, "10.2.0.1", Some(0));
+        check(&table, "10.1.2.3", Some(3));
+        assert_eq!(net("10.1.2.3/8").network(), net("10.0.0.0/8"));
+        assert_eq!(net("fd00:1::9/32").network(), net("fd00:1::/32"));
         assert!(net("10.0.0.0/8").contains("10.200.0.1".parse().expect("addr")));
         assert!(!net("10.0.0.0/8").contains("::1".parse().expect("addr")));
         assert!("10.0.0.0/33".parse::<IpNet>().is_err());
@@ -193,20 +232,29 @@ mod tests {
     proptest! {
         #[test]
         fn lookup_matches_a_linear_scan(
-            nets in prop::collection::vec((any::<u32>(), 0u8..=32), 0..40),
+            nets in prop::collection::vec((any::<bool>(), any::<u32>(), 0u8..=32), 0..40),
             probes in prop::collection::vec(any::<u32>(), 1..40),
         ) {
             let mut table = AllowedIps::default();
             let mut model: Vec<(IpNet, usize)> = Vec::new();
-            for (value, (bits, len)) in nets.into_iter().enumerate() {
-                let net = IpNet::new(IpAddr::from(std::net::Ipv4Addr::from(bits)), len)
-                    .expect("len <= 32");
-                table.insert(net, value);
-                model.retain(|(existing, _)| {
-                    !(existing.prefix_len == len
-                        && masked(existing.addr, len) == masked(net.addr, len))
+            for (value, (is_remove, bits, len)) in nets.into_iter().enumerate() {
+                // Removals reuse a network inserted before (when there is one), so they hit.
+                let net = match model.get(bits as usize % model.len().max(1)) {
+                    Some((existing, _)) if is_remove => *existing,
+                    _ => IpNet::new(IpAddr::from(std::net::Ipv4Addr::from(bits)), len)
+                        .expect("len <= 32"),
+                };
+                let position = model.iter().position(|(existing, _)| {
+                    existing.prefix_len == net.prefix_len && existing.network() == net.network()
                 });
-                model.push((net, value));
+                let previous = position.map(|position| model.remove(position).1);
+                if is_remove {
+                    prop_assert_eq!(table.remove(net), previous);
+                } else {
+                    table.insert(net, value);
+                    model.push((net, value));
+                }
+                prop_assert_eq!(table.len(), model.len());
             }
             for probe in probes {
                 let addr = IpAddr::from(std::net::Ipv4Addr::from(probe));

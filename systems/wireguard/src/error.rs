@@ -106,3 +106,41 @@ impl std::error::Error for DecapsulateError {
         }
     }
 }
+
+/// Why a device refused a change to its peers. Nothing changed when it says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReconfigureError {
+    /// The device already has its most peers (`DeviceCore::set_peer_count_max`).
+    PeerLimit {
+        /// The limit that was reached.
+        peer_count_max: usize,
+    },
+    /// The same public key twice in one peer list.
+    DuplicatePeer {
+        /// The key listed twice.
+        public_key: [u8; crate::crypto::KEY_LEN],
+    },
+    /// A peer whose public key is the device's own.
+    LocalKey,
+    /// The device's task has stopped (only through a `DeviceHandle`).
+    DeviceStopped,
+}
+
+impl std::fmt::Display for ReconfigureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReconfigureError::PeerLimit { peer_count_max } => {
+                write!(f, "the device already has its {peer_count_max} peers")
+            }
+            ReconfigureError::DuplicatePeer { public_key } => {
+                let key = crate::config::encode_key(public_key);
+                write!(f, "peer {key} is listed twice")
+            }
+            ReconfigureError::LocalKey => write!(f, "a peer has the device's own public key"),
+            ReconfigureError::DeviceStopped => write!(f, "the device has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for ReconfigureError {}

@@ -17,8 +17,9 @@
 //! - `allowed_ips`: cryptokey routing, longest-prefix match for IPv4 and IPv6.
 //! - `mesh`: a test mesh (peers, an attacker, checks) shared by `tests/sim_mesh.rs` and the
 //!   harness's `wireguard-mesh` scenario.
-//! - `device`: `DeviceCore` (many peers, one socket, sans-IO) and `Device`, its driver over
-//!   an `Env` with a packet interface a simulated TUN feeds.
+//! - `device`: `DeviceCore` (many peers, one socket, sans-IO; peers added, updated and
+//!   removed at run time) and `Device`, its driver over an `Env` with a packet interface a
+//!   simulated TUN feeds and a handle that reconfigures it.
 //!
 //! Invariants: nothing here reads a clock or OS randomness (time is a `now` argument and
 //! randomness a seeded stream); secrets are zeroized on drop; MACs and keys are compared in
@@ -42,7 +43,8 @@ pub mod transport;
 pub mod tunnel;
 
 pub use allowed_ips::{AllowedIps, IpNet};
-pub use device::{Device, DeviceConfig, DeviceHandle, PeerConfig, Received};
-pub use error::{DecapsulateError, EncapsulateError};
+pub use device::{Device, DeviceConfig, DeviceCore, DeviceHandle, PeerConfig, Received};
+pub use device::{PeerChange, PeersChanged, ReconfigureCounts};
+pub use error::{DecapsulateError, EncapsulateError, ReconfigureError};
 pub use faults::{Faults, PlantedBug};
 pub use tunnel::{Action, Tunnel, TunnelConfig, TunnelStats};

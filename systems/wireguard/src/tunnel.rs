@@ -298,6 +298,59 @@ impl Tunnel {
         self.endpoint = Some(endpoint);
     }
 
+    /// The high bits of every local index of this tunnel (its slot in a device).
+    pub fn index_slot(&self) -> u32 {
+        self.index_slot
+    }
+
+    /// Packets waiting for a keypair.
+    pub fn staged_count(&self) -> usize {
+        self.staged.len()
+    }
+
+    /// Whether an initiation of ours is waiting for its response.
+    pub fn is_handshake_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Changes the persistent keepalive interval; a newly set interval fires at the next
+    /// `tick` (as `wg set` sends one at once), so a NAT mapping opens without waiting.
+    pub fn set_persistent_keepalive(&mut self, now: Instant, interval: Option<Duration>) {
+        if interval == self.persistent_keepalive {
+            return;
+        }
+        self.persistent_keepalive = interval;
+        self.timers.persistent_at = interval.map(|_| now);
+        assert_eq!(self.timers.persistent_at.is_some(), self.persistent_keepalive.is_some());
+    }
+
+    /// Replaces the pre-shared key. A change ends every session and handshake made under the
+    /// old key (who rotates a PSK wants no traffic under the old one) and, when there was one,
+    /// starts a new handshake at the next `tick`; returns whether it ended one.
+    pub fn set_preshared_key(&mut self, psk: Option<Zeroizing<[u8; KEY_LEN]>>) -> bool {
+        let psk = psk.unwrap_or_else(|| Zeroizing::new([0u8; KEY_LEN]));
+        if crypto::ct_eq(&psk[..], &self.psk[..]) {
+            return false;
+        }
+        self.psk = psk;
+        let had_session = self.local_indices().next().is_some();
+        self.zero_keys();
+        self.timers.retransmit_at = None;
+        self.timers.attempt_count = 0;
+        self.timers.keepalive_at = None;
+        self.timers.new_handshake_at = None;
+        // The rate limit is about handshakes under this key: the first under the new one goes.
+        self.timers.last_handshake_sent_at = None;
+        self.initiation_wanted = had_session;
+        assert!(self.local_indices().next().is_none());
+        had_session
+    }
+
+    /// Asks for a handshake at the next `tick` (unless one went out within `REKEY_TIMEOUT`).
+    pub fn request_handshake(&mut self) {
+        self.initiation_wanted = true;
+    }
+
     /// The counters.
     pub fn stats(&self) -> &TunnelStats {
         &self.stats
@@ -1067,6 +1120,40 @@ mod tests {
         let second = a.timestamp(now);
         let earlier = a.timestamp(Instant::ZERO);
         assert!(first < second && second < earlier);
+    }
+
+    #[test]
+    fn a_new_psk_ends_the_session_and_the_same_one_changes_nothing() {
+        let (mut a, mut b, now) = pair(None);
+        let mut out = [0u8; 256];
+        assert!(!a.set_preshared_key(None), "the same (absent) key");
+        assert!(a.is_established(now));
+        assert!(b.set_preshared_key(Some(Zeroizing::new([3; KEY_LEN]))));
+        assert!(!b.is_established(now) && b.local_indices().next().is_none());
+        // B, the responder, learned A's endpoint from the session: it initiates too.
+        assert!(is_initiation(&b.tick(now, &mut out)));
+        assert_eq!(b.tick(now, &mut out), Action::None);
+        assert!(a.set_preshared_key(Some(Zeroizing::new([3; KEY_LEN]))));
+        assert!(is_initiation(&a.tick(now, &mut out)), "a new handshake at once");
+        assert!(a.is_handshake_pending() && a.stats().initiation_count == 2);
+        // An idle tunnel takes a new key without wanting a handshake.
+        let mut idle = Tunnel::new(TunnelConfig::new([5; KEY_LEN], *a.local_public(), [5; 32]));
+        assert!(!idle.set_preshared_key(Some(Zeroizing::new([4; KEY_LEN]))));
+        assert_eq!(idle.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_new_keepalive_interval_fires_at_once_and_none_disarms_it() {
+        let (mut a, _b, now) = pair(None);
+        let mut out = [0u8; 256];
+        let interval = Duration::from_secs(25);
+        a.set_persistent_keepalive(now, Some(interval));
+        assert_eq!(a.next_deadline(), Some(now));
+        let Action::Send { datagram, .. } = a.tick(now, &mut out) else { panic!("no keepalive") };
+        assert_eq!(datagram.len(), messages::DATA_OVERHEAD_LEN);
+        assert_eq!(a.next_deadline(), Some(now + interval));
+        a.set_persistent_keepalive(now, None);
+        assert_eq!(a.tick(now + interval, &mut out), Action::None);
     }
 
     #[test]
