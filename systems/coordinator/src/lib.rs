@@ -7,11 +7,14 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `registry`: durable state on docdb (users, nodes, pre-auth and API keys, addresses,
+//!   the stored policy text).
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod registry;
 pub mod types;
 
 pub use types::{
