@@ -25,7 +25,8 @@
 //!   unique index `prefix`.
 //! - `policy`: `{_id: "current", version (from 1), text}`.
 //! - `meta`: `{_id: "nodes", next_id, next_ipv4_offset}` (the allocator's high-water mark, the
-//!   next offset to try) and `{_id: "users" | "preauth_keys" | "api_keys", next_id}`.
+//!   next offset to try), `{_id: "users" | "preauth_keys" | "api_keys", next_id}`, and
+//!   `{_id: "given_name/<label>", next_suffix}` (where the search for a free `label-N` starts).
 //!
 //! Ids and offsets are int64; ids start at 1 and are never reused.
 //!

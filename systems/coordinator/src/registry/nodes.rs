@@ -263,8 +263,7 @@ impl<E: Env> Registry<E> {
         }
         transaction!(self, "rename node", |txn| {
             let mut stored = load_node(&mut txn, node).await?;
-            let filter = doc! {"given_name": given_name};
-            if let Some(other) = find_one(&mut txn, NODES, filter).await? {
+            if let Some(other) = find_one(&mut txn, NODES, doc! {"given_name": given_name}).await? {
                 if other.get_i64("_id").ok() != Some(as_i64(node)) {
                     return Err(RegistryError::GivenNameTaken { name: given_name.to_string() });
                 }
@@ -503,17 +502,40 @@ async fn check_node_key_free<E: Env>(
     Err(RegistryError::NodeKeyInUse { node_key: *node_key, node: holder })
 }
 
-/// The first free candidate given name for `hostname` (`host`, `host-1`, ...).
+/// A free given name for `hostname`: its DNS label if free, else `label-N` from the label's
+/// hint in `meta` (the suffix after the last one handed out), wrapping around once to reuse
+/// suffixes freed by deletions and renames. The hint keeps a storm of equal host names at a
+/// few lookups per registration instead of one per node already named alike.
 async fn free_given_name<E: Env>(
     txn: &mut Transaction<E>,
     hostname: &str,
 ) -> Result<String, RegistryError> {
     let base = names::dns_label(hostname);
-    for attempt in 0..=names::SUFFIX_MAX {
+    if !given_name_taken(txn, &base).await? {
+        return Ok(base);
+    }
+    let hint_id = format!("given_name/{base}");
+    let found = find_one(txn, META, doc! {"_id": &hint_id}).await?;
+    let hint = found
+        .and_then(|document| document.get_i64("next_suffix").ok())
+        .and_then(|suffix| u32::try_from(suffix).ok())
+        .filter(|suffix| (1..=names::SUFFIX_MAX).contains(suffix))
+        .unwrap_or(1);
+    for attempt in (hint..=names::SUFFIX_MAX).chain(1..hint) {
         let name = names::candidate(&base, attempt);
-        if find_one(txn, NODES, doc! {"given_name": &name}).await?.is_none() {
+        if !given_name_taken(txn, &name).await? {
+            let next = doc! {"_id": &hint_id, "next_suffix": i64::from(attempt) + 1};
+            let mut meta = txn.collection(DATABASE, META);
+            meta.replace_one(&doc! {"_id": &hint_id}, next, true).await?;
             return Ok(name);
         }
     }
     Err(RegistryError::GivenNamesExhausted { base })
+}
+
+async fn given_name_taken<E: Env>(
+    txn: &mut Transaction<E>,
+    name: &str,
+) -> Result<bool, RegistryError> {
+    Ok(find_one(txn, NODES, doc! {"given_name": name}).await?.is_some())
 }
