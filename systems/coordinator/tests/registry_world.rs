@@ -508,3 +508,149 @@ fn routes_names_users_and_policy() {
         assert_eq!(registry.list_preauth_keys(None).await.expect("list"), Vec::new());
     });
 }
+
+/// One step of the model test.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Registers (or re-authenticates) a machine with a host name and a node-key generation.
+    Register { machine: u64, host: usize, generation: u8 },
+    /// Deletes the machine's node.
+    Delete { machine: u64 },
+    /// Rotates the machine's node key, naming the current key or a stale one.
+    Rotate { machine: u64, stale: bool, generation: u8 },
+    /// Renames the machine's node.
+    Rename { machine: u64, name: usize },
+}
+
+const MODEL_HOSTS: [&str; 3] = ["web", "Web!", "db"];
+const MODEL_NAMES: [&str; 4] = ["web", "web-1", "alpha", "db-2"];
+
+fn model_step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let machine = 0..6u64;
+    prop_oneof![
+        3 => (machine.clone(), 0..MODEL_HOSTS.len(), 0..4u8)
+            .prop_map(|(machine, host, generation)| Step::Register { machine, host, generation }),
+        1 => machine.clone().prop_map(|machine| Step::Delete { machine }),
+        1 => (machine.clone(), any::<bool>(), 0..4u8)
+            .prop_map(|(machine, stale, generation)| Step::Rotate { machine, stale, generation }),
+        1 => (machine, 0..MODEL_NAMES.len())
+            .prop_map(|(machine, name)| Step::Rename { machine, name }),
+    ]
+}
+
+/// The reference: by machine, (node id, IPv4 address, node key, given name).
+#[derive(Default)]
+struct Model {
+    nodes: BTreeMap<u64, (u64, Ipv4Addr, Key, String)>,
+    next_id: u64,
+    next_offset: u32,
+}
+
+impl Model {
+    fn name_holder(&self, name: &str) -> Option<u64> {
+        self.nodes.iter().find(|(_, node)| node.3 == name).map(|(machine, _)| *machine)
+    }
+
+    /// Applies `step` to the registry and the model; checks they agree.
+    async fn apply(&mut self, registry: &Registry<SimEnv>, preauth: &str, step: Step) {
+        match step {
+            Step::Register { machine, host, generation } => {
+                let mut request = request(preauth, machine, MODEL_HOSTS[host]);
+                request.node_key = key(10 + generation, machine);
+                let node = registry.register(request).await.expect("registers");
+                let expected = match self.nodes.get(&machine) {
+                    Some(known) => (known.0, known.1, known.3.clone()),
+                    None => {
+                        let allocator = registry.allocator();
+                        let allocation = allocator.allocate(self.next_offset).expect("room");
+                        self.next_id += 1;
+                        self.next_offset = allocation.offset + 1;
+                        let base = if host == 2 { "db" } else { "web" };
+                        let fits = node.given_name == base
+                            || node.given_name.strip_prefix(&format!("{base}-")).is_some();
+                        assert!(fits && self.name_holder(&node.given_name).is_none());
+                        (self.next_id, allocation.ipv4, node.given_name.clone())
+                    }
+                };
+                assert_eq!((node.id, node.ipv4, node.given_name.clone()), expected);
+                self.nodes.insert(machine, (node.id, node.ipv4, node.node_key, node.given_name));
+            }
+            Step::Delete { machine } => {
+                let id = self.nodes.remove(&machine).map_or(999, |node| node.0);
+                let deleted = registry.delete_node(id).await.map(|node| node.id);
+                let expected = if id == 999 { None } else { Some(id) };
+                assert_eq!(deleted.ok(), expected);
+            }
+            Step::Rotate { machine, stale, generation } => {
+                let new = key(20 + generation, machine);
+                let current = self.nodes.get(&machine).map(|node| node.2);
+                let old = if stale { key(99, machine) } else { current.unwrap_or(key(99, 0)) };
+                let rotated = registry.rotate_node_key(key_of(machine), old, new).await;
+                match (current, rotated) {
+                    (None, Err(RegistryError::MachineNotFound { .. })) => {}
+                    (Some(_), Err(RegistryError::StaleNodeKey { .. })) if stale => {}
+                    (Some(_), Ok(node)) if !stale => {
+                        self.nodes.get_mut(&machine).expect("known").2 = node.node_key;
+                    }
+                    (current, other) => panic!("rotate {machine} from {current:?}: {other:?}"),
+                }
+            }
+            Step::Rename { machine, name } => {
+                let name = MODEL_NAMES[name];
+                let id = self.nodes.get(&machine).map_or(999, |node| node.0);
+                let renamed = registry.rename_node(id, name).await;
+                match (self.name_holder(name), renamed) {
+                    (_, Err(RegistryError::NodeNotFound { .. })) => assert_eq!(id, 999),
+                    (Some(holder), Err(RegistryError::GivenNameTaken { .. })) => {
+                        assert_ne!(holder, machine)
+                    }
+                    (holder, Ok(node)) => {
+                        assert!(holder.is_none_or(|holder| holder == machine));
+                        self.nodes.get_mut(&machine).expect("known").3 = node.given_name;
+                    }
+                    (holder, other) => panic!("rename {machine} to {name} ({holder:?}): {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// The registry's listing equals the model.
+    async fn check(&self, registry: &Registry<SimEnv>) {
+        assert_eq!(registry.check_invariants().await.expect("check"), self.nodes.len() as u64);
+        let listed: BTreeMap<u64, _> = registry
+            .list_nodes()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|node| {
+                let machine = u64::from_be_bytes(node.machine_key.0[..8].try_into().expect("8"));
+                (machine, (node.id, node.ipv4, node.node_key, node.given_name))
+            })
+            .collect();
+        assert_eq!(listed, self.nodes);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+    /// Goal: registration, deletion, rotation and renames agree with an in-memory model:
+    /// sequential ids and addresses never reused, stable identities through re-authentication,
+    /// typed refusals exactly when the model refuses.
+    #[test]
+    fn the_registry_agrees_with_a_model(steps in proptest::collection::vec(model_step(), 1..40)) {
+        let (world, node) = world(23, false);
+        run(&world, node, move |env| async move {
+            let registry = open(&env, RegistryOptions::default()).await;
+            let user = registry.create_user("odin", None).await.expect("user");
+            let options = PreAuthKeyOptions { reusable: true, ..PreAuthKeyOptions::default() };
+            let preauth = registry.create_preauth_key(user.id, options).await.expect("key").key;
+            let mut model = Model { next_offset: 1, ..Model::default() };
+            for step in steps {
+                model.apply(&registry, &preauth, step).await;
+                model.check(&registry).await;
+            }
+        });
+    }
+}
