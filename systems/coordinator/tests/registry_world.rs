@@ -416,6 +416,15 @@ fn ephemeral_nodes_go_when_they_go_offline() {
         assert_eq!(registry.set_online(ci.id, false).await.expect("offline"), None);
         assert!(matches!(registry.node(ci.id).await, Err(RegistryError::NodeNotFound { .. })));
         assert!(registry.set_online(desk.id, false).await.expect("offline").is_some());
+        // A coordinator start: every node online before it is offline now, ephemeral ones go.
+        let ci2 = registry.register(request(&key, 4, "ci")).await.expect("ci again");
+        registry.set_online(ci2.id, true).await.expect("online");
+        registry.set_online(desk.id, true).await.expect("online");
+        assert_eq!(registry.reset_online(registry.now_secs()).await.expect("reset"), 2);
+        assert!(!registry.node(desk.id).await.expect("desk").online);
+        assert!(matches!(registry.node(ci2.id).await, Err(RegistryError::NodeNotFound { .. })));
+        let far = registry.expire_node(desk.id, u64::MAX).await;
+        assert!(matches!(far, Err(RegistryError::InvalidTime { what: "expiry", .. })));
         // With a grace period, reaping waits for it.
         let graceful = RegistryOptions { ephemeral_grace_secs: 60, ..RegistryOptions::default() };
         let registry = Registry::open(env.clone(), registry.db().clone(), graceful).await;

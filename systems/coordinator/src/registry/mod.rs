@@ -107,6 +107,9 @@ pub const TAGS_MAX: usize = 64;
 /// The largest policy text stored.
 pub const POLICY_BYTES_MAX: usize = 1 << 20;
 
+/// The latest time (unix seconds) stored: BSON integers are signed 64-bit.
+pub const TIME_SECS_MAX: u64 = i64::MAX as u64;
+
 /// How a registry behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryOptions {
@@ -219,6 +222,13 @@ pub enum RegistryError {
     InvalidTag {
         /// The tag (at most 64 bytes of it).
         tag: String,
+    },
+    /// A time (unix seconds) past what is stored (`TIME_SECS_MAX`).
+    InvalidTime {
+        /// Which time (`expiration`).
+        what: &'static str,
+        /// The value given.
+        secs: u64,
     },
     /// A list longer than its limit.
     TooMany {
@@ -369,6 +379,9 @@ impl fmt::Display for RegistryError {
             InvalidOptions(reason) => write!(f, "invalid registry options: {reason}"),
             InvalidName { what, name, reason } => write!(f, "invalid {what} {name:?}: {reason}"),
             InvalidTag { tag } => write!(f, "invalid ACL tag {tag:?} (want tag:<name>)"),
+            InvalidTime { what, secs } => {
+                write!(f, "{what} {secs} is past the last storable time {TIME_SECS_MAX}")
+            }
             TooMany { what, count, max } => write!(f, "{count} {what}, more than {max}"),
             UserExists { name } => write!(f, "a user named {name:?} exists"),
             UserNotFound { user } => write!(f, "no user {user}"),
@@ -434,6 +447,11 @@ impl From<docdb::Error> for RegistryError {
     fn from(error: docdb::Error) -> RegistryError {
         RegistryError::Storage(error)
     }
+}
+
+/// Checks that a time given by a caller can be stored.
+fn check_time(what: &'static str, secs: u64) -> Result<(), RegistryError> {
+    if secs > TIME_SECS_MAX { Err(RegistryError::InvalidTime { what, secs }) } else { Ok(()) }
 }
 
 /// Checks a list's length against its limit.

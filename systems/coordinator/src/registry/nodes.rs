@@ -18,7 +18,8 @@ use super::store::{
     list, preauth_document, replace,
 };
 use super::{
-    DATABASE, ENDPOINTS_MAX, ROUTES_MAX, RegisterRequest, Registry, RegistryError, check_count,
+    DATABASE, ENDPOINTS_MAX, ROUTES_MAX, RegisterRequest, Registry, RegistryError, TIME_SECS_MAX,
+    check_count, check_time,
 };
 use crate::types::{Key, NodeId, NodeInfo};
 
@@ -146,7 +147,7 @@ impl<E: Env> Registry<E> {
 
     fn expiry_from(&self, now: u64, tagged: bool) -> Option<u64> {
         let lifetime = self.options.node_key_expiry_secs.filter(|_| !tagged)?;
-        Some(now.saturating_add(lifetime))
+        Some(now.saturating_add(lifetime).min(TIME_SECS_MAX))
     }
 
     /// Takes the next node id and address, moving the high-water mark in this transaction.
@@ -277,6 +278,7 @@ impl<E: Env> Registry<E> {
 
     /// Makes a node's key expire at `now` (an earlier expiry stays).
     pub async fn expire_node(&self, node: NodeId, now: u64) -> Result<NodeInfo, RegistryError> {
+        check_time("expiry", now)?;
         self.update_node("expire node", node, |stored| {
             stored.info.expiry = Some(stored.info.expiry.map_or(now, |at| at.min(now)));
             Ok(())
@@ -340,6 +342,33 @@ impl<E: Env> Registry<E> {
                 replace(&mut txn, NODES, node, node_document(&stored)?).await?;
             }
             Ok(Some(stored.info))
+        })
+    }
+
+    /// Marks every online node offline as of `now`, in one commit: what a coordinator does as
+    /// it starts, since no node holds a map stream with it yet. Ephemeral nodes go at once when
+    /// there is no grace period. How many nodes changed.
+    pub async fn reset_online(&self, now: u64) -> Result<u64, RegistryError> {
+        check_time("offline time", now)?;
+        let reap_at_once = self.options.ephemeral_grace_secs == 0;
+        transaction!(self, "reset online", |txn| {
+            let options = docdb::FindOptions { limit: LIST_MAX, ..Default::default() };
+            let filter = doc! {"info.online": true};
+            let documents = txn.collection(DATABASE, NODES).query(&filter, &options).await?;
+            let mut changed = 0;
+            for document in documents.documents {
+                let mut stored = decode_node(&document)?;
+                let id = stored.info.id;
+                if stored.info.ephemeral && reap_at_once {
+                    txn.collection(DATABASE, NODES).delete(&id_filter(id), false).await?;
+                } else {
+                    stored.info.online = false;
+                    stored.offline_since = Some(now);
+                    replace(&mut txn, NODES, id, node_document(&stored)?).await?;
+                }
+                changed += 1;
+            }
+            Ok(changed)
         })
     }
 

@@ -15,7 +15,7 @@ use super::keys::{self, ApiKeyInfo, PreAuthKeyInfo};
 use super::names::{self, check_text};
 use super::{
     CreatedApiKey, CreatedPreAuthKey, DATABASE, POLICY_BYTES_MAX, PolicyRecord, PreAuthKeyOptions,
-    RegistryError, RegistryOptions, TAGS_MAX, check_count,
+    RegistryError, RegistryOptions, TAGS_MAX, check_count, check_time,
 };
 use crate::types::{User, UserId};
 
@@ -200,6 +200,7 @@ impl<E: Env> Registry<E> {
         options: PreAuthKeyOptions,
     ) -> Result<CreatedPreAuthKey, RegistryError> {
         check_count("ACL tags", options.tags.len(), TAGS_MAX)?;
+        check_time("expiration", options.expiration.unwrap_or(0))?;
         options.tags.iter().try_for_each(|tag| names::check_tag(tag))?;
         let mut tags = options.tags.clone();
         tags.sort();
@@ -247,6 +248,7 @@ impl<E: Env> Registry<E> {
         key: u64,
         now: u64,
     ) -> Result<PreAuthKeyInfo, RegistryError> {
+        check_time("expiration", now)?;
         let _structure = self.structure.lock().await;
         transaction!(self, "expire pre-auth key", |txn| {
             let found = find_one(&mut txn, PREAUTH_KEYS, id_filter(key)).await?;
@@ -267,6 +269,7 @@ impl<E: Env> Registry<E> {
         &self,
         expiration: Option<u64>,
     ) -> Result<CreatedApiKey, RegistryError> {
+        check_time("expiration", expiration.unwrap_or(0))?;
         let now = self.now_secs();
         for _ in 0..PREFIX_ATTEMPTS_MAX {
             let (prefix, text) = keys::new_api_key(&mut self.env.rng());
