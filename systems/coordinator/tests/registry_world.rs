@@ -300,18 +300,30 @@ fn check_after_crash(world: &World, node: NodeId, round: u64, acked: &mut Acked)
     }
 }
 
+/// Runs the crash rounds of one seed; the world's trace hash and the acknowledged count.
+fn crash_run(seed: u64) -> (u64, usize) {
+    let (world, node) = world(seed, true);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut acked = Acked::default();
+    for round in 0..CRASH_ROUNDS {
+        crash_round(&world, node, round, &mut rng, &mut acked);
+    }
+    (world.trace_hash(), acked.nodes.len())
+}
+
 #[test]
 fn a_crash_mid_storm_keeps_acknowledged_registrations_and_never_reuses_addresses() {
     for seed in 1..=SEED_COUNT {
-        let (world, node) = world(seed, true);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut acked = Acked::default();
-        for round in 0..CRASH_ROUNDS {
-            crash_round(&world, node, round, &mut rng, &mut acked);
-        }
-        println!("seed {seed}: {} registrations acknowledged", acked.nodes.len());
-        assert!(acked.nodes.len() as u64 >= CRASH_ROUNDS, "seed {seed}: progress");
+        let (_, acknowledged) = crash_run(seed);
+        println!("seed {seed}: {acknowledged} registrations acknowledged");
+        assert!(acknowledged as u64 >= CRASH_ROUNDS, "seed {seed}: progress");
     }
+}
+
+/// Goal: a crash run is a pure function of its seed, so any failure replays exactly.
+#[test]
+fn crash_runs_are_deterministic() {
+    assert_eq!(crash_run(0x5eed), crash_run(0x5eed));
 }
 
 #[test]
@@ -662,4 +674,56 @@ proptest::proptest! {
             }
         });
     }
+}
+
+/// Drains what a stream holds now.
+async fn drain(stream: &mut docdb::ChangeStream<SimEnv>) -> Vec<docdb::ChangeEvent> {
+    let mut events = Vec::new();
+    while let Some(event) = stream.try_next().await.expect("stream") {
+        events.push(event);
+    }
+    events
+}
+
+/// Goal: the change-stream contract the network-map engine relies on: one registration is
+/// one commit (node, high-water mark and consumed key together), and node events carry the
+/// whole `NodeInfo` (`insert`, `replace`) or the node id (`delete`).
+#[test]
+fn each_change_is_one_commit_with_self_describing_node_events() {
+    // BUGGIFY off: a racing registrar (alloc_conflict) would add a commit of its own.
+    let (world, node) = world(29, false);
+    run(&world, node, |env| async move {
+        let registry = open(&env, RegistryOptions::default()).await;
+        let user = registry.create_user("odin", None).await.expect("user");
+        let single = registry.create_preauth_key(user.id, PreAuthKeyOptions::default()).await;
+        let single = single.expect("key").key;
+        let scope = docdb::Scope::Database("coordinator".into());
+        let mut all = registry.db().watch(scope, None).await.expect("watch");
+        let nodes_scope = docdb::Scope::Collection("coordinator".into(), "nodes".into());
+        let mut nodes = registry.db().watch(nodes_scope, None).await.expect("watch");
+        let laptop = registry.register(request(&single, 1, "laptop")).await.expect("register");
+        let events = drain(&mut all).await;
+        let commits: BTreeSet<u64> = events.iter().map(|event| event.token.commit).collect();
+        let mut touched: Vec<&str> = events.iter().map(|e| e.collection.as_str()).collect();
+        touched.sort();
+        assert_eq!(commits.len(), 1, "one registration, one commit: {events:?}");
+        assert_eq!(touched, ["meta", "nodes", "preauth_keys"]);
+        let inserted = drain(&mut nodes).await;
+        assert_eq!(inserted.len(), 1);
+        let full = inserted[0].full_document.as_ref().expect("full document");
+        let info = full.get_document("info").expect("info").clone();
+        let decoded: NodeInfo = bson::deserialize_from_document(info).expect("decodes");
+        assert_eq!((inserted[0].operation.as_str(), &decoded), ("insert", &laptop));
+        let online = registry.set_online(laptop.id, true).await.expect("online").expect("kept");
+        let replaced = drain(&mut nodes).await;
+        let full = replaced[0].full_document.as_ref().expect("full document");
+        let info = full.get_document("info").expect("info").clone();
+        let decoded: NodeInfo = bson::deserialize_from_document(info).expect("decodes");
+        assert_eq!((replaced.len(), replaced[0].operation.as_str()), (1, "replace"));
+        assert_eq!(decoded, online);
+        registry.delete_node(laptop.id).await.expect("delete");
+        let deleted = drain(&mut nodes).await;
+        assert_eq!((deleted.len(), deleted[0].operation.as_str()), (1, "delete"));
+        assert_eq!(deleted[0].id(), Some(&bson::Bson::Int64(laptop.id as i64)));
+    });
 }
