@@ -5,7 +5,8 @@
 //! and a reusable key, and registers `REGISTRATIONS` machines; the setup is part of the
 //! measured time (about one registration's worth). Run: `cargo bench -p coordinator --bench
 //! registry`. The simulated time a batch takes (the disk model's latency, not our CPU) is
-//! printed once per case.
+//! printed once per case. `registry_hot_path/set_online` flips every node's online flag, the
+//! path each map stream's start and end takes.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -98,5 +99,45 @@ fn registration(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, registration);
+/// The hot path: `set_online` flipping every one of `REGISTRATIONS` registered nodes, on one
+/// world kept across iterations (a world is a value: `block_on` runs it again).
+fn set_online(criterion: &mut Criterion) {
+    let mut config = SimConfig::new(2);
+    config.buggify = BuggifyConfig::DISABLED;
+    let world = World::new(config);
+    let node = world.add_node("coordinator", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    let env = world.env(node);
+    let setup = async move {
+        let db = DocDb::open(env.clone(), "db", docdb::Options::default()).await.expect("open");
+        let registry = Registry::open(env.clone(), db, RegistryOptions::default()).await;
+        let registry = registry.expect("registry");
+        let user = registry.create_user("bench", None).await.expect("user");
+        let options = PreAuthKeyOptions { reusable: true, ..PreAuthKeyOptions::default() };
+        let key = registry.create_preauth_key(user.id, options).await.expect("key").key;
+        registrar(registry.clone(), key, 0, 1, true).await;
+        let ids: Vec<u64> =
+            registry.list_nodes().await.expect("list").iter().map(|n| n.id).collect();
+        (registry, ids)
+    };
+    let (registry, ids) = world.block_on(node, Duration::from_secs(3600), setup).expect("setup");
+    let mut group = criterion.benchmark_group("registry_hot_path");
+    group.throughput(Throughput::Elements(ids.len() as u64));
+    group.sample_size(10);
+    let mut online = false;
+    group.bench_function("set_online", |bencher| {
+        bencher.iter(|| {
+            online = !online;
+            let (registry, ids) = (registry.clone(), ids.clone());
+            let flip = async move {
+                for id in ids {
+                    registry.set_online(id, online).await.expect("set online");
+                }
+            };
+            world.block_on(node, Duration::from_secs(3600), flip).expect("flips");
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, registration, set_online);
 criterion_main!(benches);
