@@ -56,8 +56,9 @@ impl PreAuthKeyInfo {
         {
             return Err(RegistryError::PreAuthKeyExpired { key: self.id, expiration });
         }
+        // Only single-use keys are marked used; a stored reusable key marked used (a damaged
+        // record) is refused rather than trusted.
         if let Some(node) = self.used_by {
-            assert!(!self.reusable, "reusable keys are never marked used");
             return Err(RegistryError::PreAuthKeyUsed { key: self.id, node });
         }
         Ok(())
