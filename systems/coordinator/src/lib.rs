@@ -10,6 +10,8 @@
 //! - `frame`: length-prefixed frames over a stream and the versioned postcard message codec.
 //! - `channel`: the Noise IK control channel (agent = initiator with its machine key).
 //! - `ratelimit`: token buckets on `Env::now` time, per peer key, with a bounded peer table.
+//! - `registry`: durable state on docdb (users, nodes, pre-auth and API keys, addresses,
+//!   the stored policy text).
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -18,6 +20,7 @@
 pub mod channel;
 pub mod frame;
 pub mod ratelimit;
+pub mod registry;
 pub mod types;
 
 pub use types::{
