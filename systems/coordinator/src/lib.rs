@@ -7,11 +7,13 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `routes`: primary election for subnet routes, exit routes, longest-prefix lookup.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod routes;
 pub mod types;
 
 pub use types::{
