@@ -7,12 +7,14 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `netmap`: network maps and deltas, and `MapEngine`, the sans-IO engine computing them.
 //! - `routes`: primary election for subnet routes, exit routes, longest-prefix lookup.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod netmap;
 pub mod routes;
 pub mod types;
 
