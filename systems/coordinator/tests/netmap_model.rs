@@ -201,6 +201,8 @@ struct FaultPlan {
     seed: u64,
     /// A bit per fault point: coalesce, drop_log, patch_as_full.
     enabled: u8,
+    /// Whether the engine may treat the policy as pairwise (`set_pairwise_policy`).
+    pairwise: bool,
 }
 
 fn faults(plan: FaultPlan) -> Faults {
@@ -264,6 +266,7 @@ impl World {
     fn new(plan: FaultPlan) -> Result<World, String> {
         let mut engine = MapEngine::new(Box::new(NaivePolicy::new(Rules::Groups)), DOMAIN);
         engine.set_faults(faults(plan));
+        engine.set_pairwise_policy(plan.pairwise);
         let mut users = BTreeMap::new();
         for id in 1..=3 {
             let name = USER_NAMES[id as usize - 1].to_string();
@@ -432,7 +435,8 @@ fn run(ops: &[Op], plan: FaultPlan) -> Result<(), String> {
 }
 
 fn plan() -> impl Strategy<Value = FaultPlan> {
-    (any::<u64>(), 0u8..8).prop_map(|(seed, enabled)| FaultPlan { seed, enabled })
+    let plan = |(seed, enabled, pairwise)| FaultPlan { seed, enabled, pairwise };
+    (any::<u64>(), 0u8..8, any::<bool>()).prop_map(plan)
 }
 
 #[cfg(not(feature = "planted-bugs"))]
@@ -466,7 +470,7 @@ fn a_disconnected_agent_catches_up_across_a_failover() {
         Op::Leave(1),
         Op::Reconnect(0),
     ];
-    let result = run(&ops, FaultPlan { seed: 1, enabled: 0 });
+    let result = run(&ops, FaultPlan { seed: 1, enabled: 0, pairwise: true });
     if cfg!(feature = "planted-bugs") {
         // Node 2 leaves; with the planted bug node 3's agent keeps it.
         assert!(result.as_ref().is_err_and(|e| e.contains("Leave(1)")), "{result:?}");

@@ -131,6 +131,20 @@ impl Adjacency {
         }
     }
 
+    /// Sets whether `node`'s row holds `peer`; returns whether that changed it (unknown ids
+    /// change nothing).
+    pub fn set(&mut self, node: NodeId, peer: NodeId, on: bool) -> bool {
+        let (Some(&row), Some(&col)) = (self.slot_of.get(&node), self.slot_of.get(&peer)) else {
+            return false;
+        };
+        let (word, bit) = bit(col);
+        let before = self.rows[row as usize * self.words + word] & bit != 0;
+        if before != on {
+            self.flip(row, col, on);
+        }
+        before != on
+    }
+
     /// The peers in `node`'s row, sorted by id.
     pub fn row(&self, node: NodeId) -> Vec<NodeId> {
         let Some(&slot) = self.slot_of.get(&node) else { return Vec::new() };

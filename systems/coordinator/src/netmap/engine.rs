@@ -162,6 +162,8 @@ pub struct MapEngine {
     routes: Routes,
     adjacency: Adjacency,
     faults: Faults,
+    /// Whether a node's change may flip only pairs that involve it (see `set_pairwise_policy`).
+    pairwise: bool,
 }
 
 impl fmt::Debug for MapEngine {
@@ -241,6 +243,7 @@ impl MapEngine {
             routes: Routes::new(),
             adjacency: Adjacency::default(),
             faults: Faults::default(),
+            pairwise: true,
         }
     }
 
@@ -285,6 +288,17 @@ impl MapEngine {
     /// Sets the fault decisions (BUGGIFY).
     pub fn set_faults(&mut self, faults: Faults) {
         self.faults = faults;
+    }
+
+    /// Whether the policy is *pairwise* (on by default): a node's change (its upsert or
+    /// removal) can change whether `n` and `m` are peers only if one of them is that node. This
+    /// holds for Tailscale's ACLs, whose rules select nodes by their own attributes, and it
+    /// lets a join in an allow-all tailnet cost `O(nodes)` instead of asking each affected
+    /// node's whole peer list (`O(nodes^2)`). Pairs with a subnet router or exit node are
+    /// always recomputed whole, since its routes make `peers_of` asymmetric. Turn it off for a
+    /// policy that is not pairwise; `check_invariants` finds one that breaks the promise.
+    pub fn set_pairwise_policy(&mut self, pairwise: bool) {
+        self.pairwise = pairwise;
     }
 
     /// The tailnet's base domain.
@@ -368,7 +382,7 @@ impl MapEngine {
             affected.peers.remove(&id);
             affected.filters.remove(&id);
         }
-        self.refresh_peers(affected.peers.iter().copied(), &mut step);
+        self.refresh_around(id, affected.peers.iter().copied(), &mut step);
         self.refresh_filters(affected.filters.iter().copied(), &mut step);
         if let Some(old) = &old {
             let fields = patch_fields(old, &node);
@@ -405,7 +419,7 @@ impl MapEngine {
         self.remove_info(node);
         affected.peers.remove(&node);
         affected.filters.remove(&node);
-        self.refresh_peers(affected.peers.iter().copied(), &mut step);
+        self.refresh_around(node, affected.peers.iter().copied(), &mut step);
         self.refresh_filters(affected.filters.iter().copied(), &mut step);
         for router in routers.into_iter().filter(|router| *router != node) {
             self.announce(router, Change::Full, &mut step);
@@ -508,6 +522,44 @@ impl MapEngine {
                 step.peer(node, peer, if added { Change::Full } else { Change::Removed });
             }
         }
+    }
+
+    /// Re-derives the rows of `nodes` after `changed` was upserted or removed. With a pairwise
+    /// policy (`set_pairwise_policy`) only the pair (`node`, `changed`) is looked at, unless
+    /// either serves routes: `changed` is in `peers_of(node)` exactly when `node` is in
+    /// `peers_of(changed)` by the contract's symmetric part. Otherwise the whole row.
+    fn refresh_around(
+        &mut self,
+        changed: NodeId,
+        nodes: impl Iterator<Item = NodeId>,
+        step: &mut Step,
+    ) {
+        let serves_routes = |engine: &MapEngine, node| {
+            engine.node(node).is_some_and(|n| !n.approved_routes.is_empty())
+        };
+        if !self.pairwise || serves_routes(self, changed) {
+            return self.refresh_peers(nodes, step);
+        }
+        let mut around = if self.nodes.contains_key(&changed) {
+            self.policy.peers_of(changed)
+        } else {
+            Vec::new()
+        };
+        if !around.is_sorted() {
+            around.sort_unstable();
+        }
+        let mut whole = Vec::new();
+        for node in nodes {
+            if node == changed || serves_routes(self, node) {
+                whole.push(node);
+                continue;
+            }
+            let want = around.binary_search(&node).is_ok();
+            if self.adjacency.set(node, changed, want) {
+                step.peer(node, changed, if want { Change::Full } else { Change::Removed });
+            }
+        }
+        self.refresh_peers(whole.into_iter(), step);
     }
 
     /// Asks the policy again for the filters of `nodes` and logs those that changed.
