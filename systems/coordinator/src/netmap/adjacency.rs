@@ -51,8 +51,14 @@ impl Adjacency {
                 if slot >= self.words * 64 {
                     self.grow(slot + 1);
                 }
-                self.rows.resize(self.id_of.len() * self.words, 0);
-                self.cols.resize(self.id_of.len() * self.words, 0);
+                // Grow by an eighth, not by Vec's doubling: a matrix is hundreds of megabytes.
+                let more = self.words * (self.id_of.len() / 8).max(64);
+                for matrix in [&mut self.rows, &mut self.cols] {
+                    if matrix.capacity() < self.id_of.len() * self.words {
+                        matrix.reserve_exact(more);
+                    }
+                    matrix.resize(self.id_of.len() * self.words, 0);
+                }
                 slot as u32
             }
         };
