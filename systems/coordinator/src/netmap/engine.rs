@@ -5,13 +5,16 @@
 //! the peer set last published to it (`adjacency`), a digest of its last filter and its change
 //! log (`delta::NodeLog`). A change (`upsert_node`, `remove_node`, `upsert_user`,
 //! `replace_policy`, `set_dns_records`) works in three parts:
-//! - The policy hears of it and reports `Affected`; only those nodes' peer sets are asked again
-//!   (`peers_of`) and compared with their published rows, and only those filters compared.
+//! - The policy hears of it and reports `Affected`; only those nodes' peer sets are looked at
+//!   again and only those filters compared. For a node's change under a pairwise policy (see
+//!   `set_pairwise_policy`) only each affected node's pair with the changed node is checked,
+//!   from one `peers_of` of the changed node; otherwise whole rows are asked and compared.
 //! - Fields the policy does not read (endpoints, online, node key, expiry) change no peer set:
-//!   they become a `Change::Patch` to the nodes whose maps hold the node (one column of the
-//!   adjacency), and nothing else. Name, address, tag and user changes become `Change::Full`
-//!   entries for the same nodes. A node whose primary routes change (`routes`) is a `Full`
-//!   entry for its watchers too, since its allowed IPs changed.
+//!   they become a `Change::Patch` to the nodes whose maps hold the node (one row of the
+//!   adjacency's transpose), and nothing else; the policy is not even told. Name, address,
+//!   tag and user changes become `Change::Full` entries for the same nodes. A node whose
+//!   primary routes change (`routes`) is a `Full` entry for its watchers too, since its
+//!   allowed IPs changed.
 //! - Every node whose map changed gets one log entry and a new version; the step returns them
 //!   (`Changed`). Deltas are built only when an agent asks (`delta_since`).
 //!
@@ -22,7 +25,9 @@
 //! Memory: the adjacency (two bit matrices, `2 x capacity^2 / 8` bytes: 625 MB at 50,000
 //! nodes), one filter digest and one bounded log per node.
 //!
-//! Assumption on the policy beyond its contract: it answers `peers_of` for known nodes only.
+//! Cost of one change, for `k` nodes whose maps it changes among `n`: a patch `O(n / 64 + k)`;
+//! a join or removal `O(n / 64 + k)` plus the policy's own work and `k` filters; a user or
+//! policy change `O(sum of the affected rows)`. `check_invariants` recomputes everything.
 //!
 //! Faults (`Faults`), each a `coordinator.netmap.*` decision the caller injects:
 //! - `coordinator.netmap.coalesce`: merge a node's new log entry into its previous one, as a
