@@ -30,6 +30,9 @@ pub struct Adjacency {
     /// The transpose of `rows`.
     // Invariant: bit (a, b) of `cols` equals bit (b, a) of `rows`.
     cols: Vec<u64>,
+    /// `slot_of` as a sorted vector, for merging long peer lists; rebuilt when stale.
+    sorted: Vec<(NodeId, u32)>,
+    sorted_fresh: bool,
 }
 
 fn bit(slot: u32) -> (usize, u64) {
@@ -64,6 +67,7 @@ impl Adjacency {
         };
         self.id_of[slot as usize] = Some(node);
         self.slot_of.insert(node, slot);
+        self.sorted_fresh = false;
         true
     }
 
@@ -116,6 +120,7 @@ impl Adjacency {
             self.flip(watcher_slot, slot, false);
         }
         self.slot_of.remove(&node);
+        self.sorted_fresh = false;
         self.id_of[slot as usize] = None;
         self.free.push(slot);
         let range = slot as usize * self.words..(slot as usize + 1) * self.words;
@@ -163,20 +168,33 @@ impl Adjacency {
         self.members(&self.cols, slot)
     }
 
-    /// `peers` (sorted ids; unknown ones skipped) as a row of bits. Long lists are merged with
-    /// the sorted slot index instead of looked up one by one.
-    fn bits_of(&self, peers: &[NodeId]) -> Vec<u64> {
+    /// Whether `peers` is long enough to merge with the sorted slot index; if so, freshens it.
+    fn prepare_merge(&mut self, peers: &[NodeId]) -> bool {
+        let merge = peers.len() * 8 >= self.slot_of.len() && peers.is_sorted();
+        if merge && !self.sorted_fresh {
+            self.sorted = self.slot_of.iter().map(|(id, slot)| (*id, *slot)).collect();
+            self.sorted_fresh = true;
+        }
+        merge
+    }
+
+    /// `peers` (unknown ids skipped) as a row of bits: merged with the sorted slot index if
+    /// `merge` (see `prepare_merge`), else looked up one by one.
+    fn bits_of(&self, peers: &[NodeId], merge: bool) -> Vec<u64> {
         let mut row = vec![0u64; self.words];
         let mut set = |slot: u32| {
             let (word, bit) = bit(slot);
             row[word] |= bit;
         };
-        if peers.len() * 8 >= self.slot_of.len() && peers.is_sorted() {
-            let mut peers = peers.iter().peekable();
-            for (id, slot) in &self.slot_of {
-                while peers.next_if(|peer| *peer < id).is_some() {}
-                if peers.next_if(|peer| *peer == id).is_some() {
-                    set(*slot);
+        if merge {
+            assert!(self.sorted_fresh && self.sorted.len() == self.slot_of.len());
+            let mut index = 0;
+            for peer in peers {
+                while index < self.sorted.len() && self.sorted[index].0 < *peer {
+                    index += 1;
+                }
+                if index < self.sorted.len() && self.sorted[index].0 == *peer {
+                    set(self.sorted[index].1);
                 }
             }
         } else {
@@ -189,7 +207,8 @@ impl Adjacency {
     /// for each peer that entered or left the row, sorted by id.
     pub fn set_row(&mut self, node: NodeId, peers: &[NodeId]) -> Vec<(NodeId, bool)> {
         let Some(&slot) = self.slot_of.get(&node) else { return Vec::new() };
-        let row = self.bits_of(peers);
+        let merge = self.prepare_merge(peers);
+        let row = self.bits_of(peers, merge);
         let start = slot as usize * self.words;
         let mut flips = Vec::new();
         for (index, new) in row.iter().enumerate() {
@@ -213,7 +232,8 @@ impl Adjacency {
     pub fn load_rows(&mut self, rows: impl Iterator<Item = (NodeId, Vec<NodeId>)>) {
         for (node, peers) in rows {
             let Some(&slot) = self.slot_of.get(&node) else { continue };
-            let row = self.bits_of(&peers);
+            let merge = self.prepare_merge(&peers);
+            let row = self.bits_of(&peers, merge);
             let start = slot as usize * self.words;
             self.rows[start..start + self.words].copy_from_slice(&row);
         }
