@@ -1,13 +1,14 @@
 //! Model test of the network-map engine: agents that follow deltas end where a fresh engine is.
 //!
 //! Random sequences of changes (joins, leaves, endpoint changes, online flips, key rotations,
-//! route advertisements and approvals, tag changes, user renames, policy replacements) run on
-//! one engine, under random `coordinator.netmap.*` faults. Each node has an agent that took a
-//! full map once and then applies every delta it is given; some agents disconnect and later
-//! ask for a delta from their old version (or take a full map if it is gone). After every step
-//! each connected agent's map must equal the engine's `full_map`, hold only peers the policy
-//! allows, and the engine's invariants must hold; at the end every agent's map must equal,
-//! versions aside, the full map of a fresh engine restored from the final state.
+//! route advertisements and approvals, tag changes, node and user renames, DNS records, policy
+//! replacements) run on one engine, under random `coordinator.netmap.*` faults. Each node has
+//! an agent that took a full map once and then applies every delta it is given; some agents
+//! disconnect and later ask for a delta from their old version (or take a full map if it is
+//! gone). After every step each connected agent's map must equal the engine's `full_map`, hold
+//! only peers the policy allows, and the engine's invariants must hold; at the end every
+//! agent's map must equal, versions aside, the full map of a fresh engine restored from the
+//! final state (users, nodes, DNS records and the primaries, which depend on history).
 //!
 //! The policy is `NaivePolicy`: a test `PolicyView` that recomputes every answer from scratch
 //! on each change and reports exactly the nodes whose answers changed, so its contract holds
@@ -172,6 +173,8 @@ enum Op {
     Route(u8, u8),
     SetTags(u8, u8),
     RenameUser(u8, u8),
+    RenameNode(u8, u8),
+    DnsRecords(u8),
     ReplacePolicy(u8),
     Disconnect(u8),
     Reconnect(u8),
@@ -189,6 +192,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (any::<u8>(), any::<u8>()).prop_map(|(node, route)| Op::Route(node, route)),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(node, tags)| Op::SetTags(node, tags)),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(user, name)| Op::RenameUser(user, name)),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(node, name)| Op::RenameNode(node, name)),
+        1 => any::<u8>().prop_map(Op::DnsRecords),
         1 => any::<u8>().prop_map(Op::ReplacePolicy),
         1 => any::<u8>().prop_map(Op::Disconnect),
         1 => any::<u8>().prop_map(Op::Reconnect),
@@ -259,6 +264,7 @@ struct World {
     users: BTreeMap<UserId, User>,
     nodes: BTreeMap<NodeId, NodeInfo>,
     agents: BTreeMap<NodeId, (NetMap, bool)>,
+    records: BTreeMap<String, Vec<std::net::IpAddr>>,
     next_id: NodeId,
 }
 
@@ -275,7 +281,8 @@ impl World {
             users.insert(id, user);
         }
         let (nodes, agents) = (BTreeMap::new(), BTreeMap::new());
-        Ok(World { engine, rules: Rules::Groups, users, nodes, agents, next_id: 1 })
+        let (rules, records) = (Rules::Groups, BTreeMap::new());
+        Ok(World { engine, rules, users, nodes, agents, records, next_id: 1 })
     }
 
     fn pick(&self, choice: u8) -> Option<NodeId> {
@@ -352,6 +359,19 @@ impl World {
                 user.name = USER_NAMES[usize::from(*name) % USER_NAMES.len()].to_string();
                 self.engine.upsert_user(user.clone()).map_err(|e| e.to_string())?;
             }
+            Op::RenameNode(choice, name) => {
+                let name = format!("renamed-{}", name % 4);
+                self.change(*choice, |node| node.given_name = name)?;
+            }
+            Op::DnsRecords(count) => {
+                let record = |index: u8| {
+                    let address = std::net::IpAddr::from([10, 0, 0, index]);
+                    (format!("db{index}.internal"), vec![address])
+                };
+                self.records = (0..count % 3).map(record).collect();
+                let records = self.records.clone();
+                self.engine.set_dns_records(records).map_err(|e| e.to_string())?;
+            }
             Op::ReplacePolicy(choice) => {
                 self.rules = rules(*choice);
                 self.engine.replace_policy(Box::new(NaivePolicy::new(self.rules)));
@@ -401,8 +421,9 @@ impl World {
         let nodes: Vec<NodeInfo> = self.nodes.values().cloned().collect();
         let policy = Box::new(NaivePolicy::new(self.rules));
         let primaries = self.engine.routes().primaries().clone();
-        let fresh = MapEngine::restore(policy, DOMAIN, &users, &nodes, &primaries)
+        let mut fresh = MapEngine::restore(policy, DOMAIN, &users, &nodes, &primaries)
             .map_err(|e| e.to_string())?;
+        fresh.set_dns_records(self.records.clone()).map_err(|e| e.to_string())?;
         fresh.check_invariants()?;
         for (id, (map, _)) in &self.agents {
             let mut expected = fresh.full_map(*id).map_err(|e| e.to_string())?;
