@@ -408,7 +408,7 @@ impl World {
                 return Err(format!("node {id}: holds peer {} the policy forbids", peer.id));
             }
         }
-        self.engine.check_invariants()
+        self.engine.check_invariants().map_err(|e| e.to_string())
     }
 
     /// Reconnects everyone and compares with a fresh engine restored from the final state.
@@ -424,7 +424,7 @@ impl World {
         let mut fresh = MapEngine::restore(policy, DOMAIN, &users, &nodes, &primaries)
             .map_err(|e| e.to_string())?;
         fresh.set_dns_records(self.records.clone()).map_err(|e| e.to_string())?;
-        fresh.check_invariants()?;
+        fresh.check_invariants().map_err(|e| e.to_string())?;
         for (id, (map, _)) in &self.agents {
             let mut expected = fresh.full_map(*id).map_err(|e| e.to_string())?;
             expected.version = map.version;

@@ -98,6 +98,24 @@ impl fmt::Display for MapError {
 
 impl std::error::Error for MapError {}
 
+/// A broken invariant `check_invariants` found, described.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvariantViolation(pub String);
+
+impl fmt::Display for InvariantViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "network-map invariant broken: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvariantViolation {}
+
+impl From<String> for InvariantViolation {
+    fn from(what: String) -> InvariantViolation {
+        InvariantViolation(what)
+    }
+}
+
 /// The nodes whose maps a step changed (each now has a new version).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changed {
@@ -713,7 +731,7 @@ impl MapEngine {
     /// within their logs and logs within their bounds; every published peer set and filter equal
     /// to the policy's answer now; no prefix but exit routes in the allowed IPs of two nodes;
     /// the routes' own invariants.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.routes.check_invariants()?;
         self.adjacency.check_invariants()?;
         let mut owners: BTreeMap<IpNet, NodeId> = BTreeMap::new();
@@ -723,15 +741,19 @@ impl MapEngine {
             expected.retain(|peer| peer != id && self.nodes.contains_key(peer));
             let published = self.adjacency.row(*id);
             if published != expected {
-                return Err(format!("node {id}: map holds {published:?}, policy {expected:?}"));
+                return Err(InvariantViolation(format!(
+                    "node {id}: map holds {published:?}, policy {expected:?}"
+                )));
             }
             if slot.filter_digest != digest(&self.policy.filter_for(*id)) {
-                return Err(format!("node {id}: published filter is stale"));
+                return Err(InvariantViolation(format!("node {id}: published filter is stale")));
             }
-            let view = self.peer_view(*id).ok_or("a known node has a view")?;
+            let view = self.peer_view(*id).ok_or_else(|| format!("node {id} has no view"))?;
             for net in view.allowed_ips.into_iter().filter(|net| !is_exit(*net)) {
                 if let Some(other) = owners.insert(net, *id) {
-                    return Err(format!("{net} is in the allowed IPs of {other} and {id}"));
+                    return Err(InvariantViolation(format!(
+                        "{net} is in the allowed IPs of {other} and {id}"
+                    )));
                 }
             }
         }

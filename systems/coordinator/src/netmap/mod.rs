@@ -26,7 +26,7 @@ use wireguard::IpNet;
 
 use crate::types::{FilterRule, Key, NodeId, UserId, ipnets};
 
-pub use engine::{Changed, Faults, MapEngine, MapError};
+pub use engine::{Changed, Faults, InvariantViolation, MapEngine, MapError};
 
 /// One node as its peers (and itself) see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
