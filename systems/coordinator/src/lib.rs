@@ -12,6 +12,8 @@
 //! - `ratelimit`: token buckets on `Env::now` time, per peer key, with a bounded peer table.
 //! - `registry`: durable state on docdb (users, nodes, pre-auth and API keys, addresses,
 //!   the stored policy text).
+//! - `netmap`: network maps and deltas, and `MapEngine`, the sans-IO engine computing them.
+//! - `routes`: primary election for subnet routes, exit routes, longest-prefix lookup.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -21,6 +23,8 @@ pub mod channel;
 pub mod frame;
 pub mod ratelimit;
 pub mod registry;
+pub mod netmap;
+pub mod routes;
 pub mod types;
 
 pub use types::{

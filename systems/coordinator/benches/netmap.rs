@@ -1,0 +1,296 @@
+//! The network-map engine beside what Headscale does: recompute every node's full map.
+//!
+//! Two test policies: `AllowAll` (everyone sees everyone) and `Groups` (nodes in 100 groups by
+//! id, each seeing only its own group, with a filter listing the group's addresses). At 1k,
+//! 10k and 50k nodes: criterion times one node's full map and one endpoint change (with its
+//! deltas built and encoded); then a summary times one endpoint change, one join and one
+//! removal, counts the nodes they touch and the postcard bytes of their deltas, and times, on
+//! the same code, recomputing and encoding every node's full map (Headscale's way), sampled and
+//! scaled by the node count where doing all of them would take minutes. Ratios are Headscale's
+//! way over ours.
+//!
+//! Run briefly with `cargo bench -p coordinator --bench netmap -- --warm-up-time 1
+//! --measurement-time 3`; `NETMAP_BENCH_SIZES=1000,10000` picks the sizes and
+//! `NETMAP_BENCH_POLICIES=groups` the policies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use coordinator::netmap::{Changed, MapEngine};
+use coordinator::{Affected, FilterRule, Key, NetPortRange, NodeId, NodeInfo, PolicyView};
+use coordinator::{PortRange, User};
+use criterion::{BatchSize, Criterion};
+
+const GROUP_COUNT: u64 = 100;
+const USER_COUNT: u64 = 10;
+/// Full maps actually built for the Headscale estimate beyond which it is sampled.
+const RECOMPUTE_PEERS_MAX: usize = 20_000_000;
+/// Nodes sampled for the Headscale estimate when sampling.
+const RECOMPUTE_SAMPLE_COUNT: usize = 40;
+
+/// Everyone sees everyone; the filter accepts everything.
+#[derive(Default)]
+struct AllowAll {
+    nodes: BTreeSet<NodeId>,
+}
+
+impl PolicyView for AllowAll {
+    fn upsert_node(&mut self, node: &NodeInfo) -> Affected {
+        if !self.nodes.insert(node.id) {
+            return Affected::default();
+        }
+        Affected { peers: self.nodes.clone(), filters: BTreeSet::from([node.id]) }
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> Affected {
+        if !self.nodes.remove(&node) {
+            return Affected::default();
+        }
+        Affected { peers: self.nodes.clone(), filters: BTreeSet::new() }
+    }
+
+    fn upsert_user(&mut self, _user: &User) -> Affected {
+        Affected::default()
+    }
+
+    fn peers_of(&self, node: NodeId) -> Vec<NodeId> {
+        self.nodes.iter().copied().filter(|peer| *peer != node).collect()
+    }
+
+    fn filter_for(&self, _node: NodeId) -> Vec<FilterRule> {
+        let dst = NetPortRange { ip: "*".to_string(), ports: PortRange::ANY };
+        vec![FilterRule { src_ips: vec!["*".to_string()], dst_ports: vec![dst], ip_proto: vec![] }]
+    }
+}
+
+/// Nodes in `GROUP_COUNT` groups by id; a node sees its group and accepts from its addresses.
+#[derive(Default)]
+struct Groups {
+    members: BTreeMap<u64, BTreeSet<NodeId>>,
+    addresses: BTreeMap<NodeId, Ipv4Addr>,
+}
+
+impl PolicyView for Groups {
+    fn upsert_node(&mut self, node: &NodeInfo) -> Affected {
+        let group = self.members.entry(node.id % GROUP_COUNT).or_default();
+        let new = group.insert(node.id);
+        let moved = self.addresses.insert(node.id, node.ipv4) != Some(node.ipv4);
+        if !new && !moved {
+            return Affected::default();
+        }
+        let peers = if new { group.clone() } else { BTreeSet::new() };
+        Affected { peers, filters: group.clone() }
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> Affected {
+        let group = self.members.entry(node % GROUP_COUNT).or_default();
+        if !group.remove(&node) {
+            return Affected::default();
+        }
+        self.addresses.remove(&node);
+        Affected { peers: group.clone(), filters: group.clone() }
+    }
+
+    fn upsert_user(&mut self, _user: &User) -> Affected {
+        Affected::default()
+    }
+
+    fn peers_of(&self, node: NodeId) -> Vec<NodeId> {
+        let group = self.members.get(&(node % GROUP_COUNT)).into_iter().flatten();
+        group.copied().filter(|peer| *peer != node && self.addresses.contains_key(&node)).collect()
+    }
+
+    fn filter_for(&self, node: NodeId) -> Vec<FilterRule> {
+        let Some(own) = self.addresses.get(&node) else { return Vec::new() };
+        let peers = self.peers_of(node);
+        let src_ips = peers.iter().map(|peer| self.addresses[peer].to_string()).collect();
+        let dst = NetPortRange { ip: own.to_string(), ports: PortRange::ANY };
+        vec![FilterRule { src_ips, dst_ports: vec![dst], ip_proto: vec![] }]
+    }
+}
+
+fn node(id: NodeId) -> NodeInfo {
+    let bits = 0x6440_0000 + id as u32;
+    NodeInfo {
+        id,
+        hostname: format!("host-{id}"),
+        given_name: format!("host-{id}"),
+        user: Some(id % USER_COUNT + 1),
+        tags: Vec::new(),
+        ipv4: Ipv4Addr::from(bits),
+        ipv6: Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, (id >> 16) as u16, id as u16),
+        node_key: Key([id as u8; 32]),
+        machine_key: Key([id as u8; 32]),
+        endpoints: vec![SocketAddr::from(([198, 51, 100, id as u8], 41641))],
+        advertised_routes: Vec::new(),
+        approved_routes: Vec::new(),
+        online: true,
+        ephemeral: false,
+        expiry: None,
+    }
+}
+
+fn users() -> Vec<User> {
+    let user = |id| User { id, name: format!("user{id}"), email: None };
+    (1..=USER_COUNT).map(user).collect()
+}
+
+/// An engine of `count` nodes under `policy` (`allow-all` or `groups`), loaded in bulk.
+fn engine(policy: &str, count: u64) -> MapEngine {
+    let nodes: Vec<NodeInfo> = (1..=count).map(node).collect();
+    // The policy learns the nodes first, so the engine's restore replaces rather than adds
+    // (a join's `Affected` would list everyone, 50k times over).
+    let view: Box<dyn PolicyView> = match policy {
+        "allow-all" => Box::new(AllowAll { nodes: nodes.iter().map(|node| node.id).collect() }),
+        _ => {
+            let mut groups = Groups::default();
+            for node in &nodes {
+                groups.upsert_node(node);
+            }
+            Box::new(groups)
+        }
+    };
+    let engine = MapEngine::restore(view, "example.ts.net", &users(), &nodes, &BTreeMap::new());
+    engine.expect("a valid state")
+}
+
+/// Encodes the deltas of every node a step changed; returns their total bytes.
+fn encode_deltas(engine: &MapEngine, changed: &Changed) -> usize {
+    let mut bytes = 0;
+    for node in &changed.nodes {
+        let version = engine.version(*node).expect("a changed node is known");
+        let delta = engine.delta_since(*node, version - 1).expect("the last step is in the log");
+        bytes += postcard::to_allocvec(&delta).expect("encodes").len();
+    }
+    bytes
+}
+
+fn move_endpoint(engine: &mut MapEngine, id: NodeId, port: u16) -> Changed {
+    let mut moved = engine.node(id).expect("known").clone();
+    moved.endpoints = vec![SocketAddr::from(([203, 0, 113, 7], port))];
+    engine.upsert_node(moved).expect("valid")
+}
+
+fn criterion_benches(criterion: &mut Criterion, engine: &mut MapEngine, name: &str) {
+    let mut group = criterion.benchmark_group(name);
+    group.sample_size(10);
+    let count = engine.node_count() as NodeId;
+    let mut target = 0;
+    group.bench_function("full_map", |b| {
+        b.iter(|| {
+            target = target % count + 1;
+            let map = engine.full_map(target).expect("known");
+            black_box(postcard::to_allocvec(&map).expect("encodes").len())
+        })
+    });
+    let mut port = 0u16;
+    group.bench_function("endpoint_change_with_deltas", |b| {
+        b.iter_batched(
+            || {
+                port = port.wrapping_add(1);
+                port
+            },
+            |port| {
+                let changed = move_endpoint(engine, count / 2, port);
+                black_box(encode_deltas(engine, &changed))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// Runs `work` and says how long it took.
+#[allow(clippy::disallowed_methods, reason = "a benchmark measures real time")]
+fn timed<T>(work: impl FnOnce() -> T) -> (Duration, T) {
+    let start = std::time::Instant::now();
+    let result = work();
+    (start.elapsed(), result)
+}
+
+/// One change's cost: time of the step with its deltas encoded, nodes touched, delta bytes.
+struct Cost {
+    time: Duration,
+    nodes: usize,
+    bytes: usize,
+}
+
+fn change_cost(engine: &mut MapEngine, step: impl FnOnce(&mut MapEngine) -> Changed) -> Cost {
+    let (time, (nodes, bytes)) = timed(|| {
+        let changed = step(engine);
+        (changed.nodes.len(), encode_deltas(engine, &changed))
+    });
+    Cost { time, nodes, bytes }
+}
+
+/// Headscale's way: every node's full map, built and encoded. Sampled and scaled past
+/// `RECOMPUTE_PEERS_MAX` peers in all; returns (time, bytes, sampled).
+fn recompute_all(engine: &MapEngine) -> (Duration, usize, bool) {
+    let count = engine.node_count();
+    let peers_total = count * engine.full_map(1).expect("known").peers.len();
+    let sampled = peers_total > RECOMPUTE_PEERS_MAX;
+    let step = if sampled { count / RECOMPUTE_SAMPLE_COUNT } else { 1 };
+    let targets: Vec<NodeId> = (1..=count as NodeId).step_by(step).collect();
+    let (time, bytes) = timed(|| {
+        let encode = |id: &NodeId| {
+            let map = engine.full_map(*id).expect("known");
+            postcard::to_allocvec(&map).expect("encodes").len()
+        };
+        targets.iter().map(encode).sum::<usize>()
+    });
+    let scale = count as f64 / targets.len() as f64;
+    (time.mul_f64(scale), (bytes as f64 * scale) as usize, sampled)
+}
+
+fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration) -> Vec<String> {
+    let (all_time, all_bytes, sampled) = recompute_all(engine);
+    let middle = count / 2;
+    let endpoint = change_cost(engine, |engine| move_endpoint(engine, middle, 1));
+    let joiner = node(count + 1);
+    let join = change_cost(engine, |engine| engine.upsert_node(joiner).expect("valid"));
+    let leave = change_cost(engine, |engine| engine.remove_node(count + 1).expect("valid"));
+    assert_eq!(engine.node_count() as u64, count);
+    let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
+    let mut lines = vec![format!(
+        "{policy} {count} nodes: setup {setup:.2?}, engine ~{memory_mb:.0} MB; recompute all \
+         {all_time:.2?} {:.1} MB{}",
+        all_bytes as f64 / 1e6,
+        if sampled { " (sampled, scaled)" } else { "" }
+    )];
+    for (name, cost) in [("endpoint", endpoint), ("join", join), ("removal", leave)] {
+        let ratio = all_time.as_secs_f64() / cost.time.as_secs_f64();
+        lines.push(format!(
+            "  {name:<8} {:>10.2?} {:>6} nodes {:>10} B   recompute-all/ours {ratio:>9.0}x",
+            cost.time, cost.nodes, cost.bytes
+        ));
+    }
+    lines
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    let sizes: Vec<u64> = std::env::var("NETMAP_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,50000".to_string())
+        .split(',')
+        .map(|size| size.trim().parse().expect("a node count"))
+        .collect();
+    let policies =
+        std::env::var("NETMAP_BENCH_POLICIES").unwrap_or_else(|_| "groups,allow-all".into());
+    let mut summary = Vec::new();
+    for count in sizes {
+        for policy in policies.split(',') {
+            let (setup, mut engine) = timed(|| engine(policy, count));
+            criterion_benches(&mut criterion, &mut engine, &format!("netmap/{policy}/{count}"));
+            let row = summary_row(policy, count, &mut engine, setup);
+            println!("{}", row.join("\n"));
+            summary.extend(row);
+        }
+    }
+    println!("\nsummary (one change, its deltas built and postcard-encoded):");
+    for line in summary {
+        println!("{line}");
+    }
+    criterion.final_summary();
+}
