@@ -7,11 +7,16 @@
 //!
 //! Map:
 //! - `types`: the shared vocabulary (ids, keys, users, nodes, Tailscale's `FilterRule`).
+//! - `hujson`: Tailscale's policy syntax (JSON with comments and trailing commas).
+//! - `policy`: the access policy: parsing, compiling to per-node filters, the incremental
+//!   `PolicyEngine` and the per-packet `CompiledFilter`.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod hujson;
+pub mod policy;
 pub mod types;
 
 pub use types::{
