@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use coordinator::policy::{Policy, compile_node};
-use coordinator::{FilterRule, Key, NodeInfo, User};
+use coordinator::policy::{Policy, PolicyEngine, compile_node};
+use coordinator::{FilterRule, Key, NodeInfo, PolicyView, User};
 use serde_json::Value;
 
 fn vectors_dir() -> PathBuf {
@@ -103,6 +103,10 @@ fn run_case(case: &Value) -> Result<(), String> {
         nodes.insert(id, node_of(id, name, spec, &users));
         ids.insert(name.clone(), id);
     }
+    let mut engine = PolicyEngine::new(policy.clone(), users.clone());
+    for node in nodes.values() {
+        engine.upsert_node(node);
+    }
     let captures = case["captures"].as_object().expect("captures");
     for (name, capture) in captures {
         let Some(&id) = ids.get(name) else { continue };
@@ -112,6 +116,9 @@ fn run_case(case: &Value) -> Result<(), String> {
         };
         let got = normalise(compile_node(&policy, &users, &nodes, id));
         let expected = normalise(expected);
+        if normalise(engine.filter_for(id)) != got {
+            return Err(format!("node {name}: the engine's filter differs from compile_node's"));
+        }
         if got != expected {
             let got = serde_json::to_string(&got).expect("json");
             let expected = serde_json::to_string(&expected).expect("json");

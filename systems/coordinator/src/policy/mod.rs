@@ -13,7 +13,7 @@
 //! - `matcher`: `CompiledFilter`, rules indexed by destination prefix for per-packet checks.
 
 mod compile;
-// mod engine;
+mod engine;
 pub mod ipset;
 mod matcher;
 mod parse;
@@ -28,7 +28,7 @@ use crate::types::PortRange;
 pub use compile::{
     WILDCARD_SOURCE_STRINGS, alias_names_node, compile_node, internet, wildcard_source_ranges,
 };
-// pub use engine::PolicyEngine;
+pub use engine::PolicyEngine;
 pub use ipset::{IpRange, IpSet};
 pub use matcher::{CompiledFilter, FilterError};
 
