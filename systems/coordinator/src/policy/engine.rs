@@ -65,7 +65,7 @@ pub struct PolicyEngine {
     memberships: BTreeMap<NodeId, Membership>,
     /// Each rule key (sources, protocols) and the entries that have it: rules with one key
     /// merge, so an entry's key change reorders the rules of entries sharing its keys.
-    keys: BTreeMap<(Vec<String>, Vec<u8>), BTreeSet<usize>>,
+    keys: BTreeMap<RuleKey, BTreeSet<usize>>,
     internet: IpSet,
 }
 
@@ -90,8 +90,14 @@ impl Tailnet for Named<'_> {
     }
 }
 
-fn key_of(compiled: &CompiledAcl) -> (Vec<String>, Vec<u8>) {
-    (compiled.src_strings.clone(), compiled.protocols.clone())
+/// Sources and protocols: what rules merge by.
+type RuleKey = (Vec<String>, Vec<u8>);
+
+/// The key an entry's ordinary rule merges by; `None` when it gives no such rule (no sources
+/// or no destinations), so that gaining or losing the rule counts as a change of key.
+fn key_of(compiled: &CompiledAcl) -> Option<RuleKey> {
+    let gives_rule = !compiled.src_strings.is_empty() && !compiled.entries.is_empty();
+    gives_rule.then(|| (compiled.src_strings.clone(), compiled.protocols.clone()))
 }
 
 impl PolicyEngine {
@@ -179,7 +185,9 @@ impl PolicyEngine {
         self.compiled.clear();
         for index in 0..self.acls.len() {
             let compiled = self.compile(index);
-            self.keys.entry(key_of(&compiled)).or_default().insert(index);
+            if let Some(key) = key_of(&compiled) {
+                self.keys.entry(key).or_default().insert(index);
+            }
             self.compiled.push(compiled);
         }
         assert_eq!(self.compiled.len(), self.acls.len());
@@ -421,7 +429,7 @@ impl PolicyEngine {
         self.destinations_of(index, filters);
         if old_key != new_key {
             let mut sharing = BTreeSet::new();
-            for key in [&old_key, &new_key] {
+            for key in [&old_key, &new_key].into_iter().flatten() {
                 sharing.extend(self.keys.get(key).into_iter().flatten().copied());
             }
             for other in sharing {
@@ -434,12 +442,16 @@ impl PolicyEngine {
                     .filter(|id| self.nodes.get(id).is_some_and(|node| node.tags.is_empty()));
                 filters.extend(untagged);
             }
-            let old_entries = self.keys.get_mut(&old_key).expect("every entry's key is indexed");
-            old_entries.remove(&index);
-            if old_entries.is_empty() {
-                self.keys.remove(&old_key);
+            if let Some(old_key) = old_key {
+                let old_entries = self.keys.get_mut(&old_key).expect("every key is indexed");
+                assert!(old_entries.remove(&index), "key index out of step");
+                if old_entries.is_empty() {
+                    self.keys.remove(&old_key);
+                }
             }
-            self.keys.entry(new_key).or_default().insert(index);
+            if let Some(new_key) = new_key {
+                self.keys.entry(new_key).or_default().insert(index);
+            }
         }
         self.compiled[index] = compiled;
     }
@@ -478,9 +490,8 @@ impl PolicyView for PolicyEngine {
         if !self.nodes.contains_key(&node) {
             return Affected::default();
         }
-        let mut affected = self.apply(node, None);
-        affected.peers.remove(&node);
-        affected.filters.remove(&node);
+        // The removed node stays in the report: its own answers changed (to nothing).
+        let affected = self.apply(node, None);
         assert!(!self.memberships.contains_key(&node));
         affected
     }
