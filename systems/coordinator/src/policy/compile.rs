@@ -213,7 +213,8 @@ pub(crate) struct CompiledAcl {
     pub(crate) src_wildcard: bool,
     /// The sources other than `*`.
     pub(crate) src_set: IpSet,
-    /// The rule's `SrcIPs`, sorted (empty: the entry gives no rule).
+    /// The rule's `SrcIPs`, sorted (empty: the entry gives no ordinary rule, for want of
+    /// sources or of destinations).
     pub(crate) src_strings: Vec<String>,
     /// The non-self destination entries, in policy order.
     pub(crate) entries: Vec<Entry>,
@@ -334,6 +335,10 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
             }
         }
     }
+    if compiled.entries.is_empty() {
+        // No ordinary rule: its source strings would never be read.
+        compiled.src_strings.clear();
+    }
     compiled
 }
 
@@ -446,4 +451,151 @@ pub fn compile_node(
         (0..policy.acls.len()).map(|acl| compile_acl(policy, &index, acl)).collect();
     let devices = target.user.map(|user| index.devices_of(user)).unwrap_or_default();
     rules_for(&compiled, devices, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Key;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn node(id: NodeId, user: Option<UserId>, tags: &[&str], routes: &[&str]) -> NodeInfo {
+        let routes: Vec<wireguard::IpNet> = routes.iter().map(|r| r.parse().unwrap()).collect();
+        NodeInfo {
+            id,
+            hostname: format!("n{id}"),
+            given_name: format!("n{id}"),
+            user,
+            tags: tags.iter().map(|tag| tag.to_string()).collect(),
+            ipv4: Ipv4Addr::new(100, 64, 0, id as u8),
+            ipv6: Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0, 0, 0, 0, id as u16),
+            node_key: Key([0; 32]),
+            machine_key: Key([0; 32]),
+            endpoints: Vec::new(),
+            advertised_routes: routes.clone(),
+            approved_routes: routes,
+            online: true,
+            ephemeral: false,
+            expiry: None,
+        }
+    }
+
+    fn tailnet() -> (Vec<User>, BTreeMap<NodeId, NodeInfo>) {
+        let users = vec![
+            User { id: 1, name: "odin".into(), email: Some("odin@example.com".into()) },
+            User { id: 2, name: "thor".into(), email: None },
+        ];
+        let nodes = [
+            node(1, Some(1), &[], &[]),
+            node(2, Some(1), &[], &[]),
+            node(3, Some(2), &[], &[]),
+            node(4, None, &["tag:exit"], &["0.0.0.0/0", "::/0"]),
+            node(5, None, &["tag:router"], &["10.33.0.0/16"]),
+        ];
+        (users, nodes.into_iter().map(|node| (node.id, node)).collect())
+    }
+
+    /// A destination as (IP, first port, last port).
+    type Dst<'a> = (&'a str, u16, u16);
+    /// A rule as (sources, destinations).
+    type Shown = (Vec<String>, Vec<(String, u16, u16)>);
+
+    /// Compiles `acls` for `node`; compares (sources, destination IPs and ports) per rule.
+    #[track_caller]
+    fn check(acls: &str, node: NodeId, expected: &[(&[&str], &[Dst<'_>])]) {
+        let text =
+            format!(r#"{{"tagOwners": {{"tag:exit": [], "tag:router": []}}, "acls": [{acls}]}}"#);
+        let policy = Policy::parse(&text).expect("a valid policy");
+        let (users, nodes) = tailnet();
+        let got: Vec<Shown> = compile_node(&policy, &users, &nodes, node)
+            .into_iter()
+            .map(|rule| {
+                let dsts =
+                    rule.dst_ports.iter().map(|d| (d.ip.clone(), d.ports.first, d.ports.last));
+                (rule.src_ips, dsts.collect())
+            })
+            .collect();
+        let expected: Vec<Shown> = expected
+            .iter()
+            .map(|(src, dst)| {
+                let dst = dst.iter().map(|&(ip, first, last)| (ip.to_string(), first, last));
+                (src.iter().map(|s| s.to_string()).collect(), dst.collect())
+            })
+            .collect();
+        assert_eq!(got, expected, "acls {acls} for node {node}");
+    }
+
+    #[test]
+    fn adjacent_addresses_form_ranges_and_users_resolve_by_name() {
+        let acl = r#"{"action": "accept", "src": ["thor@"], "dst": ["odin@example.com:22"]}"#;
+        let src: &[&str] = &["100.64.0.3", "fd7a:115c:a1e0::3"];
+        check(
+            acl,
+            1,
+            &[(
+                src,
+                &[
+                    ("100.64.0.1-100.64.0.2", 22, 22),
+                    ("fd7a:115c:a1e0::1-fd7a:115c:a1e0::2", 22, 22),
+                ],
+            )],
+        );
+        check(acl, 3, &[]);
+    }
+
+    #[test]
+    fn subnet_routers_and_exit_nodes_receive_their_traffic() {
+        let acl = concat!(
+            r#"{"action": "accept", "src": ["thor@"], "#,
+            r#""dst": ["10.0.0.0/8:*", "autogroup:internet:443"]}"#
+        );
+        let src: &[&str] = &["100.64.0.3", "fd7a:115c:a1e0::3"];
+        check(acl, 5, &[(src, &[("10.0.0.0/8", 0, 65535)])]);
+        let exit = compile_node(
+            &Policy::parse(&format!(
+                r#"{{"tagOwners": {{"tag:exit": [], "tag:router": []}}, "acls": [{acl}]}}"#
+            ))
+            .unwrap(),
+            &tailnet().0,
+            &tailnet().1,
+            4,
+        );
+        assert_eq!(exit.len(), 1);
+        assert!(exit[0].dst_ports.iter().all(|d| d.ports.first == 443));
+        assert!(exit[0].dst_ports.iter().any(|d| d.ip == "1.0.0.0-9.255.255.255"), "{exit:?}");
+        check(acl, 1, &[]);
+    }
+
+    #[test]
+    fn wildcard_sources_add_subnet_routes() {
+        let acl = r#"{"action": "accept", "src": ["*"], "dst": ["tag:exit:22"]}"#;
+        let src: &[&str] = &[
+            "10.33.0.0/16",
+            "100.115.94.0-100.127.255.255",
+            "100.64.0.0-100.115.91.255",
+            "fd7a:115c:a1e0::/48",
+        ];
+        check(acl, 4, &[(src, &[("100.64.0.4", 22, 22), ("fd7a:115c:a1e0::4", 22, 22)])]);
+    }
+
+    #[test]
+    fn self_rules_follow_the_first_port_group() {
+        let own: &[&str] = &["100.64.0.1-100.64.0.2", "fd7a:115c:a1e0::1-fd7a:115c:a1e0::2"];
+        let all: &[&str] = &["100.64.0.1-100.64.0.3", "fd7a:115c:a1e0::1-fd7a:115c:a1e0::3"];
+        let self_dst: &[(&str, u16, u16)] =
+            &[("100.64.0.1-100.64.0.2", 80, 80), ("fd7a:115c:a1e0::1-fd7a:115c:a1e0::2", 80, 80)];
+        let member_dst: &[(&str, u16, u16)] =
+            &[("100.64.0.1-100.64.0.3", 22, 22), ("fd7a:115c:a1e0::1-fd7a:115c:a1e0::3", 22, 22)];
+        let acl = concat!(
+            r#"{"action": "accept", "src": ["autogroup:member"], "#,
+            r#""dst": ["autogroup:self:80", "autogroup:member:22"]}"#
+        );
+        check(acl, 1, &[(own, self_dst), (all, member_dst)]);
+        let acl = concat!(
+            r#"{"action": "accept", "src": ["autogroup:member"], "#,
+            r#""dst": ["autogroup:member:22", "autogroup:self:80"]}"#
+        );
+        check(acl, 1, &[(all, member_dst), (own, self_dst)]);
+        check(acl, 4, &[]);
+    }
 }

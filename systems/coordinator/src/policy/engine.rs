@@ -67,6 +67,12 @@ pub struct PolicyEngine {
     /// merge, so an entry's key change reorders the rules of entries sharing its keys.
     keys: BTreeMap<RuleKey, BTreeSet<usize>>,
     internet: IpSet,
+    /// Entries whose sources hold `*`.
+    wildcard_sources: Vec<usize>,
+    /// Entries whose destinations hold `*`.
+    wildcard_destinations: Vec<usize>,
+    /// Entries with an `autogroup:self` destination.
+    self_entries: Vec<usize>,
 }
 
 /// What the engine's compiled entries ask of the tailnet: its own indexes.
@@ -125,6 +131,9 @@ impl PolicyEngine {
             memberships: BTreeMap::new(),
             keys: BTreeMap::new(),
             internet: internet(),
+            wildcard_sources: Vec::new(),
+            wildcard_destinations: Vec::new(),
+            self_entries: Vec::new(),
         };
         engine.rebuild();
         engine
@@ -157,6 +166,9 @@ impl PolicyEngine {
     /// Recomputes every index and every compiled entry from the nodes, users and policy.
     fn rebuild(&mut self) {
         let Some(policy) = self.policy.as_ref() else {
+            self.wildcard_sources.clear();
+            self.wildcard_destinations.clear();
+            self.self_entries.clear();
             self.acls.clear();
             self.compiled.clear();
             self.keys.clear();
@@ -174,6 +186,12 @@ impl PolicyEngine {
                 ..AclState::default()
             })
             .collect();
+        let flagged = |flag: fn(&AclState) -> bool| -> Vec<usize> {
+            (0..self.acls.len()).filter(|&index| flag(&self.acls[index])).collect()
+        };
+        self.wildcard_sources = flagged(|state| state.src_all);
+        self.wildcard_destinations = flagged(|state| state.dst_all);
+        self.self_entries = flagged(|state| state.has_self);
         self.memberships.clear();
         let nodes: Vec<NodeInfo> = self.nodes.values().cloned().collect();
         for node in &nodes {
@@ -350,12 +368,20 @@ impl PolicyEngine {
         affected.peers.insert(id);
         affected.filters.insert(id);
         let recompile = self.entries_to_recompile(memberships, addresses_changed, routes_changed);
+        let mut changed_keys = BTreeSet::new();
         for index in recompile {
-            self.recompile(index, &mut affected.filters);
+            self.recompile(index, &mut affected.filters, &mut changed_keys);
+        }
+        // Rules merge by key, so the entries sharing a changed key may reorder their nodes'
+        // rules; each shared key costs its entries once per change, not once per entry.
+        for key in &changed_keys {
+            for &other in self.keys.get(key).into_iter().flatten() {
+                self.destinations_of(other, &mut affected.filters);
+            }
         }
         let users = [&old, &new]
             .map(|node| node.as_ref().and_then(|n| n.user.filter(|_| n.tags.is_empty())));
-        if self.acls.iter().any(|state| state.has_self) {
+        if !self.self_entries.is_empty() {
             for user in users.into_iter().flatten() {
                 let devices = self.by_user.get(&user).into_iter().flatten().copied();
                 let devices: Vec<NodeId> = devices.collect();
@@ -416,26 +442,26 @@ impl PolicyEngine {
             entries
         };
         if routes_changed {
-            entries.extend((0..self.acls.len()).filter(|&index| self.acls[index].src_all));
+            entries.extend(self.wildcard_sources.iter().copied());
         }
         entries
     }
 
-    /// Recompiles one entry; adds the nodes whose filters it may change.
-    fn recompile(&mut self, index: usize, filters: &mut BTreeSet<NodeId>) {
+    /// Recompiles one entry; adds the nodes whose filters it may change, and its old and new
+    /// keys if they differ.
+    fn recompile(
+        &mut self,
+        index: usize,
+        filters: &mut BTreeSet<NodeId>,
+        changed_keys: &mut BTreeSet<RuleKey>,
+    ) {
         let compiled = self.compile(index);
         let old_key = key_of(&self.compiled[index]);
         let new_key = key_of(&compiled);
         self.destinations_of(index, filters);
         if old_key != new_key {
-            let mut sharing = BTreeSet::new();
-            for key in [&old_key, &new_key].into_iter().flatten() {
-                sharing.extend(self.keys.get(key).into_iter().flatten().copied());
-            }
-            for other in sharing {
-                self.destinations_of(other, filters);
-            }
-            if self.acls.iter().any(|state| state.has_self) {
+            changed_keys.extend([&old_key, &new_key].into_iter().flatten().cloned());
+            if !self.self_entries.is_empty() {
                 let untagged = self.acls[index]
                     .src_nodes
                     .iter()
@@ -467,8 +493,8 @@ impl PolicyEngine {
         let mut src_changed = symmetric_difference(&old.src, &new.src);
         let mut dst_changed = symmetric_difference(&old.dst, &new.dst);
         if presence_changed {
-            src_changed.extend((0..self.acls.len()).filter(|&index| self.acls[index].src_all));
-            dst_changed.extend((0..self.acls.len()).filter(|&index| self.acls[index].dst_all));
+            src_changed.extend(self.wildcard_sources.iter().copied());
+            dst_changed.extend(self.wildcard_destinations.iter().copied());
         }
         for index in src_changed {
             self.destinations_of(index, peers);
@@ -517,11 +543,11 @@ impl PolicyView for PolicyEngine {
             peers.extend(self.nodes.keys().copied());
         } else {
             let membership = &self.memberships[&node];
-            let wildcard_src = (0..self.acls.len()).filter(|&index| self.acls[index].src_all);
+            let wildcard_src = self.wildcard_sources.iter().copied();
             for index in membership.src.iter().copied().chain(wildcard_src) {
                 self.destinations_of(index, &mut peers);
             }
-            let wildcard_dst = (0..self.acls.len()).filter(|&index| self.acls[index].dst_all);
+            let wildcard_dst = self.wildcard_destinations.iter().copied();
             for index in membership.dst.iter().copied().chain(wildcard_dst) {
                 self.sources_of(index, &mut peers);
             }
@@ -557,7 +583,7 @@ impl PolicyEngine {
     fn self_peers(&self, node: &NodeInfo, peers: &mut BTreeSet<NodeId>) {
         let Some(user) = node.user.filter(|_| node.tags.is_empty()) else { return };
         let Some(devices) = self.by_user.get(&user) else { return };
-        for state in self.acls.iter().filter(|state| state.has_self) {
+        for state in self.self_entries.iter().map(|&index| &self.acls[index]) {
             if state.src_all || state.src_named.contains(&node.id) {
                 peers.extend(devices.iter().copied());
             } else {

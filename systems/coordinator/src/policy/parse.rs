@@ -364,3 +364,128 @@ fn auto_approvers(
     }
     Ok(approvers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Policy, PolicyErrorKind};
+    use super::*;
+
+    const HEAD: &str = r#"{
+  // Who is who.
+  "groups": {"group:admins": ["odin@example.com"]},
+  "tagOwners": {"tag:server": ["group:admins"]},
+  "hosts": {"db": "10.0.0.5"},
+  "acls": [
+"#;
+
+    /// Parses HEAD + `acls` + the closing; checks the error's kind, line, field and message.
+    #[track_caller]
+    fn check(acls: &str, expected: Option<(PolicyErrorKind, usize, &str, &str)>) {
+        let text = format!("{HEAD}{acls}\n  ],\n}}");
+        match (Policy::parse(&text), expected) {
+            (Ok(_), None) => {}
+            (Err(error), Some((kind, line, field, message))) => {
+                assert_eq!((error.kind, error.line, error.field.as_str()), (kind, line, field));
+                assert!(error.message.contains(message), "{error}");
+                let shown = error.to_string();
+                assert!(
+                    shown.contains(&format!("line {line}")) && shown.contains(field),
+                    "{shown}"
+                );
+            }
+            (got, expected) => panic!("got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_entries() {
+        check(r#"{"action": "accept", "src": ["*"], "dst": ["*:*"]},"#, None);
+        check(r#"{"action": "accept", "src": ["group:admins"], "dst": ["db:22,80-90"]}"#, None);
+        check(
+            r#"{"action": "accept", "src": ["odin@"], "dst": ["[fd7a::1]:22"], "proto": 17}"#,
+            None,
+        );
+        check(
+            r#"{"action": "accept", "src": ["tag:server"], "dst": ["autogroup:internet:*"]}"#,
+            None,
+        );
+    }
+
+    #[test]
+    fn errors_name_line_field_and_why() {
+        use PolicyErrorKind::*;
+        let line = 7;
+        check(
+            r#"{"action": "deny", "src": ["*"], "dst": ["*:*"]}"#,
+            Some((UnsupportedAction, line, "acls[0].action", r#"action="deny" is not supported"#)),
+        );
+        check(
+            "{\"action\": \"accept\",\n \"src\": [\"tag:nope\"], \"dst\": [\"*:*\"]}",
+            Some((UnknownTag, line + 1, "acls[0].src[0]", r#"src=tag not found: "tag:nope""#)),
+        );
+        check(
+            r#"{"action": "accept", "src": ["*"], "dst": ["tag:nope:22"]}"#,
+            Some((UnknownTag, line, "acls[0].dst[0]", r#"dst="tag:nope": tag not found"#)),
+        );
+        check(
+            r#"{"action": "accept", "src": ["*"], "dst": ["autogroup:self"]}"#,
+            Some((BadPorts, line, "acls[0].dst[0]", r#"port range "self": invalid first"#)),
+        );
+        check(
+            r#"{"action": "accept", "src": ["*"], "dst": ["db:9-x"]}"#,
+            Some((BadPorts, line, "acls[0].dst[0]", "invalid last integer")),
+        );
+        check(
+            r#"{"action": "accept", "src": ["tag:server"], "dst": ["autogroup:self:*"]}"#,
+            Some((AutogroupSelfSource, line, "acls[0].src", "autogroup:self can only be used")),
+        );
+        check(
+            r#"{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}"#,
+            Some((UnknownGroup, line, "acls[0].src[0]", "group not found")),
+        );
+        check(
+            r#"{"action": "accept", "src": ["nowhere"], "dst": ["*:*"]}"#,
+            Some((UnknownAlias, line, "acls[0].src[0]", "host not found")),
+        );
+        check(
+            r#"{"action": "accept", "src": ["*"], "dst": ["*:*"], "proto": "bogus"}"#,
+            Some((BadProtocol, line, "acls[0].proto", "proto=\"bogus\"")),
+        );
+        check(
+            r#"{"action": "accept", "src": ["autogroup:self"], "dst": ["*:*"]}"#,
+            Some((MisplacedAlias, line, "acls[0].src[0]", "only be used as a destination")),
+        );
+        check(
+            r#"{"action": "accept", "src": "*", "dst": ["*:*"]}"#,
+            Some((Shape, line, "acls[0].src", "an array")),
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_position() {
+        let error = Policy::parse("{\n  \"acls\": [,]\n}").expect_err("not JSON");
+        assert_eq!((error.kind, error.line), (PolicyErrorKind::Syntax, 2));
+        assert!(error.to_string().contains("line 2, column 12"), "{error}");
+    }
+
+    #[test]
+    fn aliases_and_ports() {
+        let policy = Policy::parse(&format!("{HEAD}  ]\n}}")).expect("valid");
+        assert_eq!(alias("*", &policy), Ok(Alias::Wildcard));
+        assert_eq!(alias("autogroup:member", &policy), Ok(Alias::Member));
+        assert_eq!(alias("odin@", &policy), Ok(Alias::User("odin@".into())));
+        assert_eq!(alias("db", &policy), Ok(Alias::Host("db".into())));
+        let prefix = IpRange::parse("10.1.0.0/16").expect("a prefix");
+        assert_eq!(alias("10.1.0.0/16", &policy), Ok(Alias::Prefix(prefix)));
+        assert!(alias("autogroup:nope", &policy).is_err());
+        assert_eq!(ports("*"), Ok(vec![PortRange::ANY]));
+        let expected = vec![PortRange { first: 22, last: 22 }, PortRange { first: 80, last: 443 }];
+        assert_eq!(ports("22,80-443"), Ok(expected));
+        assert!(ports("443-80").is_err());
+        assert!(ports("").is_err());
+        assert!(ports("70000").is_err());
+        assert_eq!(protocol("tcp"), Ok(vec![6]));
+        assert_eq!(protocol("58"), Ok(vec![58]));
+        assert!(protocol("256").is_err());
+    }
+}
