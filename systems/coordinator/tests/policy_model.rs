@@ -355,6 +355,18 @@ proptest! {
             fresh.upsert_node(node);
         }
         prop_assert_eq!(answers(&engine, 1..7), answers(&fresh, 1..7));
+        // The same nodes, the policy set last: the full rebuild gives the same answers.
+        let mut rebuilt = PolicyEngine::allow_all();
+        for user in users() {
+            rebuilt.upsert_user(&user);
+        }
+        for node in nodes.values() {
+            rebuilt.upsert_node(node);
+        }
+        if !allow_all {
+            rebuilt.set_policy(policy.clone());
+        }
+        prop_assert_eq!(answers(&engine, 1..7), answers(&rebuilt, 1..7));
         for &id in nodes.keys() {
             for peer in engine.peers_of(id) {
                 prop_assert!(engine.peers_of(peer).contains(&id), "peers are mutual");

@@ -155,13 +155,21 @@ impl<'a> Index<'a> {
 
     /// Pushes the addresses of the nodes a node-level alias names (others push nothing).
     pub(crate) fn push_named(&self, policy: &Policy, alias: &Alias, out: &mut Vec<IpRange>) {
-        let mut push_nodes = |nodes: &[&NodeInfo]| {
-            out.extend(nodes.iter().flat_map(|node| node_ranges(node)));
-        };
+        self.for_each_named(policy, alias, |node| out.extend(node_ranges(node)));
+    }
+
+    /// Calls `visit` on every node a node-level alias names (others name none here).
+    pub(crate) fn for_each_named(
+        &self,
+        policy: &Policy,
+        alias: &Alias,
+        mut visit: impl FnMut(&'a NodeInfo),
+    ) {
+        let mut visit_all = |nodes: &[&'a NodeInfo]| nodes.iter().for_each(|node| visit(node));
         match alias {
             Alias::User(token) => {
                 for user in self.users_named(token) {
-                    push_nodes(self.devices_of(user.id));
+                    visit_all(self.devices_of(user.id));
                 }
             }
             Alias::Group(name) => {
@@ -172,14 +180,14 @@ impl<'a> Index<'a> {
                     .map(|u| u.id)
                     .collect();
                 for id in ids {
-                    push_nodes(self.devices_of(id));
+                    visit_all(self.devices_of(id));
                 }
             }
             Alias::Tag(tag) => {
-                push_nodes(self.by_tag.get(tag.as_str()).map(Vec::as_slice).unwrap_or_default());
+                visit_all(self.by_tag.get(tag.as_str()).map(Vec::as_slice).unwrap_or_default());
             }
-            Alias::Member => push_nodes(&self.untagged),
-            Alias::Tagged => push_nodes(&self.tagged),
+            Alias::Member => visit_all(&self.untagged),
+            Alias::Tagged => visit_all(&self.tagged),
             _ => debug_assert!(!is_node_level(alias)),
         }
     }
@@ -597,5 +605,29 @@ mod tests {
         );
         check(acl, 1, &[(all, member_dst), (own, self_dst)]);
         check(acl, 4, &[]);
+    }
+
+    #[test]
+    fn auto_approvers_name_routes_and_exit_nodes() {
+        let text = r#"{
+            "groups": {"group:net": ["thor@"]},
+            "tagOwners": {"tag:exit": [], "tag:router": []},
+            "autoApprovers": {
+                "routes": {"10.0.0.0/8": ["tag:router", "group:net"]},
+                "exitNode": ["tag:exit"]
+            }
+        }"#;
+        let policy = Policy::parse(text).expect("a valid policy");
+        let (users, nodes) = tailnet();
+        let approves = |id: NodeId, route: &str| {
+            policy.auto_approves(&nodes[&id], route.parse().expect("a route"), &users)
+        };
+        assert!(approves(5, "10.33.0.0/16"));
+        assert!(approves(5, "10.0.0.0/8"));
+        assert!(!approves(5, "11.0.0.0/16"));
+        assert!(!approves(5, "0.0.0.0/0"));
+        assert!(approves(4, "0.0.0.0/0") && approves(4, "::/0"));
+        assert!(approves(3, "10.1.0.0/16"), "thor is in group:net");
+        assert!(!approves(1, "10.1.0.0/16"), "odin is not");
     }
 }

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::compile::{
-    CompiledAcl, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node, compile_acl,
+    CompiledAcl, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node, compile_acl,
     entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for, subnet_routes,
 };
 use super::{Alias, IpRange, IpSet, Policy};
@@ -139,6 +139,12 @@ impl PolicyEngine {
         engine
     }
 
+    /// Whether `node` may have `route` approved without an admin (`Policy::auto_approves`
+    /// with the engine's users); never without a policy.
+    pub fn auto_approves(&self, node: &NodeInfo, route: wireguard::IpNet) -> bool {
+        self.policy.as_ref().is_some_and(|policy| policy.auto_approves(node, route, &self.users))
+    }
+
     /// The policy (`None` when everyone reaches everyone).
     pub fn policy(&self) -> Option<&Policy> {
         self.policy.as_ref()
@@ -192,13 +198,7 @@ impl PolicyEngine {
         self.wildcard_sources = flagged(|state| state.src_all);
         self.wildcard_destinations = flagged(|state| state.dst_all);
         self.self_entries = flagged(|state| state.has_self);
-        self.memberships.clear();
-        let nodes: Vec<NodeInfo> = self.nodes.values().cloned().collect();
-        for node in &nodes {
-            let membership = self.membership_of(node);
-            self.enter(node.id, &membership);
-            self.memberships.insert(node.id, membership);
-        }
+        self.rebuild_memberships();
         self.keys.clear();
         self.compiled.clear();
         for index in 0..self.acls.len() {
@@ -209,6 +209,79 @@ impl PolicyEngine {
             self.compiled.push(compiled);
         }
         assert_eq!(self.compiled.len(), self.acls.len());
+    }
+
+    /// Fills every entry's member sets from a node index (a cost of the policy's size plus the
+    /// members, not of entries times nodes), then each node's `Membership` from them. Gives
+    /// what `membership_of` gives node by node.
+    fn rebuild_memberships(&mut self) {
+        let policy = self.policy.as_ref().expect("entries exist only under a policy");
+        let index = Index::new(self.nodes.values(), &self.users);
+        let mut by_addr: BTreeMap<(bool, u128), NodeId> = BTreeMap::new();
+        for node in self.nodes.values() {
+            for range in node_ranges(node) {
+                by_addr.insert((range.v6, range.first), node.id);
+            }
+        }
+        let routers: Vec<&NodeInfo> =
+            self.nodes.values().filter(|node| !node.approved_routes.is_empty()).collect();
+        let covered = |range: &IpRange, out: &mut BTreeSet<NodeId>| {
+            out.extend(
+                by_addr.range((range.v6, range.first)..=(range.v6, range.last)).map(|e| *e.1),
+            );
+        };
+        for (state, acl) in self.acls.iter_mut().zip(&policy.acls) {
+            for alias in &acl.sources {
+                index.for_each_named(policy, alias, |node| {
+                    state.src_named.insert(node.id);
+                });
+                let mut literal = Vec::new();
+                push_literal(policy, alias, &mut literal);
+                literal.iter().for_each(|range| covered(range, &mut state.src_nodes));
+            }
+            state.src_nodes.extend(state.src_named.iter().copied());
+            for (position, destination) in acl.destinations.iter().enumerate() {
+                let named = &mut state.dst_named[position];
+                index.for_each_named(policy, &destination.alias, |node| {
+                    named.insert(node.id);
+                });
+                state.dst_nodes.extend(named.iter().copied());
+                let mut literal = Vec::new();
+                push_literal(policy, &destination.alias, &mut literal);
+                for range in &literal {
+                    covered(range, &mut state.dst_nodes);
+                    let concerned = routers
+                        .iter()
+                        .filter(|router| entry_concerns(Some(range), router, &self.internet));
+                    state.dst_nodes.extend(concerned.map(|router| router.id));
+                }
+            }
+        }
+        let mut memberships: BTreeMap<NodeId, Membership> =
+            self.nodes.keys().map(|&id| (id, Membership::default())).collect();
+        fn member(map: &mut BTreeMap<NodeId, Membership>, id: NodeId) -> &mut Membership {
+            map.get_mut(&id).expect("a known node")
+        }
+        for (index, state) in self.acls.iter().enumerate() {
+            for &id in &state.src_named {
+                member(&mut memberships, id).src_named.push(index);
+            }
+            for &id in &state.src_nodes {
+                member(&mut memberships, id).src.push(index);
+            }
+            for (position, named) in state.dst_named.iter().enumerate() {
+                for &id in named {
+                    member(&mut memberships, id).dst_named.push((index, position));
+                }
+            }
+            for &id in &state.dst_nodes {
+                member(&mut memberships, id).dst.push(index);
+            }
+        }
+        self.memberships = memberships;
+        debug_assert!(self.nodes.values().all(|node| {
+            self.nodes.len() > 64 || self.memberships[&node.id] == self.membership_of(node)
+        }));
     }
 
     fn compile(&self, index: usize) -> CompiledAcl {
