@@ -14,17 +14,29 @@
 //!   the stored policy text).
 //! - `netmap`: network maps and deltas, and `MapEngine`, the sans-IO engine computing them.
 //! - `routes`: primary election for subnet routes, exit routes, longest-prefix lookup.
+//! - `hujson`: Tailscale's policy syntax (JSON with comments and trailing commas).
+//! - `policy`: the access policy: parsing, compiling to per-node filters, the incremental
+//!   `PolicyEngine` and the per-packet `CompiledFilter`.
+//! - `proto`: the agent protocol's messages.
+//! - `server`: `Coordinator`, the registry, the map engine fed by docdb's change stream, and
+//!   the agent sessions.
+//! - `agent`: the node agent (registration, map stream, WireGuard device, packet filter).
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod channel;
 pub mod frame;
+pub mod hujson;
+pub mod netmap;
+pub mod policy;
+pub mod proto;
 pub mod ratelimit;
 pub mod registry;
-pub mod netmap;
 pub mod routes;
+pub mod server;
 pub mod types;
 
 pub use types::{

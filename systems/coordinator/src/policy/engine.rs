@@ -1,0 +1,685 @@
+//! `PolicyEngine`: the compiled policy kept current as nodes and users change.
+//!
+//! Per ACL entry it keeps who is in it: the nodes its node-level sources name (`src_named`),
+//! the nodes in its sources at all (`src_nodes`: also by address), the nodes each node-level
+//! destination names (`dst_named`) and the nodes any destination concerns (`dst_nodes`); `*`
+//! is a flag, not a set of every node. Each node keeps the reverse (`Membership`). A node's
+//! change recompiles only the entries whose named sets it entered or left (or all of them
+//! whose sources hold `*`, when the tailnet's subnet routes change), and reports as affected
+//! the nodes on the other side of the entries whose membership changed (peers) and the nodes
+//! the recompiled entries' rules reach (filters). Its cost is the policy's size (one pass over
+//! the aliases to find the node's memberships) plus the nodes it affects, never every node.
+//!
+//! Limitation: a destination named by users, groups or tags concerns a node when it names the
+//! node, not when it holds an address inside another node's subnet route.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::compile::{
+    CompiledAcl, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node, compile_acl,
+    entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for, subnet_routes,
+};
+use super::{Alias, IpRange, IpSet, Policy};
+use crate::types::{
+    Affected, FilterRule, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, User, UserId,
+};
+
+/// The most nodes an engine indexes.
+pub const NODES_MAX: usize = 1 << 20;
+/// The most users an engine indexes.
+pub const USERS_MAX: usize = 1 << 20;
+
+/// Who is in one ACL entry.
+#[derive(Clone, Debug, Default)]
+struct AclState {
+    src_all: bool,
+    dst_all: bool,
+    has_self: bool,
+    src_named: BTreeSet<NodeId>,
+    src_nodes: BTreeSet<NodeId>,
+    dst_named: Vec<BTreeSet<NodeId>>,
+    dst_nodes: BTreeSet<NodeId>,
+}
+
+/// Which ACL entries one node is in (wildcards not listed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Membership {
+    src_named: Vec<usize>,
+    src: Vec<usize>,
+    dst_named: Vec<(usize, usize)>,
+    dst: Vec<usize>,
+}
+
+/// The access policy compiled against the tailnet, kept current node by node.
+pub struct PolicyEngine {
+    /// `None`: no policy, everyone reaches everyone.
+    policy: Option<Policy>,
+    users: Vec<User>,
+    nodes: BTreeMap<NodeId, NodeInfo>,
+    /// The untagged devices of each user.
+    by_user: BTreeMap<UserId, BTreeSet<NodeId>>,
+    /// Approved subnet routes, with how many nodes approve each.
+    routes: BTreeMap<IpRange, usize>,
+    acls: Vec<AclState>,
+    compiled: Vec<CompiledAcl>,
+    memberships: BTreeMap<NodeId, Membership>,
+    /// Each rule key (sources, protocols) and the entries that have it: rules with one key
+    /// merge, so an entry's key change reorders the rules of entries sharing its keys.
+    keys: BTreeMap<RuleKey, BTreeSet<usize>>,
+    internet: IpSet,
+    /// Entries whose sources hold `*`.
+    wildcard_sources: Vec<usize>,
+    /// Entries whose destinations hold `*`.
+    wildcard_destinations: Vec<usize>,
+    /// Entries with an `autogroup:self` destination.
+    self_entries: Vec<usize>,
+}
+
+/// What the engine's compiled entries ask of the tailnet: its own indexes.
+struct Named<'e>(&'e PolicyEngine);
+
+impl Tailnet for Named<'_> {
+    fn named_ranges(&self, _policy: &Policy, acl: usize, slot: Slot) -> Vec<IpRange> {
+        let state = &self.0.acls[acl];
+        let ids = match slot {
+            Slot::Source => &state.src_named,
+            Slot::Destination(position) => &state.dst_named[position],
+        };
+        ids.iter().filter_map(|id| self.0.nodes.get(id)).flat_map(node_ranges).collect()
+    }
+
+    fn wildcard_strings(&self) -> Vec<String> {
+        let mut strings: Vec<String> =
+            WILDCARD_SOURCE_STRINGS.iter().map(|s| s.to_string()).collect();
+        strings.extend(self.0.routes.keys().map(ToString::to_string));
+        strings
+    }
+}
+
+/// Sources and protocols: what rules merge by.
+type RuleKey = (Vec<String>, Vec<u8>);
+
+/// The key an entry's ordinary rule merges by; `None` when it gives no such rule (no sources
+/// or no destinations), so that gaining or losing the rule counts as a change of key.
+fn key_of(compiled: &CompiledAcl) -> Option<RuleKey> {
+    let gives_rule = !compiled.src_strings.is_empty() && !compiled.entries.is_empty();
+    gives_rule.then(|| (compiled.src_strings.clone(), compiled.protocols.clone()))
+}
+
+impl PolicyEngine {
+    /// Headscale's default without a policy: every node reaches every node on every port.
+    pub fn allow_all() -> PolicyEngine {
+        PolicyEngine::with(None, Vec::new())
+    }
+
+    /// An engine for `policy` and `users`, with no nodes yet.
+    pub fn new(policy: Policy, users: Vec<User>) -> PolicyEngine {
+        PolicyEngine::with(Some(policy), users)
+    }
+
+    fn with(policy: Option<Policy>, mut users: Vec<User>) -> PolicyEngine {
+        assert!(users.len() <= USERS_MAX, "more users than USERS_MAX");
+        users.sort_by_key(|user| user.id);
+        let mut engine = PolicyEngine {
+            policy,
+            users,
+            nodes: BTreeMap::new(),
+            by_user: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            acls: Vec::new(),
+            compiled: Vec::new(),
+            memberships: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            internet: internet(),
+            wildcard_sources: Vec::new(),
+            wildcard_destinations: Vec::new(),
+            self_entries: Vec::new(),
+        };
+        engine.rebuild();
+        engine
+    }
+
+    /// Whether `node` may have `route` approved without an admin (`Policy::auto_approves`
+    /// with the engine's users); never without a policy.
+    pub fn auto_approves(&self, node: &NodeInfo, route: wireguard::IpNet) -> bool {
+        self.policy.as_ref().is_some_and(|policy| policy.auto_approves(node, route, &self.users))
+    }
+
+    /// The policy (`None` when everyone reaches everyone).
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
+    }
+
+    /// Replaces the policy. Every node may be affected (a full rebuild).
+    pub fn set_policy(&mut self, policy: Policy) -> Affected {
+        self.policy = Some(policy);
+        self.rebuild();
+        self.everyone()
+    }
+
+    /// Drops the policy: everyone reaches everyone again. Every node may be affected.
+    pub fn clear_policy(&mut self) -> Affected {
+        self.policy = None;
+        self.rebuild();
+        self.everyone()
+    }
+
+    fn everyone(&self) -> Affected {
+        let all: BTreeSet<NodeId> = self.nodes.keys().copied().collect();
+        Affected { peers: all.clone(), filters: all }
+    }
+
+    /// Recomputes every index and every compiled entry from the nodes, users and policy.
+    fn rebuild(&mut self) {
+        let Some(policy) = self.policy.as_ref() else {
+            self.wildcard_sources.clear();
+            self.wildcard_destinations.clear();
+            self.self_entries.clear();
+            self.acls.clear();
+            self.compiled.clear();
+            self.keys.clear();
+            self.memberships.clear();
+            return;
+        };
+        self.acls = policy
+            .acls
+            .iter()
+            .map(|acl| AclState {
+                src_all: acl.sources.contains(&Alias::Wildcard),
+                dst_all: acl.destinations.iter().any(|dst| dst.alias == Alias::Wildcard),
+                has_self: acl.destinations.iter().any(|dst| dst.alias == Alias::SelfDevices),
+                dst_named: vec![BTreeSet::new(); acl.destinations.len()],
+                ..AclState::default()
+            })
+            .collect();
+        let flagged = |flag: fn(&AclState) -> bool| -> Vec<usize> {
+            (0..self.acls.len()).filter(|&index| flag(&self.acls[index])).collect()
+        };
+        self.wildcard_sources = flagged(|state| state.src_all);
+        self.wildcard_destinations = flagged(|state| state.dst_all);
+        self.self_entries = flagged(|state| state.has_self);
+        self.rebuild_memberships();
+        self.keys.clear();
+        self.compiled.clear();
+        for index in 0..self.acls.len() {
+            let compiled = self.compile(index);
+            if let Some(key) = key_of(&compiled) {
+                self.keys.entry(key).or_default().insert(index);
+            }
+            self.compiled.push(compiled);
+        }
+        assert_eq!(self.compiled.len(), self.acls.len());
+    }
+
+    /// Fills every entry's member sets from a node index (a cost of the policy's size plus the
+    /// members, not of entries times nodes), then each node's `Membership` from them. Gives
+    /// what `membership_of` gives node by node.
+    fn rebuild_memberships(&mut self) {
+        let policy = self.policy.as_ref().expect("entries exist only under a policy");
+        let index = Index::new(self.nodes.values(), &self.users);
+        let mut by_addr: BTreeMap<(bool, u128), NodeId> = BTreeMap::new();
+        for node in self.nodes.values() {
+            for range in node_ranges(node) {
+                by_addr.insert((range.v6, range.first), node.id);
+            }
+        }
+        let routers: Vec<&NodeInfo> =
+            self.nodes.values().filter(|node| !node.approved_routes.is_empty()).collect();
+        let covered = |range: &IpRange, out: &mut BTreeSet<NodeId>| {
+            out.extend(
+                by_addr.range((range.v6, range.first)..=(range.v6, range.last)).map(|e| *e.1),
+            );
+        };
+        for (state, acl) in self.acls.iter_mut().zip(&policy.acls) {
+            for alias in &acl.sources {
+                index.for_each_named(policy, alias, |node| {
+                    state.src_named.insert(node.id);
+                });
+                let mut literal = Vec::new();
+                push_literal(policy, alias, &mut literal);
+                literal.iter().for_each(|range| covered(range, &mut state.src_nodes));
+            }
+            state.src_nodes.extend(state.src_named.iter().copied());
+            for (position, destination) in acl.destinations.iter().enumerate() {
+                let named = &mut state.dst_named[position];
+                index.for_each_named(policy, &destination.alias, |node| {
+                    named.insert(node.id);
+                });
+                state.dst_nodes.extend(named.iter().copied());
+                let mut literal = Vec::new();
+                push_literal(policy, &destination.alias, &mut literal);
+                for range in &literal {
+                    covered(range, &mut state.dst_nodes);
+                    let concerned = routers
+                        .iter()
+                        .filter(|router| entry_concerns(Some(range), router, &self.internet));
+                    state.dst_nodes.extend(concerned.map(|router| router.id));
+                }
+            }
+        }
+        let mut memberships: BTreeMap<NodeId, Membership> =
+            self.nodes.keys().map(|&id| (id, Membership::default())).collect();
+        fn member(map: &mut BTreeMap<NodeId, Membership>, id: NodeId) -> &mut Membership {
+            map.get_mut(&id).expect("a known node")
+        }
+        for (index, state) in self.acls.iter().enumerate() {
+            for &id in &state.src_named {
+                member(&mut memberships, id).src_named.push(index);
+            }
+            for &id in &state.src_nodes {
+                member(&mut memberships, id).src.push(index);
+            }
+            for (position, named) in state.dst_named.iter().enumerate() {
+                for &id in named {
+                    member(&mut memberships, id).dst_named.push((index, position));
+                }
+            }
+            for &id in &state.dst_nodes {
+                member(&mut memberships, id).dst.push(index);
+            }
+        }
+        self.memberships = memberships;
+        debug_assert!(self.nodes.values().all(|node| {
+            self.nodes.len() > 64 || self.memberships[&node.id] == self.membership_of(node)
+        }));
+    }
+
+    fn compile(&self, index: usize) -> CompiledAcl {
+        let policy = self.policy.as_ref().expect("entries exist only under a policy");
+        compile_acl(policy, &Named(self), index)
+    }
+
+    /// Which entries a node is in.
+    fn membership_of(&self, node: &NodeInfo) -> Membership {
+        let mut membership = Membership::default();
+        let Some(policy) = self.policy.as_ref() else { return membership };
+        let names = |alias: &Alias| {
+            is_node_level(alias) && alias_names_node(policy, alias, node, &self.users)
+        };
+        let own = node_ranges(node);
+        for (index, acl) in policy.acls.iter().enumerate() {
+            let named = acl.sources.iter().any(names);
+            let mut literal = Vec::new();
+            acl.sources.iter().for_each(|alias| push_literal(policy, alias, &mut literal));
+            if named {
+                membership.src_named.push(index);
+            }
+            if named || literal.iter().any(|range| own.iter().any(|r| range.covers(r))) {
+                membership.src.push(index);
+            }
+            let mut concerned = false;
+            for (position, destination) in acl.destinations.iter().enumerate() {
+                if names(&destination.alias) {
+                    membership.dst_named.push((index, position));
+                    concerned = true;
+                }
+                let mut literal = Vec::new();
+                push_literal(policy, &destination.alias, &mut literal);
+                concerned |= literal.iter().any(|r| entry_concerns(Some(r), node, &self.internet));
+            }
+            if concerned {
+                membership.dst.push(index);
+            }
+        }
+        membership
+    }
+
+    fn enter(&mut self, id: NodeId, membership: &Membership) {
+        for &index in &membership.src_named {
+            self.acls[index].src_named.insert(id);
+        }
+        for &index in &membership.src {
+            self.acls[index].src_nodes.insert(id);
+        }
+        for &(index, position) in &membership.dst_named {
+            self.acls[index].dst_named[position].insert(id);
+        }
+        for &index in &membership.dst {
+            self.acls[index].dst_nodes.insert(id);
+        }
+    }
+
+    fn leave(&mut self, id: NodeId, membership: &Membership) {
+        for &index in &membership.src_named {
+            assert!(self.acls[index].src_named.remove(&id), "membership out of step");
+        }
+        for &index in &membership.src {
+            assert!(self.acls[index].src_nodes.remove(&id), "membership out of step");
+        }
+        for &(index, position) in &membership.dst_named {
+            assert!(self.acls[index].dst_named[position].remove(&id), "membership out of step");
+        }
+        for &index in &membership.dst {
+            assert!(self.acls[index].dst_nodes.remove(&id), "membership out of step");
+        }
+    }
+
+    /// Adds or removes a node from the user and route indexes.
+    fn index_node(&mut self, node: &NodeInfo, add: bool) {
+        if let Some(user) = node.user.filter(|_| node.tags.is_empty()) {
+            let devices = self.by_user.entry(user).or_default();
+            if add {
+                devices.insert(node.id);
+            } else {
+                devices.remove(&node.id);
+                if devices.is_empty() {
+                    self.by_user.remove(&user);
+                }
+            }
+        }
+        let routes: BTreeSet<IpRange> = subnet_routes(node).collect();
+        for route in routes {
+            let count = self.routes.entry(route).or_insert(0);
+            if add {
+                *count += 1;
+            } else {
+                assert!(*count > 0, "route count out of step");
+                *count -= 1;
+                if *count == 0 {
+                    self.routes.remove(&route);
+                }
+            }
+        }
+    }
+}
+
+impl PolicyEngine {
+    /// Nodes on the source side of an entry.
+    fn sources_of(&self, index: usize, out: &mut BTreeSet<NodeId>) {
+        let state = &self.acls[index];
+        if state.src_all {
+            out.extend(self.nodes.keys().copied());
+        } else {
+            out.extend(state.src_nodes.iter().copied());
+        }
+    }
+
+    /// Nodes on the destination side of an entry.
+    fn destinations_of(&self, index: usize, out: &mut BTreeSet<NodeId>) {
+        let state = &self.acls[index];
+        if state.dst_all {
+            out.extend(self.nodes.keys().copied());
+        } else {
+            out.extend(state.dst_nodes.iter().copied());
+        }
+    }
+
+    /// Applies one node's change (`None`: gone) and reports what it affects.
+    fn apply(&mut self, id: NodeId, new: Option<NodeInfo>) -> Affected {
+        let old = self.nodes.get(&id).cloned();
+        if !policy_fields_differ(old.as_ref(), new.as_ref()) {
+            if let Some(node) = new {
+                self.nodes.insert(id, node);
+            }
+            return Affected::default();
+        }
+        let presence_changed = old.is_some() != new.is_some();
+        if self.policy.is_none() {
+            self.replace_node(id, old.as_ref(), new);
+            let mut affected = Affected::default();
+            if presence_changed {
+                affected.peers = self.nodes.keys().copied().collect();
+            }
+            affected.peers.insert(id);
+            affected.filters.insert(id);
+            return affected;
+        }
+        let old_membership = self.memberships.remove(&id).unwrap_or_default();
+        let new_membership = new.as_ref().map(|n| self.membership_of(n)).unwrap_or_default();
+        self.leave(id, &old_membership);
+        let routes_before = self.routes.len();
+        let routes_changed = self.replace_node(id, old.as_ref(), new.clone());
+        debug_assert!(routes_changed || self.routes.len() == routes_before);
+        if new.is_some() {
+            self.enter(id, &new_membership);
+            self.memberships.insert(id, new_membership.clone());
+        }
+        let memberships = [&old_membership, &new_membership];
+        let addresses = |node: &Option<NodeInfo>| node.as_ref().map(|n| (n.ipv4, n.ipv6));
+        let addresses_changed = addresses(&old) != addresses(&new);
+        let mut affected = Affected::default();
+        affected.peers.insert(id);
+        affected.filters.insert(id);
+        let recompile = self.entries_to_recompile(memberships, addresses_changed, routes_changed);
+        let mut changed_keys = BTreeSet::new();
+        for index in recompile {
+            self.recompile(index, &mut affected.filters, &mut changed_keys);
+        }
+        // Rules merge by key, so the entries sharing a changed key may reorder their nodes'
+        // rules; each shared key costs its entries once per change, not once per entry.
+        for key in &changed_keys {
+            for &other in self.keys.get(key).into_iter().flatten() {
+                self.destinations_of(other, &mut affected.filters);
+            }
+        }
+        let users = [&old, &new]
+            .map(|node| node.as_ref().and_then(|n| n.user.filter(|_| n.tags.is_empty())));
+        if !self.self_entries.is_empty() {
+            for user in users.into_iter().flatten() {
+                let devices = self.by_user.get(&user).into_iter().flatten().copied();
+                let devices: Vec<NodeId> = devices.collect();
+                affected.filters.extend(&devices);
+                affected.peers.extend(&devices);
+            }
+        }
+        self.peers_affected(memberships, presence_changed, &mut affected.peers);
+        affected
+    }
+
+    /// Puts a node's new version in place of the old in the node, user and route indexes;
+    /// reports whether the set of approved subnet routes changed.
+    fn replace_node(&mut self, id: NodeId, old: Option<&NodeInfo>, new: Option<NodeInfo>) -> bool {
+        let routes_before: Vec<IpRange> = [old, new.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(subnet_routes)
+            .filter(|route| self.routes.contains_key(route))
+            .collect();
+        if let Some(old) = old {
+            self.index_node(old, false);
+        }
+        match new {
+            Some(node) => {
+                assert!(self.nodes.len() < NODES_MAX || self.nodes.contains_key(&id), "NODES_MAX");
+                self.index_node(&node, true);
+                self.nodes.insert(id, node);
+            }
+            None => {
+                self.nodes.remove(&id);
+            }
+        }
+        let touched: BTreeSet<IpRange> =
+            [old, self.nodes.get(&id)].into_iter().flatten().flat_map(subnet_routes).collect();
+        let before: BTreeSet<IpRange> = routes_before.into_iter().collect();
+        touched.iter().any(|route| before.contains(route) != self.routes.contains_key(route))
+    }
+
+    /// The entries whose compiled form a node's change may alter.
+    fn entries_to_recompile(
+        &self,
+        memberships: [&Membership; 2],
+        addresses_changed: bool,
+        routes_changed: bool,
+    ) -> BTreeSet<usize> {
+        let [old, new] = memberships;
+        let dst_old: Vec<usize> = old.dst_named.iter().map(|&(index, _)| index).collect();
+        let dst_new: Vec<usize> = new.dst_named.iter().map(|&(index, _)| index).collect();
+        let mut entries = if addresses_changed {
+            let mut entries = sorted_union(&old.src_named, &new.src_named);
+            entries.extend(sorted_union(&dst_old, &dst_new));
+            entries
+        } else {
+            let mut entries = symmetric_difference(&old.src_named, &new.src_named);
+            let pairs = symmetric_difference(&old.dst_named, &new.dst_named);
+            entries.extend(pairs.iter().map(|&(index, _)| index));
+            entries
+        };
+        if routes_changed {
+            entries.extend(self.wildcard_sources.iter().copied());
+        }
+        entries
+    }
+
+    /// Recompiles one entry; adds the nodes whose filters it may change, and its old and new
+    /// keys if they differ.
+    fn recompile(
+        &mut self,
+        index: usize,
+        filters: &mut BTreeSet<NodeId>,
+        changed_keys: &mut BTreeSet<RuleKey>,
+    ) {
+        let compiled = self.compile(index);
+        let old_key = key_of(&self.compiled[index]);
+        let new_key = key_of(&compiled);
+        self.destinations_of(index, filters);
+        if old_key != new_key {
+            changed_keys.extend([&old_key, &new_key].into_iter().flatten().cloned());
+            if !self.self_entries.is_empty() {
+                let untagged = self.acls[index]
+                    .src_nodes
+                    .iter()
+                    .filter(|id| self.nodes.get(id).is_some_and(|node| node.tags.is_empty()));
+                filters.extend(untagged);
+            }
+            if let Some(old_key) = old_key {
+                let old_entries = self.keys.get_mut(&old_key).expect("every key is indexed");
+                assert!(old_entries.remove(&index), "key index out of step");
+                if old_entries.is_empty() {
+                    self.keys.remove(&old_key);
+                }
+            }
+            if let Some(new_key) = new_key {
+                self.keys.entry(new_key).or_default().insert(index);
+            }
+        }
+        self.compiled[index] = compiled;
+    }
+
+    /// Adds the nodes whose peers a node's change of membership may alter.
+    fn peers_affected(
+        &self,
+        memberships: [&Membership; 2],
+        presence_changed: bool,
+        peers: &mut BTreeSet<NodeId>,
+    ) {
+        let [old, new] = memberships;
+        let mut src_changed = symmetric_difference(&old.src, &new.src);
+        let mut dst_changed = symmetric_difference(&old.dst, &new.dst);
+        if presence_changed {
+            src_changed.extend(self.wildcard_sources.iter().copied());
+            dst_changed.extend(self.wildcard_destinations.iter().copied());
+        }
+        for index in src_changed {
+            self.destinations_of(index, peers);
+        }
+        for index in dst_changed {
+            self.sources_of(index, peers);
+        }
+    }
+}
+
+impl PolicyView for PolicyEngine {
+    fn upsert_node(&mut self, node: &NodeInfo) -> Affected {
+        let affected = self.apply(node.id, Some(node.clone()));
+        debug_assert!(affected.filters.is_empty() || affected.filters.contains(&node.id));
+        affected
+    }
+
+    fn remove_node(&mut self, node: NodeId) -> Affected {
+        if !self.nodes.contains_key(&node) {
+            return Affected::default();
+        }
+        // The removed node stays in the report: its own answers changed (to nothing).
+        let affected = self.apply(node, None);
+        assert!(!self.memberships.contains_key(&node));
+        affected
+    }
+
+    fn upsert_user(&mut self, user: &User) -> Affected {
+        match self.users.binary_search_by_key(&user.id, |own| own.id) {
+            Ok(index) if self.users[index] == *user => return Affected::default(),
+            Ok(index) => self.users[index] = user.clone(),
+            Err(index) => {
+                assert!(self.users.len() < USERS_MAX, "more users than USERS_MAX");
+                self.users.insert(index, user.clone());
+            }
+        }
+        // A user's name or e-mail changes what aliases name: rare, so a full rebuild.
+        self.rebuild();
+        self.everyone()
+    }
+
+    fn peers_of(&self, node: NodeId) -> Vec<NodeId> {
+        let Some(info) = self.nodes.get(&node) else { return Vec::new() };
+        let mut peers = BTreeSet::new();
+        if self.policy.is_none() {
+            peers.extend(self.nodes.keys().copied());
+        } else {
+            let membership = &self.memberships[&node];
+            let wildcard_src = self.wildcard_sources.iter().copied();
+            for index in membership.src.iter().copied().chain(wildcard_src) {
+                self.destinations_of(index, &mut peers);
+            }
+            let wildcard_dst = self.wildcard_destinations.iter().copied();
+            for index in membership.dst.iter().copied().chain(wildcard_dst) {
+                self.sources_of(index, &mut peers);
+            }
+            self.self_peers(info, &mut peers);
+        }
+        peers.remove(&node);
+        peers.into_iter().collect()
+    }
+
+    fn filter_for(&self, node: NodeId) -> Vec<FilterRule> {
+        let Some(info) = self.nodes.get(&node) else { return Vec::new() };
+        if self.policy.is_none() {
+            let everything = NetPortRange { ip: "*".into(), ports: PortRange::ANY };
+            return vec![FilterRule {
+                src_ips: vec!["*".into()],
+                dst_ports: vec![everything],
+                ip_proto: Vec::new(),
+            }];
+        }
+        let user = info.user.filter(|_| info.tags.is_empty());
+        let devices: Vec<&NodeInfo> = user
+            .and_then(|user| self.by_user.get(&user))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.nodes.get(id))
+            .collect();
+        rules_for(&self.compiled, &devices, info)
+    }
+}
+
+impl PolicyEngine {
+    /// The devices of a node's user it exchanges packets with through `autogroup:self`.
+    fn self_peers(&self, node: &NodeInfo, peers: &mut BTreeSet<NodeId>) {
+        let Some(user) = node.user.filter(|_| node.tags.is_empty()) else { return };
+        let Some(devices) = self.by_user.get(&user) else { return };
+        for state in self.self_entries.iter().map(|&index| &self.acls[index]) {
+            if state.src_all || state.src_named.contains(&node.id) {
+                peers.extend(devices.iter().copied());
+            } else {
+                peers.extend(devices.iter().filter(|id| state.src_named.contains(id)));
+            }
+        }
+    }
+}
+
+/// Whether two versions of a node differ in anything the policy reads.
+fn policy_fields_differ(old: Option<&NodeInfo>, new: Option<&NodeInfo>) -> bool {
+    let fields = |node: &NodeInfo| {
+        (node.user, node.tags.clone(), node.ipv4, node.ipv6, node.approved_routes.clone())
+    };
+    old.map(fields) != new.map(fields)
+}
+
+fn sorted_union<T: Ord + Copy>(a: &[T], b: &[T]) -> BTreeSet<T> {
+    a.iter().chain(b).copied().collect()
+}
+
+fn symmetric_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> BTreeSet<T> {
+    let a: BTreeSet<T> = a.iter().copied().collect();
+    let b: BTreeSet<T> = b.iter().copied().collect();
+    a.symmetric_difference(&b).copied().collect()
+}
