@@ -417,7 +417,8 @@ impl Workload for ChurnRun {
                 env.sleep(Duration::from_millis(10)).await;
             };
             let nodes = coordinator.registry().list_nodes().await.ok();
-            let leaked = scan_disk(&env, "coordinator", &lock(&shared).secrets).await;
+            let secrets = lock(&shared).secrets.clone();
+            let leaked = scan_disk(&env, "coordinator", &secrets).await;
             let mut history = lock(&shared);
             history.final_nodes = nodes;
             history.leaked = leaked;

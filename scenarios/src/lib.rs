@@ -19,12 +19,15 @@
 //! - `wireguard`: `wireguard-mesh`, WireGuard devices in a full mesh plus an attacker.
 //! - `docdb`: `docdb-txn`, document database transactions, indexes and change streams under
 //!   crashes and disk faults, checked for snapshot isolation, durability and exactly-once events.
+//! - `coordinator`: `coordinator-churn`, the control plane and agents with WireGuard devices
+//!   under churn, crashes and partitions, checked against a hand-written policy oracle.
 //! - `gossip`: `gossip-cluster`, membership, broadcast and anti-entropy under churn.
 //! - `register`: a small ABD quorum register written for these tests (and, with feature
 //!   `planted-bugs`, the same register with known bugs the harness must find).
 //!
 //! Invariant: a run is a pure function of its `PlanFile`; only `Metrics::wall_nanos` varies.
 
+pub mod coordinator;
 pub mod docdb;
 pub mod gossip;
 pub mod lsm;
@@ -55,6 +58,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));
     list.push(Box::new(docdb::DocdbTxn::CORRECT));
+    list.push(Box::new(coordinator::CoordinatorChurn));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));

@@ -368,7 +368,11 @@ impl<E: Env> Run<E> {
             let jittered = wait.mul_f64(0.5 + (self.env.rng().next_u32() as f64) / (u32::MAX as f64) / 2.0);
             self.idle(jittered).await;
             backoff = (backoff * 2).min(self.config.backoff_max);
-            if matches!(ended, Ended::Broken) && lock(&self.status).full_maps + lock(&self.status).deltas > 0 {
+            let delivered_maps = {
+                let status = lock(&self.status);
+                status.full_maps + status.deltas
+            };
+            if matches!(ended, Ended::Broken) && delivered_maps > 0 {
                 // A stream that delivered maps was healthy: start the next backoff small.
                 backoff = self.config.backoff_min.max(backoff / 2);
             }
@@ -623,7 +627,7 @@ pub fn packet_info(packet: &[u8]) -> Option<PacketInfo> {
         IpAddr::V4(_) => (*packet.get(9)?, usize::from(packet.first()? & 0x0f) * 4),
         IpAddr::V6(_) => (*packet.get(6)?, 40),
     };
-    let port = if crate::policy::has_ports(protocol) {
+    let port = if crate::policy::matcher::has_ports(protocol) {
         let bytes = packet.get(payload_at + 2..payload_at + 4)?;
         u16::from_be_bytes([bytes[0], bytes[1]])
     } else {

@@ -476,7 +476,7 @@ impl<E: Env> Coordinator<E> {
         endpoints: Vec<SocketAddr>,
     ) -> Result<NodeInfo, (ErrorKind, String)> {
         let registry = &self.inner.registry;
-        let node = registry.node_by_machine_key(machine_key).await.map_err(refusal)?;
+        let node = registry.node_by_machine_key(&machine_key).await.map_err(refusal)?;
         let Some(node) = node else {
             return Err((ErrorKind::NotRegistered, "register this machine first".to_string()));
         };
@@ -579,14 +579,12 @@ impl<E: Env> Coordinator<E> {
             futures::select! {
                 woken = wake.next() => if woken.is_none() { return Ok(()) },
                 () = keepalive.fuse() => {
-                    let state = lock(&self.inner.state);
-                    let policy_version = state.policy_version;
+                    let policy_version = lock(&self.inner.state).policy_version;
                     let delta = crate::netmap::MapDelta {
                         from_version: sent.unwrap_or(0),
                         to_version: sent.unwrap_or(0),
                         ..Default::default()
                     };
-                    drop(state);
                     if sent.is_some() {
                         sender.send(&Response::Delta { epoch, policy_version, delta }).await?;
                     }
@@ -618,7 +616,7 @@ impl<E: Env> Coordinator<E> {
 /// The policy view for a stored policy, or allow-all when there is none.
 fn policy_view(policy: Option<&Policy>, users: &[User]) -> Box<dyn crate::types::PolicyView> {
     match policy {
-        Some(policy) => Box::new(PolicyEngine::new(policy.clone(), users)),
+        Some(policy) => Box::new(PolicyEngine::new(policy.clone(), users.to_vec())),
         None => Box::new(PolicyEngine::allow_all()),
     }
 }
@@ -654,7 +652,7 @@ fn apply_event(state: &mut State, event: &ChangeEvent, policy: Option<crate::reg
             state.engine.upsert_user(user).ok()
         }
         ("policy", _) => {
-            let record = policy?;
+            let Some(record) = policy else { return };
             if record.version <= state.policy_version {
                 return;
             }
@@ -683,7 +681,7 @@ fn bson_id(id: &bson::Bson) -> Option<NodeId> {
 
 fn decode_info<T: serde::de::DeserializeOwned>(event: &ChangeEvent) -> Option<T> {
     let document = event.full_document.as_ref()?.get_document("info").ok()?;
-    bson::from_document(document.clone()).ok()
+    bson::deserialize_from_document(document.clone()).ok()
 }
 
 /// A registry refusal as the agent protocol says it.

@@ -15,7 +15,7 @@
 mod compile;
 mod engine;
 pub mod ipset;
-mod matcher;
+pub mod matcher;
 mod parse;
 
 use std::collections::BTreeMap;
