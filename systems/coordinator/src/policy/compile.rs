@@ -315,13 +315,10 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
     acl.sources.iter().for_each(|alias| push_literal(policy, alias, &mut ranges));
     let src_wildcard = acl.sources.contains(&Alias::Wildcard);
     let src_set = IpSet::from_ranges(ranges);
-    let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
-    src_strings.extend(src_set.strings());
-    src_strings.sort();
     let mut compiled = CompiledAcl {
         src_wildcard,
         src_set,
-        src_strings,
+        src_strings: Vec::new(),
         entries: Vec::new(),
         self_ports: Vec::new(),
         protocols: acl.protocols.clone(),
@@ -344,9 +341,12 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
             }
         }
     }
-    if compiled.entries.is_empty() {
-        // No ordinary rule: its source strings would never be read.
-        compiled.src_strings.clear();
+    // Without ordinary destinations the source strings would never be read: not formatted.
+    if !compiled.entries.is_empty() {
+        let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
+        src_strings.extend(compiled.src_set.strings());
+        src_strings.sort();
+        compiled.src_strings = src_strings;
     }
     compiled
 }
@@ -422,6 +422,17 @@ fn push_self_rule(
     user: UserId,
 ) {
     debug_assert!(devices.iter().all(|device| device.user == Some(user)));
+    if let Some((src, entries)) = self_rule(acl, devices) {
+        rules.push(Cow::Owned(src), &acl.protocols, &entries);
+    }
+}
+
+/// The `autogroup:self` rule of one ACL for the untagged `devices` of one user: its sorted
+/// sources and its destination entries; `None` if no device is among the sources.
+pub(crate) fn self_rule(
+    acl: &CompiledAcl,
+    devices: &[&NodeInfo],
+) -> Option<(Vec<String>, Vec<Entry>)> {
     let sources: Vec<IpRange> = devices
         .iter()
         .filter(|device| {
@@ -430,7 +441,7 @@ fn push_self_rule(
         .flat_map(|device| node_ranges(device))
         .collect();
     if sources.is_empty() {
-        return;
+        return None;
     }
     let mut src = IpSet::from_ranges(sources).strings();
     src.sort();
@@ -438,7 +449,8 @@ fn push_self_rule(
         IpSet::from_ranges(devices.iter().flat_map(|device| node_ranges(device)).collect());
     let mut entries = Vec::new();
     push_entries(&targets, &acl.self_ports, &mut entries);
-    rules.push(Cow::Owned(src), &acl.protocols, &entries);
+    debug_assert!(!entries.is_empty());
+    Some((src, entries))
 }
 
 /// The rules `node` receives, given every ACL compiled against the tailnet and the untagged
