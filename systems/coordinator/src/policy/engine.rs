@@ -9,6 +9,14 @@
 //! the nodes on the other side of the entries whose membership changed (peers) and the nodes
 //! the recompiled entries' rules reach (filters). Its cost is the policy's size (one pass over
 //! the aliases to find the node's memberships) plus the nodes it affects, never every node.
+//! Recompiling an entry re-resolves its whole address sets, so it costs the entry's members
+//! (an address change of one member of `autogroup:member` reformats that entry's sources).
+//!
+//! `filter_for(n)` walks only the entries that concern `n` (plus those with `*` destinations
+//! and, for an untagged node, those with `autogroup:self`): each entry also keeps the first
+//! entry with the same merge key, which is where Tailscale's merging places its rule.
+//! `set_policy`, `clear_policy` and `upsert_user` rebuild everything (from a node index: the
+//! policy's size plus its members, not entries times nodes) and report every node.
 //!
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
