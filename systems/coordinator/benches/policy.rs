@@ -97,6 +97,8 @@ fn compile(c: &mut Criterion) {
             engine.filter_for(1).len()
         })
     });
+    // One node's filter from the compiled 100k entries (what each affected node costs).
+    group.bench_function("filter_for_100k_entries", |b| b.iter(|| engine.filter_for(black_box(2))));
     group.finish();
 }
 

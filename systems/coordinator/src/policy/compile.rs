@@ -10,6 +10,7 @@
 //! destination entries that concern it (its addresses, its approved subnet routes, the internet
 //! if it is an exit node).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -314,13 +315,10 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
     acl.sources.iter().for_each(|alias| push_literal(policy, alias, &mut ranges));
     let src_wildcard = acl.sources.contains(&Alias::Wildcard);
     let src_set = IpSet::from_ranges(ranges);
-    let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
-    src_strings.extend(src_set.strings());
-    src_strings.sort();
     let mut compiled = CompiledAcl {
         src_wildcard,
         src_set,
-        src_strings,
+        src_strings: Vec::new(),
         entries: Vec::new(),
         self_ports: Vec::new(),
         protocols: acl.protocols.clone(),
@@ -343,9 +341,12 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
             }
         }
     }
-    if compiled.entries.is_empty() {
-        // No ordinary rule: its source strings would never be read.
-        compiled.src_strings.clear();
+    // Without ordinary destinations the source strings would never be read: not formatted.
+    if !compiled.entries.is_empty() {
+        let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
+        src_strings.extend(compiled.src_set.strings());
+        src_strings.sort();
+        compiled.src_strings = src_strings;
     }
     compiled
 }
@@ -359,30 +360,37 @@ pub(crate) fn entry_concerns(range: Option<&IpRange>, node: &NodeInfo, internet:
 }
 
 /// Rules in the making for one node: slots in first-occurrence order, keyed by sources and
-/// protocols, holding only the entries that concern the node.
-struct Rules<'n> {
+/// protocols, holding only the entries that concern the node. Sources are borrowed from the
+/// compiled entries until a rule survives, so a large policy costs no copies for the rules a
+/// node does not receive.
+struct Rules<'c, 'n> {
     node: &'n NodeInfo,
     internet: IpSet,
-    slots: BTreeMap<(Vec<String>, Vec<u8>), usize>,
-    rules: Vec<FilterRule>,
+    slots: BTreeMap<Cow<'c, [String]>, BTreeMap<Vec<u8>, usize>>,
+    rules: Vec<PendingRule<'c>>,
 }
 
-impl Rules<'_> {
-    fn push(&mut self, src: &[String], protocols: &[u8], entries: &[Entry]) {
+/// One rule in the making: sources, protocols, the destinations that concern the node.
+type PendingRule<'c> = (Cow<'c, [String]>, Vec<u8>, Vec<NetPortRange>);
+
+impl<'c> Rules<'c, '_> {
+    fn push(&mut self, src: Cow<'c, [String]>, protocols: &[u8], entries: &[Entry]) {
         debug_assert!(!src.is_empty() && !entries.is_empty());
-        let key = (src.to_vec(), protocols.to_vec());
-        let next = self.rules.len();
-        let slot = *self.slots.entry(key).or_insert(next);
-        if slot == next {
-            self.rules.push(FilterRule {
-                src_ips: src.to_vec(),
-                dst_ports: Vec::new(),
-                ip_proto: protocols.to_vec(),
-            });
-        }
+        let found =
+            self.slots.get(src.as_ref()).and_then(|by_protocols| by_protocols.get(protocols));
+        let slot = match found {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.rules.len();
+                let by_protocols = self.slots.entry(src.clone()).or_default();
+                by_protocols.insert(protocols.to_vec(), slot);
+                self.rules.push((src, protocols.to_vec(), Vec::new()));
+                slot
+            }
+        };
         let node = self.node;
         let internet = &self.internet;
-        self.rules[slot].dst_ports.extend(
+        self.rules[slot].2.extend(
             entries
                 .iter()
                 .filter(|entry| entry_concerns(entry.range.as_ref(), node, internet))
@@ -391,16 +399,40 @@ impl Rules<'_> {
     }
 
     fn finish(self) -> Vec<FilterRule> {
-        let rules: Vec<FilterRule> =
-            self.rules.into_iter().filter(|rule| !rule.dst_ports.is_empty()).collect();
+        let rules: Vec<FilterRule> = self
+            .rules
+            .into_iter()
+            .filter(|(_, _, dst_ports)| !dst_ports.is_empty())
+            .map(|(src, ip_proto, dst_ports)| FilterRule {
+                src_ips: src.into_owned(),
+                dst_ports,
+                ip_proto,
+            })
+            .collect();
         debug_assert!(rules.iter().all(|rule| !rule.src_ips.is_empty()));
         rules
     }
 }
 
 /// The `autogroup:self` rule of one ACL for a device of `user`.
-fn push_self_rule(rules: &mut Rules<'_>, acl: &CompiledAcl, devices: &[&NodeInfo], user: UserId) {
+fn push_self_rule(
+    rules: &mut Rules<'_, '_>,
+    acl: &CompiledAcl,
+    devices: &[&NodeInfo],
+    user: UserId,
+) {
     debug_assert!(devices.iter().all(|device| device.user == Some(user)));
+    if let Some((src, entries)) = self_rule(acl, devices) {
+        rules.push(Cow::Owned(src), &acl.protocols, &entries);
+    }
+}
+
+/// The `autogroup:self` rule of one ACL for the untagged `devices` of one user: its sorted
+/// sources and its destination entries; `None` if no device is among the sources.
+pub(crate) fn self_rule(
+    acl: &CompiledAcl,
+    devices: &[&NodeInfo],
+) -> Option<(Vec<String>, Vec<Entry>)> {
     let sources: Vec<IpRange> = devices
         .iter()
         .filter(|device| {
@@ -409,7 +441,7 @@ fn push_self_rule(rules: &mut Rules<'_>, acl: &CompiledAcl, devices: &[&NodeInfo
         .flat_map(|device| node_ranges(device))
         .collect();
     if sources.is_empty() {
-        return;
+        return None;
     }
     let mut src = IpSet::from_ranges(sources).strings();
     src.sort();
@@ -417,7 +449,8 @@ fn push_self_rule(rules: &mut Rules<'_>, acl: &CompiledAcl, devices: &[&NodeInfo
         IpSet::from_ranges(devices.iter().flat_map(|device| node_ranges(device)).collect());
     let mut entries = Vec::new();
     push_entries(&targets, &acl.self_ports, &mut entries);
-    rules.push(&src, &acl.protocols, &entries);
+    debug_assert!(!entries.is_empty());
+    Some((src, entries))
 }
 
 /// The rules `node` receives, given every ACL compiled against the tailnet and the untagged
@@ -432,13 +465,13 @@ pub(crate) fn rules_for(
     for acl in compiled {
         let global = !acl.src_strings.is_empty() && !acl.entries.is_empty();
         if global && !acl.self_first {
-            rules.push(&acl.src_strings, &acl.protocols, &acl.entries);
+            rules.push(Cow::Borrowed(&acl.src_strings), &acl.protocols, &acl.entries);
         }
         if let Some(user) = owner.filter(|_| !acl.self_ports.is_empty()) {
             push_self_rule(&mut rules, acl, devices, user);
         }
         if global && acl.self_first {
-            rules.push(&acl.src_strings, &acl.protocols, &acl.entries);
+            rules.push(Cow::Borrowed(&acl.src_strings), &acl.protocols, &acl.entries);
         }
     }
     rules.finish()

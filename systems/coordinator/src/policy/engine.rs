@@ -9,15 +9,25 @@
 //! the nodes on the other side of the entries whose membership changed (peers) and the nodes
 //! the recompiled entries' rules reach (filters). Its cost is the policy's size (one pass over
 //! the aliases to find the node's memberships) plus the nodes it affects, never every node.
+//! Recompiling an entry re-resolves its whole address sets, so it costs the entry's members
+//! (an address change of one member of `autogroup:member` reformats that entry's sources).
+//!
+//! `filter_for(n)` walks only the entries that concern `n` (plus those with `*` destinations
+//! and, for an untagged node, those with `autogroup:self`): each entry also keeps the first
+//! entry with the same merge key, which is where Tailscale's merging places its rule.
+//! `set_policy`, `clear_policy` and `upsert_user` rebuild everything (from a node index: the
+//! policy's size plus its members, not entries times nodes) and report every node.
 //!
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::compile::{
-    CompiledAcl, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node, compile_acl,
-    entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for, subnet_routes,
+    CompiledAcl, Entry, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node,
+    compile_acl, entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for,
+    self_rule, subnet_routes,
 };
 use super::{Alias, IpRange, IpSet, Policy};
 use crate::types::{
@@ -66,6 +76,8 @@ pub struct PolicyEngine {
     /// Each rule key (sources, protocols) and the entries that have it: rules with one key
     /// merge, so an entry's key change reorders the rules of entries sharing its keys.
     keys: BTreeMap<RuleKey, BTreeSet<usize>>,
+    /// Per entry with a key: the first entry with the same key (where merged rules sit).
+    key_first: Vec<usize>,
     internet: IpSet,
     /// Entries whose sources hold `*`.
     wildcard_sources: Vec<usize>,
@@ -130,6 +142,7 @@ impl PolicyEngine {
             compiled: Vec::new(),
             memberships: BTreeMap::new(),
             keys: BTreeMap::new(),
+            key_first: Vec::new(),
             internet: internet(),
             wildcard_sources: Vec::new(),
             wildcard_destinations: Vec::new(),
@@ -178,6 +191,7 @@ impl PolicyEngine {
             self.acls.clear();
             self.compiled.clear();
             self.keys.clear();
+            self.key_first.clear();
             self.memberships.clear();
             return;
         };
@@ -209,6 +223,109 @@ impl PolicyEngine {
             self.compiled.push(compiled);
         }
         assert_eq!(self.compiled.len(), self.acls.len());
+        self.key_first = (0..self.acls.len()).collect();
+        let keys: Vec<RuleKey> = self.keys.keys().cloned().collect();
+        self.refresh_key_first(keys.iter());
+    }
+
+    /// Points every entry holding one of `keys` at the first entry with that key.
+    fn refresh_key_first<'k>(&mut self, keys: impl Iterator<Item = &'k RuleKey>) {
+        for key in keys {
+            let Some(entries) = self.keys.get(key) else { continue };
+            let first = *entries.first().expect("indexed keys have entries");
+            for &index in entries {
+                self.key_first[index] = first;
+            }
+        }
+    }
+
+    /// A node's rules from the entries that concern it only: an entry's rule sits where the
+    /// first entry with its key sits (`key_first`), which is where merging puts it, so the
+    /// entries that do not concern the node need not be walked.
+    fn relevant_rules(&self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<FilterRule> {
+        let membership = &self.memberships[&node.id];
+        let mut entries: BTreeSet<usize> =
+            membership.dst.iter().chain(&self.wildcard_destinations).copied().collect();
+        let owner = node.user.filter(|_| node.tags.is_empty());
+        if owner.is_some() {
+            entries.extend(&self.self_entries);
+        }
+        let mut slots: BTreeMap<SlotKey, PendingSlot<'_>> = BTreeMap::new();
+        for index in entries {
+            let with_self = owner.is_some() && !self.compiled[index].self_ports.is_empty();
+            if with_self && self.compiled[index].self_first {
+                self.push_self(&mut slots, index, node, devices);
+            }
+            self.push_global(&mut slots, index, node);
+            if with_self && !self.compiled[index].self_first {
+                self.push_self(&mut slots, index, node, devices);
+            }
+        }
+        let mut slots: Vec<PendingSlot<'_>> = slots.into_values().collect();
+        slots.sort_by_key(|slot| slot.position);
+        slots
+            .into_iter()
+            .filter(|slot| !slot.dst_ports.is_empty())
+            .map(|slot| FilterRule {
+                src_ips: slot.src.into_owned(),
+                dst_ports: slot.dst_ports,
+                ip_proto: slot.protocols,
+            })
+            .collect()
+    }
+
+    /// Adds an entry's ordinary rule (if it gives one) to its slot.
+    fn push_global<'c>(
+        &'c self,
+        slots: &mut BTreeMap<SlotKey, PendingSlot<'c>>,
+        index: usize,
+        node: &NodeInfo,
+    ) {
+        let compiled = &self.compiled[index];
+        if key_of_ref(compiled).is_none() {
+            return;
+        }
+        let first = self.key_first[index];
+        debug_assert!(first <= index && key_of(&self.compiled[first]) == key_of(compiled));
+        let position = (first, u8::from(self.compiled[first].self_first));
+        let slot = slots.entry(SlotKey::Global(first)).or_insert_with(|| PendingSlot {
+            position,
+            src: Cow::Borrowed(&self.compiled[first].src_strings),
+            protocols: compiled.protocols.clone(),
+            dst_ports: Vec::new(),
+        });
+        slot.extend(&compiled.entries, node, &self.internet);
+    }
+
+    /// Adds an entry's `autogroup:self` rule for `node` (one of `devices`) to its slot.
+    fn push_self<'c>(
+        &'c self,
+        slots: &mut BTreeMap<SlotKey, PendingSlot<'c>>,
+        index: usize,
+        node: &NodeInfo,
+        devices: &[&NodeInfo],
+    ) {
+        let compiled = &self.compiled[index];
+        let Some((src, self_entries)) = self_rule(compiled, devices) else { return };
+        let position = (index, u8::from(!compiled.self_first));
+        let key = (src, compiled.protocols.clone());
+        // A self rule whose key an ordinary rule has merges into that rule's place, which is
+        // the first entry with the key whether or not that entry concerns this node.
+        let (slot_key, initial) = match self.keys.get(&key).and_then(|found| found.first()) {
+            Some(&first) => {
+                let first = self.key_first[first];
+                (SlotKey::Global(first), (first, u8::from(self.compiled[first].self_first)))
+            }
+            None => (SlotKey::Own(key.clone()), position),
+        };
+        let slot = slots.entry(slot_key).or_insert_with(|| PendingSlot {
+            position: initial,
+            src: Cow::Owned(key.0),
+            protocols: key.1,
+            dst_ports: Vec::new(),
+        });
+        slot.position = slot.position.min(position);
+        slot.extend(&self_entries, node, &self.internet);
     }
 
     /// Fills every entry's member sets from a node index (a cost of the policy's size plus the
@@ -452,6 +569,7 @@ impl PolicyEngine {
                 self.destinations_of(other, &mut affected.filters);
             }
         }
+        self.refresh_key_first(changed_keys.iter());
         let users = [&old, &new]
             .map(|node| node.as_ref().and_then(|n| n.user.filter(|_| n.tags.is_empty())));
         if !self.self_entries.is_empty() {
@@ -647,7 +765,9 @@ impl PolicyView for PolicyEngine {
             .flatten()
             .filter_map(|id| self.nodes.get(id))
             .collect();
-        rules_for(&self.compiled, &devices, info)
+        let rules = self.relevant_rules(info, &devices);
+        debug_assert!(self.nodes.len() > 64 || rules == rules_for(&self.compiled, &devices, info));
+        rules
     }
 }
 
@@ -664,6 +784,36 @@ impl PolicyEngine {
             }
         }
     }
+}
+
+/// Which merged rule a slot is: the first entry with a key, or a key only self rules have.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum SlotKey {
+    Global(usize),
+    Own(RuleKey),
+}
+
+/// A rule in the making for one node.
+struct PendingSlot<'c> {
+    /// Where it sits: (entry, 0 for its first rule, 1 for its second).
+    position: (usize, u8),
+    src: Cow<'c, [String]>,
+    protocols: Vec<u8>,
+    dst_ports: Vec<NetPortRange>,
+}
+
+impl PendingSlot<'_> {
+    fn extend(&mut self, entries: &[Entry], node: &NodeInfo, internet: &IpSet) {
+        let concerning =
+            entries.iter().filter(|e| entry_concerns(e.range.as_ref(), node, internet));
+        self.dst_ports
+            .extend(concerning.map(|e| NetPortRange { ip: e.ip.clone(), ports: e.ports }));
+    }
+}
+
+/// Whether an entry gives an ordinary rule (what `key_of` answers, without copying).
+fn key_of_ref(compiled: &CompiledAcl) -> Option<()> {
+    (!compiled.src_strings.is_empty() && !compiled.entries.is_empty()).then_some(())
 }
 
 /// Whether two versions of a node differ in anything the policy reads.

@@ -86,6 +86,9 @@ fn prefixes(range: IpRange, out: &mut Vec<(u8, u128)>) {
 }
 
 fn parse_set(texts: &[String]) -> Result<IpSet, FilterError> {
+    if texts.len() > super::ipset::SET_RANGES_MAX / 2 {
+        return Err(FilterError::TooLarge("addresses in one rule"));
+    }
     let mut ranges = Vec::with_capacity(texts.len());
     for text in texts {
         if text == "*" {
