@@ -54,6 +54,8 @@ const FAULTS: &[FaultClass] = &[
 
 /// The coordinator's agent-protocol port.
 const PORT: u16 = 7000;
+/// How long after the healed phase every agent must hold its true map.
+const CONVERGENCE_MAX: Duration = Duration::from_secs(20);
 /// Between two policy edits.
 const POLICY_EVERY: Duration = Duration::from_millis(1500);
 /// The policies the admin cycles through (version v is `POLICIES[(v - 1) % 2]`).
@@ -124,11 +126,16 @@ struct History {
     secrets: BTreeMap<usize, Vec<[u8; 32]>>,
     /// Acknowledged registrations: node id -> (agent index, IPv4, IPv6).
     registered: BTreeMap<NodeId, (usize, IpAddr, IpAddr)>,
+    /// Nodes the admin deleted (or tried to).
+    deleted: BTreeSet<NodeId>,
     /// Policy versions acknowledged to the admin.
     policy_acks: Vec<u64>,
     /// Maps agents held: (agent index, policy version, peers' ids, peers' identities).
     maps_checked: u64,
     violations: Vec<Violation>,
+    /// The registry's nodes at the end of the healed phase.
+    current_nodes: Option<Vec<coordinator::NodeInfo>>,
+    /// The registry's nodes after the final crash and restart.
     final_nodes: Option<Vec<coordinator::NodeInfo>>,
     leaked: Vec<String>,
 }
@@ -155,19 +162,38 @@ fn agent_ip(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 1, u8::try_from(index + 1).expect("few agents")))
 }
 
-/// The `coordinator-churn` scenario.
+/// The `coordinator-churn` scenario (and its planted-bug twin).
 #[derive(Clone, Copy, Debug)]
-pub struct CoordinatorChurn;
+pub struct CoordinatorChurn {
+    name: &'static str,
+    planted: bool,
+}
+
+impl CoordinatorChurn {
+    /// The correct coordinator.
+    pub const CORRECT: CoordinatorChurn =
+        CoordinatorChurn { name: "coordinator-churn", planted: false };
+    /// The map engine that forgets to tell a removed node's peers (`planted-bugs`).
+    pub const PLANTED_STALE_REMOVAL: CoordinatorChurn =
+        CoordinatorChurn { name: "planted-coord-stale-peer", planted: true };
+}
 
 impl Scenario for CoordinatorChurn {
     fn name(&self) -> &'static str {
-        "coordinator-churn"
+        self.name
     }
 
     fn summary(&self) -> &'static str {
+        if self.planted {
+            return "planted bug: a deleted node stays in its peers' maps";
+        }
         "a coordinator on docdb and 3-6 agents with WireGuard devices: registration, map \
-         streams and policy edits under crashes of both, splits, one-way cuts, pauses, clogs \
-         and clock jumps"
+         streams, policy edits and node deletions under crashes of both, splits, one-way cuts, \
+         pauses, clogs and clock jumps"
+    }
+
+    fn feature(&self) -> Option<&'static str> {
+        self.planted.then_some("planted-bugs")
     }
 
     fn checks(&self) -> &'static [&'static str] {
@@ -205,8 +231,9 @@ impl Scenario for CoordinatorChurn {
         let shared: Shared = Arc::default();
         let stop_at = at(swarm.faulty_ms);
         let boot_shared = Arc::clone(&shared);
+        let planted = self.planted;
         let coord = world.add_node_with("coord", coordinator_ip(), move |env| {
-            coordinator_main(env, seed, stop_at, Arc::clone(&boot_shared))
+            coordinator_main(env, seed, planted, stop_at, Arc::clone(&boot_shared))
         });
         let agent_count = swarm.node_count as usize;
         for index in 0..agent_count {
@@ -219,7 +246,7 @@ impl Scenario for CoordinatorChurn {
     }
 }
 
-fn config(seed: u64) -> CoordinatorConfig {
+fn config(seed: u64, planted: bool) -> CoordinatorConfig {
     let (private, _) = coordinator_keys(seed);
     CoordinatorConfig {
         private_key: Zeroizing::new(private),
@@ -230,11 +257,18 @@ fn config(seed: u64) -> CoordinatorConfig {
         request_rate: RateLimit { per_second: 50, burst: 100 },
         keepalive: Duration::from_millis(500),
         agent_silence_max: Duration::from_secs(3),
+        planted_stale_removal: planted,
     }
 }
 
-async fn coordinator_main(env: SimEnv, seed: u64, stop_at: sim::Instant, shared: Shared) {
-    let coordinator = match Coordinator::open(env.clone(), config(seed)).await {
+async fn coordinator_main(
+    env: SimEnv,
+    seed: u64,
+    planted: bool,
+    stop_at: sim::Instant,
+    shared: Shared,
+) {
+    let coordinator = match Coordinator::open(env.clone(), config(seed, planted)).await {
         Ok(coordinator) => coordinator,
         Err(error) => {
             // Opening after a crash must work: the store recovers.
@@ -249,9 +283,13 @@ async fn coordinator_main(env: SimEnv, seed: u64, stop_at: sim::Instant, shared:
     while bootstrap(&coordinator, &shared).await.is_err() {
         env.sleep(Duration::from_millis(100)).await;
     }
-    // The admin: a policy edit every `POLICY_EVERY` until the faulty phase ends.
+    // The admin: a policy edit every `POLICY_EVERY` until the faulty phase ends, and now and
+    // then a node deleted (its agent registers again as a new node).
     while env.now() < stop_at {
         env.sleep(POLICY_EVERY).await;
+        if env.rng().next_u32() % 3 == 0 {
+            delete_a_node(&env, &coordinator, &shared).await;
+        }
         let Ok(current) = coordinator.registry().policy().await else { continue };
         let version = current.map_or(0, |record| record.version);
         let text = POLICIES[(version % 2) as usize];
@@ -260,6 +298,18 @@ async fn coordinator_main(env: SimEnv, seed: u64, stop_at: sim::Instant, shared:
             lock(&shared).policy_acks.push(record.version);
         }
     }
+}
+
+/// Deletes a registered node chosen by the seed; it counts as deleted from before the call,
+/// since a crash may cut the call after its commit.
+async fn delete_a_node(env: &SimEnv, coordinator: &Coordinator<SimEnv>, shared: &Shared) {
+    let Ok(nodes) = coordinator.registry().list_nodes().await else { return };
+    if nodes.is_empty() {
+        return;
+    }
+    let node = nodes[env.rng().next_u32() as usize % nodes.len()].id;
+    lock(shared).deleted.insert(node);
+    let _ = coordinator.registry().delete_node(node).await;
 }
 
 /// Creates the users and one reusable pre-auth key per identity (again after a restart: the
@@ -285,8 +335,7 @@ async fn bootstrap(coordinator: &Coordinator<SimEnv>, shared: &Shared) -> Result
         (Ident::Db, "odin", vec!["tag:db".to_string()]),
     ] {
         let options = PreAuthKeyOptions { reusable: true, tags, ..PreAuthKeyOptions::default() };
-        let created =
-            registry.create_preauth_key(users[user], options).await.map_err(|_| ())?;
+        let created = registry.create_preauth_key(users[user], options).await.map_err(|_| ())?;
         keys.insert(ident, created.key);
     }
     let mut history = lock(shared);
@@ -347,15 +396,15 @@ async fn agent_main(env: SimEnv, seed: u64, index: usize, shared: Shared) {
     }
 }
 
-/// The identity of a peer as its map entry shows it.
-fn ident_of_peer(history: &History, peer: &coordinator::netmap::Peer) -> Option<Ident> {
-    if peer.tags.iter().any(|tag| tag == "tag:server") {
+/// The identity of a node from its owner and tags.
+fn ident_of_node(history: &History, user: Option<UserId>, tags: &[String]) -> Option<Ident> {
+    if tags.iter().any(|tag| tag == "tag:server") {
         return Some(Ident::Server);
     }
-    if peer.tags.iter().any(|tag| tag == "tag:db") {
+    if tags.iter().any(|tag| tag == "tag:db") {
         return Some(Ident::Db);
     }
-    let user = peer.user?;
+    let user = user?;
     if history.users.get("odin") == Some(&user) {
         Some(Ident::Odin)
     } else if history.users.get("thor") == Some(&user) {
@@ -370,9 +419,13 @@ fn check_map(shared: &Shared, index: usize, status: &AgentStatus) {
     let Some(map) = status.map.as_ref() else { return };
     let mut history = lock(shared);
     history.maps_checked += 1;
+    if let Some(node) = &status.node {
+        let entry = (index, IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
+        history.registered.entry(node.id).or_insert(entry);
+    }
     let me = ident_of(index);
     for peer in &map.peers {
-        let Some(them) = ident_of_peer(&history, peer) else {
+        let Some(them) = ident_of_node(&history, peer.user, &peer.tags) else {
             let message = format!("n{}: peer {} has no known identity", index + 1, peer.id);
             history.violations.push(Violation::new("policy-safety", message));
             continue;
@@ -397,11 +450,31 @@ struct ChurnRun {
 
 impl Workload for ChurnRun {
     fn finish(&mut self, world: &World) -> Result<(), SimError> {
-        // Convergence is judged first, on the running system.
-        let convergence = self.check_convergence();
-        if let Err(violation) = convergence {
-            lock(&self.shared).violations.push(violation);
-        }
+        // Convergence is judged first, on the running system, against the registry's nodes:
+        // it must hold within `CONVERGENCE_MAX` of the end of the healed phase.
+        let shared = Arc::clone(&self.shared);
+        let env = world.env(self.coord);
+        let agent_count = self.agent_count;
+        let budget = CONVERGENCE_MAX + Duration::from_secs(1);
+        world.block_on(self.coord, budget, async move {
+            let deadline = env.now() + CONVERGENCE_MAX;
+            loop {
+                let running = lock(&shared).coordinator.clone();
+                let nodes = match running {
+                    Some(coordinator) => coordinator.registry().list_nodes().await.ok(),
+                    None => None,
+                };
+                lock(&shared).current_nodes = nodes;
+                let verdict = check_convergence(&shared, agent_count);
+                if verdict.is_ok() || env.now() >= deadline {
+                    if let Err(violation) = verdict {
+                        lock(&shared).violations.push(violation);
+                    }
+                    return;
+                }
+                env.sleep(Duration::from_millis(100)).await;
+            }
+        })?;
         // Then a final crash: only what the registry made durable may count.
         lock(&self.shared).coordinator = None;
         world.crash(self.coord);
@@ -436,7 +509,7 @@ impl Workload for ChurnRun {
         };
         let stored: BTreeSet<NodeId> = nodes.iter().map(|node| node.id).collect();
         for (node, (index, ..)) in &history.registered {
-            if !stored.contains(node) {
+            if !stored.contains(node) && !history.deleted.contains(node) {
                 let message = format!("n{}'s acknowledged node {node} is gone", index + 1);
                 return Err(Violation::new("durability", message));
             }
@@ -482,62 +555,77 @@ impl Workload for ChurnRun {
     }
 }
 
-impl ChurnRun {
-    /// Every agent holds the coordinator's current map for it, whose peers are exactly what
-    /// the policy allows among the registered nodes, and its device has exactly those peers.
-    fn check_convergence(&self) -> Result<(), Violation> {
-        let history = lock(&self.shared);
-        let Some(coordinator) = history.coordinator.clone() else {
-            return Err(Violation::new("convergence", "no coordinator is running"));
+/// Every agent holds the coordinator's current map for it, whose peers are exactly what
+/// the policy allows among the registered nodes, and its device has exactly those peers.
+fn check_convergence(shared: &Shared, agent_count: usize) -> Result<(), Violation> {
+    let history = lock(shared);
+    let Some(coordinator) = history.coordinator.clone() else {
+        return Err(Violation::new("convergence", "no coordinator is running"));
+    };
+    let version = coordinator.policy_version();
+    let fail = |message: String| Err(Violation::new("convergence", message));
+    for index in 0..agent_count {
+        let Some(status) = history.agents.get(&index) else {
+            return fail(format!("n{} never started", index + 1));
         };
-        let version = coordinator.policy_version();
-        let fail = |message: String| Err(Violation::new("convergence", message));
-        for index in 0..self.agent_count {
-            let Some(status) = history.agents.get(&index) else {
-                return fail(format!("n{} never started", index + 1));
-            };
-            let status = status.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
-            let (Some(node), Some(map)) = (status.node.as_ref(), status.map.as_ref()) else {
-                return fail(format!("n{} holds no map", index + 1));
-            };
-            let Some(truth) = coordinator.full_map(node.id) else {
-                return fail(format!("n{}'s node {} is unknown to the coordinator", index + 1, node.id));
-            };
-            if !same_map(map, &truth) {
-                return fail(format!(
-                    "n{} holds map version {} with peers {:?}; the coordinator's is version {} \
-                     with peers {:?}",
-                    index + 1,
-                    map.version,
-                    map.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
-                    truth.version,
-                    truth.peers.iter().map(|peer| peer.id).collect::<Vec<_>>()
-                ));
-            }
-            let expected: BTreeSet<NodeId> = history
-                .registered
-                .iter()
-                .filter(|(id, (other, ..))| **id != node.id && visible(version, ident_of(index), ident_of(*other)))
-                .map(|(id, _)| *id)
-                .collect();
-            let held: BTreeSet<NodeId> = map.peers.iter().map(|peer| peer.id).collect();
-            if held != expected {
-                return fail(format!(
-                    "n{} under policy {version} has peers {held:?}, the policy allows {expected:?}",
-                    index + 1
-                ));
-            }
-            let keys: Vec<Key> = {
-                let mut keys: Vec<Key> = map.peers.iter().map(|peer| peer.node_key).collect();
-                keys.sort();
-                keys
-            };
-            if status.device_peers != keys {
-                return fail(format!("n{}'s WireGuard peers differ from its map", index + 1));
-            }
+        let status = status.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let Some(map) = status.map.as_ref() else {
+            return fail(format!(
+                "n{} holds no map (registered: {}, connected: {}, full maps {}, deltas {}, \
+                 disconnects {}, last refusal {:?})",
+                index + 1,
+                status.node.is_some(),
+                status.connected,
+                status.full_maps,
+                status.deltas,
+                status.disconnects,
+                status.refused
+            ));
+        };
+        let node = map.self_node.id;
+        let Some(truth) = coordinator.full_map(node) else {
+            return fail(format!("n{}'s node {node} is unknown to the coordinator", index + 1));
+        };
+        if !same_map(map, &truth) {
+            return fail(format!(
+                "n{} holds map version {} with peers {:?}; the coordinator's is version {} \
+                 with peers {:?}",
+                index + 1,
+                map.version,
+                map.peers.iter().map(|peer| peer.id).collect::<Vec<_>>(),
+                truth.version,
+                truth.peers.iter().map(|peer| peer.id).collect::<Vec<_>>()
+            ));
         }
-        Ok(())
+        let Some(current) = history.current_nodes.as_ref() else {
+            return fail("the registry's nodes could not be read".to_string());
+        };
+        let expected: BTreeSet<NodeId> = current
+            .iter()
+            .filter(|other| other.id != node)
+            .filter(|other| {
+                ident_of_node(&history, other.user, &other.tags)
+                    .is_some_and(|them| visible(version, ident_of(index), them))
+            })
+            .map(|other| other.id)
+            .collect();
+        let held: BTreeSet<NodeId> = map.peers.iter().map(|peer| peer.id).collect();
+        if held != expected {
+            return fail(format!(
+                "n{} under policy {version} has peers {held:?}, the policy allows {expected:?}",
+                index + 1
+            ));
+        }
+        let keys: Vec<Key> = {
+            let mut keys: Vec<Key> = map.peers.iter().map(|peer| peer.node_key).collect();
+            keys.sort();
+            keys
+        };
+        if status.device_peers != keys {
+            return fail(format!("n{}'s WireGuard peers differ from its map", index + 1));
+        }
     }
+    Ok(())
 }
 
 /// Maps equal up to the order of lists the protocol does not order.
@@ -548,13 +636,14 @@ fn same_map(held: &NetMap, truth: &NetMap) -> bool {
 fn check_addresses(history: &History) -> Result<(), Violation> {
     let mut owners: BTreeMap<IpAddr, NodeId> = BTreeMap::new();
     let nodes = history.final_nodes.iter().flatten();
-    let all = history
-        .registered
-        .iter()
-        .flat_map(|(node, (_, v4, v6))| [(*v4, *node), (*v6, *node)])
-        .chain(nodes.flat_map(|node| {
-            [(IpAddr::V4(node.ipv4), node.id), (IpAddr::V6(node.ipv6), node.id)]
-        }));
+    let all =
+        history
+            .registered
+            .iter()
+            .flat_map(|(node, (_, v4, v6))| [(*v4, *node), (*v6, *node)])
+            .chain(nodes.flat_map(|node| {
+                [(IpAddr::V4(node.ipv4), node.id), (IpAddr::V6(node.ipv6), node.id)]
+            }));
     for (address, node) in all {
         if let Some(owner) = owners.insert(address, node) {
             if owner != node {
@@ -568,7 +657,11 @@ fn check_addresses(history: &History) -> Result<(), Violation> {
 
 /// Reads every file under `dir` on the coordinator's disk and reports any that holds an agent's
 /// private key.
-async fn scan_disk(env: &SimEnv, dir: &str, secrets: &BTreeMap<usize, Vec<[u8; 32]>>) -> Vec<String> {
+async fn scan_disk(
+    env: &SimEnv,
+    dir: &str,
+    secrets: &BTreeMap<usize, Vec<[u8; 32]>>,
+) -> Vec<String> {
     let mut leaks = Vec::new();
     let Ok(names) = env.list(dir).await else { return leaks };
     for name in names {
@@ -585,7 +678,10 @@ async fn scan_disk(env: &SimEnv, dir: &str, secrets: &BTreeMap<usize, Vec<[u8; 3
         for (index, keys) in secrets {
             for key in keys {
                 if bytes.windows(32).any(|window| window == key) {
-                    leaks.push(format!("n{}'s private key is in the coordinator's {path}", index + 1));
+                    leaks.push(format!(
+                        "n{}'s private key is in the coordinator's {path}",
+                        index + 1
+                    ));
                 }
             }
         }

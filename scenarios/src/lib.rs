@@ -58,12 +58,13 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(gossip::GossipCluster::SMALL));
     list.push(Box::new(gossip::GossipCluster::LARGE));
     list.push(Box::new(docdb::DocdbTxn::CORRECT));
-    list.push(Box::new(coordinator::CoordinatorChurn));
+    list.push(Box::new(coordinator::CoordinatorChurn::CORRECT));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));
         list.push(Box::new(gossip::GossipCluster::PLANTED_STALE_REFUTE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_PURGE_TTL));
+        list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_STALE_REMOVAL));
     }
     list
 }

@@ -42,7 +42,7 @@ pub const STATE_FILE: &str = "agent.state";
 const STATE_FORMAT: u8 = 1;
 /// Packets queued between the agent and its application.
 const PACKET_QUEUE_MAX: usize = 1024;
-/// How long a connection attempt (TCP and handshake) may take.
+/// How long a TCP connection attempt may take (the handshake has the channel's bound).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages read ahead of the run loop.
 const RESPONSE_QUEUE_MAX: usize = 16;
@@ -365,7 +365,8 @@ impl<E: Env> Run<E> {
                 Ended::Refused => self.config.backoff_max,
             };
             // Full jitter: a restarted coordinator is not met by every agent at once.
-            let jittered = wait.mul_f64(0.5 + (self.env.rng().next_u32() as f64) / (u32::MAX as f64) / 2.0);
+            let jittered =
+                wait.mul_f64(0.5 + (self.env.rng().next_u32() as f64) / (u32::MAX as f64) / 2.0);
             self.idle(jittered).await;
             backoff = (backoff * 2).min(self.config.backoff_max);
             let delivered_maps = {
@@ -384,7 +385,7 @@ impl<E: Env> Run<E> {
         let deadline = self.env.now() + duration;
         loop {
             let sleep = self.env.sleep_until(deadline);
-            futures::select! {
+            futures::select_biased! {
                 () = sleep.fuse() => return,
                 packet = self.outbound.next() => match packet {
                     Some(packet) => { let _ = self.device.send(packet).await; }
@@ -399,15 +400,16 @@ impl<E: Env> Run<E> {
 
     async fn session(&mut self) -> Ended {
         let env = self.env.clone();
-        let connect = async {
-            let stream = env.connect_tcp(self.config.coordinator).await.map_err(ChannelError::from)?;
-            Channel::connect(env.clone(), stream, self.state.machine_private, self.config.coordinator_key)
-                .await
-        };
-        let mut channel = match env.timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(channel)) => channel,
-            _ => return Ended::Broken,
-        };
+        // The TCP connect is bounded here; the handshake by the channel's own timeout, which a
+        // slow coordinator is allowed to use up.
+        let stream =
+            match env.timeout(CONNECT_TIMEOUT, env.connect_tcp(self.config.coordinator)).await {
+                Ok(Ok(stream)) => stream,
+                _ => return Ended::Broken,
+            };
+        let private = self.state.machine_private;
+        let connected = Channel::connect(env.clone(), stream, private, self.config.coordinator_key);
+        let Ok(mut channel) = connected.await else { return Ended::Broken };
         if self.state.node.is_none() {
             match self.register(&mut channel).await {
                 Ok(()) => {}
@@ -475,7 +477,7 @@ impl<E: Env> Run<E> {
         let ended = loop {
             let silence = self.env.sleep_until(heard + self.config.silence_max);
             let ping = self.env.sleep_until(pinged + self.config.keepalive);
-            futures::select! {
+            futures::select_biased! {
                 () = ping.fuse() => {
                     pinged = self.env.now();
                     if sender.send(&Request::Ping).await.is_err() {
@@ -523,9 +525,10 @@ impl<E: Env> Run<E> {
                         return Ok(()); // a keepalive
                     }
                     let applied = map.apply(&delta).is_ok();
+                    let node = map.self_node.id;
                     if applied {
                         status.deltas += 1;
-                        status.at = Some(MapVersion { epoch, version: delta.to_version });
+                        status.at = Some(MapVersion { node, epoch, version: delta.to_version });
                         status.policy_version = policy_version;
                     } else {
                         // The next connection asks for a full map.
@@ -540,9 +543,14 @@ impl<E: Env> Run<E> {
                 self.apply_map().await
             }
             Response::Error { kind, message } => {
-                lock(&self.status).refused = Some((kind, message));
+                let mut status = lock(&self.status);
+                status.refused = Some((kind, message));
                 if kind == ErrorKind::NotRegistered {
+                    // Deleted: register again as a new node, whose map starts afresh.
                     self.state.node = None;
+                    status.node = None;
+                    status.map = None;
+                    status.at = None;
                 }
                 Err(Ended::Refused)
             }
@@ -575,7 +583,9 @@ impl<E: Env> Run<E> {
 
     fn deliver(&mut self, received: wireguard::Received) {
         let allowed = match (&self.filter, packet_info(&received.packet)) {
-            (Some(filter), Some(info)) => filter.allows(info.source, info.destination, info.protocol, info.port),
+            (Some(filter), Some(info)) => {
+                filter.allows(info.source, info.destination, info.protocol, info.port)
+            }
             _ => false,
         };
         let mut status = lock(&self.status);
@@ -638,7 +648,12 @@ pub fn packet_info(packet: &[u8]) -> Option<PacketInfo> {
 
 /// Builds an IPv4 UDP packet (checksum zero, which UDP over IPv4 allows): for tests and
 /// simulations of traffic through the tunnel.
-pub fn udp_packet(source: std::net::Ipv4Addr, destination: std::net::Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+pub fn udp_packet(
+    source: std::net::Ipv4Addr,
+    destination: std::net::Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut datagram = Vec::with_capacity(8 + payload.len());
     datagram.extend_from_slice(&40000u16.to_be_bytes());
     datagram.extend_from_slice(&port.to_be_bytes());

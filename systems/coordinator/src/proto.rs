@@ -17,12 +17,16 @@ use serde::{Deserialize, Serialize};
 use wireguard::IpNet;
 
 use crate::netmap::{MapDelta, NetMap};
-use crate::types::{Key, NodeInfo, ipnets};
+use crate::types::{Key, NodeId, NodeInfo, ipnets};
 
-/// Where a node's map stands: the coordinator run (epoch) that produced it and its version.
-/// Versions of different epochs are unrelated: an agent from another epoch gets a full map.
+/// Where a node's map stands: the node it is for, the coordinator run (epoch) that produced it
+/// and its version. Versions of different epochs or nodes are unrelated: an agent whose map is
+/// of another epoch, or of a node it no longer is (deleted and registered again), gets a full
+/// map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapVersion {
+    /// The node the map is for.
+    pub node: NodeId,
     /// The coordinator run; drawn at each start.
     pub epoch: u64,
     /// The map's version within that run.

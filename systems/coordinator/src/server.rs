@@ -32,7 +32,7 @@ use sim::{Env, TcpListener};
 use zeroize::Zeroizing;
 
 use crate::channel::{Channel, ChannelError, Receiver, Sender};
-use crate::netmap::{Changed, MapEngine, NetMap};
+use crate::netmap::{Changed, Faults, MapEngine, NetMap};
 use crate::policy::{Policy, PolicyEngine, PolicyError};
 use crate::proto::{ErrorKind, MapVersion, Request, Response};
 use crate::ratelimit::{RateLimit, TokenBucket};
@@ -41,6 +41,8 @@ use crate::types::{Key, NodeId, NodeInfo, User};
 
 /// Sessions one coordinator serves at once; more are refused with `Unavailable`.
 pub const SESSIONS_MAX: usize = 100_000;
+/// Events the pipeline applies before it lets waiting sessions look (it then goes on).
+const PIPELINE_BATCH_MAX: usize = 4096;
 /// How long a session waits for the pipeline to apply its own node's latest commit.
 const PIPELINE_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -63,6 +65,26 @@ pub struct CoordinatorConfig {
     pub keepalive: Duration,
     /// How long an agent may stay silent before its session is dropped; 60 s.
     pub agent_silence_max: Duration,
+    /// Plants the map engine's known bug (a removed node stays in its peers' maps) for the
+    /// harness to find. Inert without feature `planted-bugs`; never in production.
+    pub planted_stale_removal: bool,
+}
+
+impl CoordinatorConfig {
+    /// A configuration with production defaults: `data_dir` for the store, `domain` for names.
+    pub fn new(private_key: [u8; 32], data_dir: &str, domain: &str) -> CoordinatorConfig {
+        CoordinatorConfig {
+            private_key: Zeroizing::new(private_key),
+            data_dir: data_dir.to_string(),
+            domain: domain.to_string(),
+            registry: RegistryOptions::default(),
+            db: docdb::Options::default(),
+            request_rate: RateLimit { per_second: 20, burst: 100 },
+            keepalive: Duration::from_secs(15),
+            agent_silence_max: Duration::from_secs(60),
+            planted_stale_removal: false,
+        }
+    }
 }
 
 impl fmt::Debug for CoordinatorConfig {
@@ -197,7 +219,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<E: Env> Coordinator<E> {
     /// Opens the store, rebuilds the map engine from it and starts the change pipeline.
-    pub async fn open(env: E, config: CoordinatorConfig) -> Result<Coordinator<E>, CoordinatorError> {
+    pub async fn open(
+        env: E,
+        config: CoordinatorConfig,
+    ) -> Result<Coordinator<E>, CoordinatorError> {
         let db = DocDb::open(env.clone(), &config.data_dir, config.db.clone()).await?;
         let registry = Registry::open(env.clone(), db.clone(), config.registry.clone()).await?;
         // Watch first, then read: a commit between the two is applied twice, which converges
@@ -214,8 +239,14 @@ impl<E: Env> Coordinator<E> {
             None => (None, 0),
         };
         let view = policy_view(policy.as_ref(), &users);
-        let engine = MapEngine::restore(view, &config.domain, &users, &nodes, &BTreeMap::new())
+        let mut engine = MapEngine::restore(view, &config.domain, &users, &nodes, &BTreeMap::new())
             .map_err(|error| CoordinatorError::Map(error.to_string()))?;
+        // The engine's fault points (`coordinator.netmap.*`) follow the node's BUGGIFY.
+        let fault_env = env.clone();
+        engine.set_faults(Faults::new(Box::new(move |site| fault_env.buggify(site))));
+        if config.planted_stale_removal {
+            engine.plant_stale_removal();
+        }
         let epoch = rand_core::RngCore::next_u64(&mut env.rng());
         let state = State {
             engine,
@@ -306,6 +337,10 @@ impl<E: Env> Coordinator<E> {
     }
 
     /// Follows the registry's commits into the engine, forever (until the node stops).
+    ///
+    /// One commit may carry several events (a registration writes the node and the address
+    /// high-water mark), so a commit counts as applied only once the stream is drained: commits
+    /// are atomic, so when no event is left, every event of every commit seen is applied.
     async fn pipeline(self, mut changes: docdb::ChangeStream<E>) {
         loop {
             let event = match changes.next().await {
@@ -317,27 +352,42 @@ impl<E: Env> Coordinator<E> {
                     continue;
                 }
             };
-            let commit = event.token.commit;
             // BUGGIFY: a pipeline that lags behind the commits (a slow change-stream read),
             // so sessions see their own writes late and must wait for them.
             if self.inner.env.buggify("coordinator.pipeline.lag") {
                 self.inner.env.sleep(Duration::from_millis(50)).await;
             }
-            let policy_record = if event.collection == "policy" {
-                self.inner.registry.policy().await.ok().flatten()
-            } else {
-                None
-            };
-            {
+            let mut seen = event.token.commit;
+            self.apply(event).await;
+            let mut drained = 0;
+            while let Ok(Some(event)) = changes.try_next().await {
+                seen = seen.max(event.token.commit);
+                self.apply(event).await;
+                drained += 1;
+                if drained >= PIPELINE_BATCH_MAX {
+                    break;
+                }
+            }
+            if drained < PIPELINE_BATCH_MAX {
                 let mut state = lock(&self.inner.state);
-                apply_event(&mut state, &event, policy_record);
-                state.stats.changes_applied += 1;
-                state.applied_commit = state.applied_commit.max(commit);
+                state.applied_commit = state.applied_commit.max(seen);
             }
             for waiter in std::mem::take(&mut *lock(&self.inner.applied)) {
                 let _ = waiter.send(());
             }
         }
+    }
+
+    /// Applies one change event to the engine.
+    async fn apply(&self, event: ChangeEvent) {
+        let policy_record = if event.collection == "policy" {
+            self.inner.registry.policy().await.ok().flatten()
+        } else {
+            None
+        };
+        let mut state = lock(&self.inner.state);
+        apply_event(&mut state, &event, policy_record);
+        state.stats.changes_applied += 1;
     }
 
     /// Waits until the pipeline applied commit `commit` (bounded).
@@ -351,7 +401,7 @@ impl<E: Env> Coordinator<E> {
                 return;
             }
             let sleep = self.inner.env.sleep_until(deadline);
-            futures::select! {
+            futures::select_biased! {
                 _ = receiver.fuse() => {}
                 () = sleep.fuse() => return,
             }
@@ -378,7 +428,13 @@ impl<E: Env> Coordinator<E> {
         loop {
             let request: Request = channel.recv().await?;
             match request {
-                Request::Register { preauth_key, node_key, hostname, advertised_routes, endpoints } => {
+                Request::Register {
+                    preauth_key,
+                    node_key,
+                    hostname,
+                    advertised_routes,
+                    endpoints,
+                } => {
                     let request = RegisterRequest {
                         preauth_key,
                         machine_key,
@@ -428,7 +484,8 @@ impl<E: Env> Coordinator<E> {
                 .iter()
                 .copied()
                 .filter(|route| {
-                    node.approved_routes.contains(route) || policy.auto_approves(&node, *route, &users)
+                    node.approved_routes.contains(route)
+                        || policy.auto_approves(&node, *route, &users)
                 })
                 .collect()
         };
@@ -460,7 +517,7 @@ impl<E: Env> Coordinator<E> {
         let (session, wake) = self.attach(node.id);
         let reader = self.clone().read_requests(receiver, node.id);
         let writer = self.write_maps(&mut sender, node.id, have, wake);
-        let outcome = futures::select! {
+        let outcome = futures::select_biased! {
             outcome = std::pin::pin!(reader.fuse()) => outcome,
             outcome = std::pin::pin!(writer.fuse()) => outcome,
         };
@@ -527,11 +584,16 @@ impl<E: Env> Coordinator<E> {
         }
     }
 
-    async fn read_requests(self, mut receiver: Receiver<E>, node: NodeId) -> Result<(), ChannelError> {
+    async fn read_requests(
+        self,
+        mut receiver: Receiver<E>,
+        node: NodeId,
+    ) -> Result<(), ChannelError> {
         let env = self.inner.env.clone();
         let mut bucket = TokenBucket::new(self.inner.config.request_rate, env.now());
         loop {
-            let request = env.timeout(self.inner.config.agent_silence_max, receiver.recv::<Request>()).await;
+            let request =
+                env.timeout(self.inner.config.agent_silence_max, receiver.recv::<Request>()).await;
             let request = match request {
                 Ok(request) => request?,
                 Err(_) => return Err(ChannelError::Timeout),
@@ -560,10 +622,15 @@ impl<E: Env> Coordinator<E> {
         mut wake: mpsc::Receiver<()>,
     ) -> Result<(), ChannelError> {
         let epoch = self.inner.epoch;
-        let mut sent: Option<u64> = have.filter(|have| have.epoch == epoch).map(|have| have.version);
+        let mut sent: Option<u64> =
+            have.filter(|have| have.epoch == epoch && have.node == node).map(|have| have.version);
         loop {
             let message = self.next_message(node, sent);
             if let Some((version, response)) = message {
+                if let Response::Error { .. } = response {
+                    sender.send(&response).await?;
+                    return Ok(());
+                }
                 let bytes = crate::frame::encode(&response).map(|bytes| bytes.len()).unwrap_or(0);
                 sender.send(&response).await?;
                 let mut state = lock(&self.inner.state);
@@ -576,7 +643,7 @@ impl<E: Env> Coordinator<E> {
                 continue;
             }
             let keepalive = self.inner.env.sleep(self.inner.config.keepalive);
-            futures::select! {
+            futures::select_biased! {
                 woken = wake.next() => if woken.is_none() { return Ok(()) },
                 () = keepalive.fuse() => {
                     let policy_version = lock(&self.inner.state).policy_version;
@@ -598,7 +665,11 @@ impl<E: Env> Coordinator<E> {
         let state = lock(&self.inner.state);
         let epoch = self.inner.epoch;
         let policy_version = state.policy_version;
-        let current = state.engine.version(node)?;
+        let Some(current) = state.engine.version(node) else {
+            // The node was deleted (by an admin, or as an ephemeral node): end its stream.
+            let message = format!("node {node} was removed");
+            return Some((0, Response::Error { kind: ErrorKind::NotRegistered, message }));
+        };
         if sent == Some(current) {
             return None;
         }
@@ -608,7 +679,7 @@ impl<E: Env> Coordinator<E> {
             }
         }
         let map = state.engine.full_map(node).ok()?;
-        let at = MapVersion { epoch, version: map.version };
+        let at = MapVersion { node, epoch, version: map.version };
         Some((map.version, Response::FullMap { at, policy_version, map }))
     }
 }
@@ -634,11 +705,20 @@ fn set_online(state: &mut State, node: NodeId, online: bool) {
 }
 
 /// Applies one committed change to the engine and wakes the sessions whose maps it changed.
-fn apply_event(state: &mut State, event: &ChangeEvent, policy: Option<crate::registry::PolicyRecord>) {
+fn apply_event(
+    state: &mut State,
+    event: &ChangeEvent,
+    policy: Option<crate::registry::PolicyRecord>,
+) {
     let changed = match (event.collection.as_str(), event.operation.as_str()) {
         ("nodes", "delete") => {
             let Some(id) = event.id().and_then(bson_id) else { return };
-            state.engine.remove_node(id).ok()
+            // The removed node's own session must hear of it too (it is told and closed).
+            let mut changed = state.engine.remove_node(id).ok();
+            if let Some(changed) = changed.as_mut() {
+                changed.nodes.insert(id);
+            }
+            changed
         }
         ("nodes", _) => {
             let Some(mut info) = decode_info::<NodeInfo>(event) else { return };

@@ -185,6 +185,8 @@ pub struct MapEngine {
     routes: Routes,
     adjacency: Adjacency,
     faults: Faults,
+    /// The planted bug is on (`plant_stale_removal`).
+    planted: bool,
     /// Whether a node's change may flip only pairs that involve it (see `set_pairwise_policy`).
     pairwise: bool,
 }
@@ -266,6 +268,7 @@ impl MapEngine {
             routes: Routes::new(),
             adjacency: Adjacency::default(),
             faults: Faults::default(),
+            planted: false,
             pairwise: true,
         }
     }
@@ -311,6 +314,16 @@ impl MapEngine {
     /// Sets the fault decisions (BUGGIFY).
     pub fn set_faults(&mut self, faults: Faults) {
         self.faults = faults;
+    }
+
+    /// Plants the known bug "a removed node stays in its peers' maps" (its watchers are not
+    /// told). Inert without feature `planted-bugs`; never in production.
+    pub fn plant_stale_removal(&mut self) {
+        self.planted = true;
+    }
+
+    fn planted_stale_removal(&self) -> bool {
+        cfg!(feature = "planted-bugs") && self.planted
     }
 
     /// Whether the policy is *pairwise* (on by default): a node's change (its upsert or
@@ -434,7 +447,7 @@ impl MapEngine {
         let mut step = Step::default();
         for watcher in watchers {
             // The planted bug forgets to tell the watchers: the removed peer stays in their maps.
-            if !cfg!(feature = "planted-bugs") {
+            if !self.planted_stale_removal() {
                 step.peer(watcher, node, Change::Removed);
             }
         }

@@ -144,9 +144,7 @@ fn a_removal_reaches_exactly_its_watchers() {
     let mut engine = engine();
     check(engine.remove_node(5).expect("remove"), &engine, &[4]);
     let removed = engine.delta_since(4, 1).expect("in the log").peers_removed;
-    // The planted bug forgets to tell the watchers (the model test catches it).
-    let expected: &[NodeId] = if cfg!(feature = "planted-bugs") { &[] } else { &[5] };
-    assert_eq!(removed, expected);
+    assert_eq!(removed, [5]);
     check(engine.remove_node(5).expect("remove"), &engine, &[]);
     assert_eq!(engine.delta_since(5, 1), None);
 }
