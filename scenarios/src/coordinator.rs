@@ -287,7 +287,7 @@ async fn coordinator_main(
     // then a node deleted (its agent registers again as a new node).
     while env.now() < stop_at {
         env.sleep(POLICY_EVERY).await;
-        if env.rng().next_u32() % 3 == 0 {
+        if env.rng().next_u32().is_multiple_of(3) {
             delete_a_node(&env, &coordinator, &shared).await;
         }
         let Ok(current) = coordinator.registry().policy().await else { continue };
@@ -645,11 +645,11 @@ fn check_addresses(history: &History) -> Result<(), Violation> {
                 [(IpAddr::V4(node.ipv4), node.id), (IpAddr::V6(node.ipv6), node.id)]
             }));
     for (address, node) in all {
-        if let Some(owner) = owners.insert(address, node) {
-            if owner != node {
-                let message = format!("{address} was given to nodes {owner} and {node}");
-                return Err(Violation::new("unique-addresses", message));
-            }
+        if let Some(owner) = owners.insert(address, node)
+            && owner != node
+        {
+            let message = format!("{address} was given to nodes {owner} and {node}");
+            return Err(Violation::new("unique-addresses", message));
         }
     }
     Ok(())

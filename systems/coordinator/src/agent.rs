@@ -30,7 +30,7 @@ use wireguard::device::{DeviceConfig, DeviceHandle, PeerConfig};
 use wireguard::{Device, IpNet};
 use zeroize::Zeroizing;
 
-use crate::channel::{Channel, ChannelError};
+use crate::channel::Channel;
 use crate::netmap::NetMap;
 use crate::policy::CompiledFilter;
 use crate::proto::{ErrorKind, MapVersion, Request, Response};

@@ -673,10 +673,10 @@ impl<E: Env> Coordinator<E> {
         if sent == Some(current) {
             return None;
         }
-        if let Some(from) = sent.filter(|from| *from < current) {
-            if let Some(delta) = state.engine.delta_since(node, from) {
-                return Some((current, Response::Delta { epoch, policy_version, delta }));
-            }
+        if let Some(from) = sent.filter(|from| *from < current)
+            && let Some(delta) = state.engine.delta_since(node, from)
+        {
+            return Some((current, Response::Delta { epoch, policy_version, delta }));
         }
         let map = state.engine.full_map(node).ok()?;
         let at = MapVersion { node, epoch, version: map.version };
