@@ -122,16 +122,16 @@ where
     // Tasks still running (connections, timers) are dropped; nothing blocking is waited on
     // for longer than the bound.
     runtime.shutdown_timeout(bound);
+    if outcome.is_ok() {
+        tracing::info!("{name} stopped");
+    }
     exit_code(name, outcome)
 }
 
 /// The exit code of a run's outcome, logging a failure with its causes.
 pub fn exit_code(name: &str, outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
-        Ok(()) => {
-            tracing::info!("{name} stopped");
-            ExitCode::SUCCESS
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) if is_output_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{name}: {error:#}");

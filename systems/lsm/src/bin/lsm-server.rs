@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use lsm::server::{ServerOptions, serve};
-use lsm::{Db, Options, Stats};
+use lsm::{Db, Options};
 use service::tracing::info;
-use service::{Concerning, Samples, Service};
+use service::{Concerning, Service};
 use sim::tokio_env::TokioEnv;
 use sim::{Env, TcpListener};
 
@@ -55,7 +55,7 @@ async fn serve_store(args: Args, service: Service) -> anyhow::Result<()> {
     let listener = env.listen_tcp(args.listen).await.concerning("listening on", args.listen)?;
     let addr = listener.local_addr().context("the listener's address")?;
     let stats_db = db.clone();
-    service.set_collector(move |samples| collect(&stats_db.stats(), samples));
+    service.set_collector(move |samples| lsm::metrics::collect(&stats_db.stats(), samples));
     let tables: usize = db.stats().level_table_counts.iter().sum();
     let sequence = db.snapshot().sequence();
     info!(%dir, %addr, tables, sequence, "serving the store");
@@ -77,39 +77,4 @@ async fn serve_store(args: Args, service: Service) -> anyhow::Result<()> {
     db.close().await.concerning("closing the store in", &dir)?;
     info!(%dir, "store closed");
     Ok(())
-}
-
-/// The store's counters as Prometheus samples (README, "Metrics").
-fn collect(stats: &Stats, samples: &mut Samples) {
-    let counters = [
-        ("lsm_user_bytes_total", "Key and value bytes accepted by writes.", stats.user_bytes),
-        ("lsm_wal_bytes_total", "Bytes appended to write-ahead logs.", stats.wal_bytes),
-        ("lsm_wal_syncs_total", "Write-ahead-log fsyncs (one per group commit).", {
-            stats.wal_sync_count
-        }),
-        ("lsm_flushes_total", "Memtable flushes.", stats.flush_count),
-        ("lsm_flush_bytes_total", "Table bytes written by flushes.", stats.flush_bytes),
-        ("lsm_compactions_total", "Compactions (trivial moves included).", {
-            stats.compaction_count
-        }),
-        ("lsm_seek_compactions_total", "Compactions that reads triggered.", {
-            stats.seek_compaction_count
-        }),
-        ("lsm_compaction_bytes_total", "Table bytes written by compactions.", {
-            stats.compaction_bytes
-        }),
-    ];
-    for (name, help, value) in counters {
-        samples.counter(name, help, value);
-    }
-    for (level, (tables, bytes)) in
-        stats.level_table_counts.iter().zip(&stats.level_bytes).enumerate()
-    {
-        let level = level.to_string();
-        let labels = [("level", level.as_str())];
-        samples.gauge_with("lsm_level_tables", "Tables per level.", &labels, *tables as f64);
-        samples.gauge_with("lsm_level_bytes", "Table bytes per level.", &labels, *bytes as f64);
-    }
-    let cache = stats.block_cache_bytes as f64;
-    samples.gauge("lsm_block_cache_bytes", "Bytes in the block cache.", cache);
 }
