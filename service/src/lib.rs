@@ -43,6 +43,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Re-exported so binaries build their control routes with the same axum.
+pub use axum;
 pub use context::Concerning;
 pub use logging::{LogFormat, LogOptions, init_logging};
 pub use metrics::Samples;
@@ -83,6 +85,12 @@ impl Service {
     /// The shutdown token: fires on the first SIGTERM or SIGINT.
     pub fn shutdown(&self) -> Shutdown {
         self.shutdown.clone()
+    }
+
+    /// Serves `routes` (the binary's control API) on the `--metrics` listener beside `/metrics`
+    /// and `/healthz`; without `--metrics` they are not served.
+    pub fn set_routes(&self, routes: axum::Router) {
+        self.metrics.set_routes(routes);
     }
 
     /// Installs what `/metrics` reports: `collect` runs on every scrape and adds samples

@@ -1,6 +1,7 @@
 //! Metrics: `/metrics` in the Prometheus (OpenMetrics) text format and `/healthz`, served by
-//! axum on `--metrics ADDR`. A binary installs a collector that reads its system's own
-//! counters at scrape time into [`Samples`]; nothing is counted twice.
+//! axum on `--metrics ADDR`, with the binary's own routes (a control API) beside them. A binary
+//! installs a collector that reads its system's own counters at scrape time into [`Samples`];
+//! nothing is counted twice.
 
 #![allow(
     clippy::disallowed_types,
@@ -12,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::Request;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -21,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use tower::ServiceExt;
 
 use crate::Shutdown;
 use crate::context::Concerning;
@@ -106,6 +109,8 @@ impl Samples {
 pub(crate) struct Slot {
     name: &'static str,
     collect: Arc<Mutex<Option<Collect>>>,
+    // The binary's own API, served beside `/metrics` and `/healthz`.
+    routes: Arc<Mutex<Option<Router>>>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -116,7 +121,21 @@ impl std::fmt::Debug for Slot {
 
 impl Slot {
     pub(crate) fn new(name: &'static str) -> Slot {
-        Slot { name, collect: Arc::new(Mutex::new(None)) }
+        Slot { name, collect: Arc::new(Mutex::new(None)), routes: Arc::new(Mutex::new(None)) }
+    }
+
+    pub(crate) fn set_routes(&self, routes: Router) {
+        *self.routes.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(routes);
+    }
+
+    /// Hands `request` to the binary's routes (404 before it installed any).
+    async fn route(&self, request: Request) -> Response {
+        let routes = self.routes.lock().unwrap_or_else(|poison| poison.into_inner()).clone();
+        let Some(routes) = routes else { return StatusCode::NOT_FOUND.into_response() };
+        match routes.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
     }
 
     pub(crate) fn set(&self, collect: Collect) {
@@ -159,6 +178,7 @@ pub(crate) async fn serve(addr: SocketAddr, slot: Slot, shutdown: Shutdown) -> a
         .concerning("binding the metrics listener on", addr)?;
     let local = listener.local_addr().context("the metrics listener's address")?;
     let health = shutdown.clone();
+    let extra = slot.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -184,7 +204,11 @@ pub(crate) async fn serve(addr: SocketAddr, slot: Slot, shutdown: Shutdown) -> a
                     }
                 }
             }),
-        );
+        )
+        .fallback(move |request: Request| {
+            let extra = extra.clone();
+            async move { extra.route(request).await }
+        });
     tracing::info!(addr = %local, "metrics on http://{local}/metrics");
     #[allow(clippy::disallowed_methods, reason = "production runtime: the listener's task")]
     tokio::spawn(async move {

@@ -130,9 +130,17 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 
 /// `GET path` over HTTP/1.0 at `addr`: the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, "")
+}
+
+/// `method path` with `body` over HTTP/1.0 at `addr`: the status code and the body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting {addr}: {e}"));
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("sending the request");
+    let length = body.len();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {length}\r\n\r\n")
+        .and_then(|()| stream.write_all(body.as_bytes()))
+        .expect("sending the request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("reading the response");
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{ChildStdout, Command};
 use std::time::Duration;
 
-use service::testing::{Process, check_exposition, field, http_get, sample};
+use service::testing::{Process, check_exposition, field, http, http_get, sample};
 
 const NODE: &str = env!("CARGO_BIN_EXE_gossip-node");
 const STOP_MAX: Duration = Duration::from_secs(20);
@@ -76,6 +76,8 @@ fn lock_flags_once_metrics_and_a_graceful_leave() {
     assert_eq!(sample(&text, r#"gossip_members{state="alive"}"#), Some(2.0), "{text}");
     assert!(sample(&text, "gossip_datagrams_received_total").is_some_and(|n| n > 0.0));
 
+    control_api(metrics);
+
     // SIGTERM: the node leaves, and its peer sees it as left (not suspect, not dead).
     second.signal("TERM");
     assert_eq!(second.wait_exit(STOP_MAX).0.code(), Some(0), "{}", second.log());
@@ -92,6 +94,21 @@ fn lock_flags_once_metrics_and_a_graceful_leave() {
     assert!(line.contains(r#""hits":5"#), "{line}");
     first.signal("INT");
     assert_eq!(first.wait_exit(STOP_MAX).0.code(), Some(0), "{}", first.log());
+}
+
+/// The control API beside `/metrics`: members with their states, keys read and updated.
+fn control_api(addr: SocketAddr) {
+    let (status, members) = http_get(addr, "/members");
+    assert_eq!(status, 200);
+    assert!(members.contains(r#""id":2"#) && members.contains(r#""state":"alive""#), "{members}");
+    assert_eq!(http(addr, "PUT", "/keys/color", "blue").0, 204);
+    assert_eq!(http_get(addr, "/keys/color"), (200, "\"blue\"\n".to_string()));
+    assert_eq!(http(addr, "POST", "/keys/hits/add", "2").0, 204);
+    assert_eq!(http_get(addr, "/keys/hits"), (200, "7\n".to_string()));
+    assert_eq!(http(addr, "POST", "/keys/hits/add", "many").0, 400);
+    assert_eq!(http(addr, "POST", "/keys/color/insert", "red").0, 400, "a register is no set");
+    assert_eq!(http_get(addr, "/keys/absent").0, 404);
+    assert_eq!(http(addr, "POST", "/keys/hits/add", "-2").0, 204);
 }
 
 #[test]

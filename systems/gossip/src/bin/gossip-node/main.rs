@@ -43,6 +43,8 @@ use service::{Concerning, Samples, Service, Shutdown};
 use sim::tokio_env::TokioEnv;
 use sim::{Env, File, OpenOptions};
 
+mod control;
+
 /// The lock file that keeps a second process off a data directory.
 const LOCK_NAME: &str = "LOCK";
 /// The record of start-flag updates already applied to a data directory, one per line.
@@ -116,6 +118,7 @@ async fn run(flags: Flags, service: Service) -> anyhow::Result<()> {
     info!(id = flags.id, addr = %flags.listen, dir = %data_dir, "node running");
     let metrics = Arc::clone(&handle);
     service.set_collector(move |samples| metrics.with_node(|node| collect(node, samples)));
+    service.set_routes(control::routes(Arc::clone(&handle)));
     let applied = apply_start_flags(&env, &handle, &flags).await;
     let outcome = match applied {
         Ok(()) => report_status(&env, &handle, &flags, &service.shutdown()).await,
@@ -310,25 +313,27 @@ fn status_line(id: u64, node: &mut Node) -> String {
     }
     let mut entries = serde_json::Map::new();
     for (key, value) in node.store().entries() {
-        let json = match value {
-            Value::Register(_) => match value.bytes() {
-                Some(bytes) => serde_json::json!(String::from_utf8_lossy(bytes)),
-                None => continue,
-            },
-            Value::GCounter(_) | Value::PnCounter(_) => {
-                let count = value.count().unwrap_or_default();
-                i64::try_from(count)
-                    .map_or_else(|_| serde_json::json!(count.to_string()), |n| n.into())
-            }
-            Value::Set(_) => {
-                let elements = value.elements().unwrap_or_default();
-                elements.iter().map(|element| String::from_utf8_lossy(element)).collect()
-            }
-        };
+        let Some(json) = value_json(value) else { continue };
         entries.insert(String::from_utf8_lossy(key).into_owned(), json);
     }
     let root = format!("{:032x}", node.store_mut().root().0);
     line.insert("root".into(), root.into());
     line.insert("entries".into(), entries.into());
     serde_json::Value::Object(line).to_string()
+}
+
+/// A live value as JSON: a register a string, a counter a number, a set an array; `None` for a
+/// tombstone.
+fn value_json(value: &Value) -> Option<serde_json::Value> {
+    Some(match value {
+        Value::Register(_) => serde_json::json!(String::from_utf8_lossy(value.bytes()?)),
+        Value::GCounter(_) | Value::PnCounter(_) => {
+            let count = value.count().unwrap_or_default();
+            i64::try_from(count).map_or_else(|_| serde_json::json!(count.to_string()), |n| n.into())
+        }
+        Value::Set(_) => {
+            let elements = value.elements().unwrap_or_default();
+            elements.iter().map(|element| String::from_utf8_lossy(element)).collect()
+        }
+    })
 }
