@@ -45,6 +45,19 @@ fn version_names_the_binary_and_revision() {
 }
 
 #[test]
+fn json_logs_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = dir.path().to_str().expect("utf-8 temp dir");
+    let args = ["--dir", dir, "--listen", "127.0.0.1:0", "--log-format", "json"];
+    let mut server = Process::start(SERVER, &args);
+    let line = server.wait_for("serving the store");
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains(r#""level":"INFO""#) && line.contains(r#""addr":"127.0.0.1:"#), "{line}");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
+}
+
+#[test]
 fn serve_scrape_stop_and_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut server, addr, metrics) = start(dir.path());

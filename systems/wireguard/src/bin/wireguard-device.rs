@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -130,6 +130,7 @@ async fn start(args: Args, service: Service) -> anyhow::Result<()> {
     let path = args.config.clone().context("a configuration file is required")?;
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path).concerning("reading", &shown)?;
+    let text = resolve_endpoints(&text).with_context(|| format!("in {shown}"))?;
     let config = config::parse(&text).concerning("in", &shown)?;
     let source = config.addresses.iter().find_map(|net| match net.addr {
         IpAddr::V4(addr) => Some(addr),
@@ -197,6 +198,41 @@ async fn run(
         };
         answer(&mut device, args.echo, &received).await?;
     }
+}
+
+/// The configuration with every `Endpoint = HOST:PORT` resolved to an address (the library
+/// takes literal addresses only; resolving is the binary's job, once at start, IPv4 first).
+/// An endpoint that does not resolve is an error naming the peer and its line.
+fn resolve_endpoints(text: &str) -> anyhow::Result<String> {
+    let mut resolved = String::with_capacity(text.len());
+    let mut peer_count = 0;
+    for (index, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or("").trim();
+        if content.eq_ignore_ascii_case("[peer]") {
+            peer_count += 1;
+        }
+        let endpoint = content.split_once('=').and_then(|(key, value)| {
+            key.trim().eq_ignore_ascii_case("endpoint").then(|| value.trim())
+        });
+        let Some(endpoint) = endpoint.filter(|value| value.parse::<SocketAddr>().is_err()) else {
+            resolved.push_str(line);
+            resolved.push('\n');
+            continue;
+        };
+        let line_number = index + 1;
+        let addresses: Vec<SocketAddr> = endpoint
+            .to_socket_addrs()
+            .with_context(|| {
+                format!("peer {peer_count} (line {line_number}): resolving Endpoint {endpoint}")
+            })?
+            .collect();
+        let Some(address) = addresses.iter().find(|a| a.is_ipv4()).or(addresses.first()) else {
+            bail!("peer {peer_count} (line {line_number}): Endpoint {endpoint} has no address");
+        };
+        info!(endpoint, %address, "resolved a peer's endpoint");
+        resolved.push_str(&format!("Endpoint = {address}\n"));
+    }
+    Ok(resolved)
 }
 
 /// Logs drops that were silent before: each reason whose count grew, at most once per
@@ -289,5 +325,22 @@ fn collect(stats: &DeviceStats, peers: &[String], samples: &mut Samples) {
         for (name, help, value) in per_peer {
             samples.counter_with(name, help, &labels, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_resolve_and_failures_name_the_peer() {
+        let text = "[Interface]\nPrivateKey = x\n[Peer]\nEndpoint = 10.0.0.1:1\n\
+                    [Peer]\nendpoint = localhost:51820 # comment\n";
+        let resolved = resolve_endpoints(text).unwrap();
+        assert!(resolved.contains("Endpoint = 10.0.0.1:1\n"), "{resolved}");
+        assert!(resolved.contains("Endpoint = 127.0.0.1:51820\n"), "{resolved}");
+        let error = resolve_endpoints("[Peer]\n[Peer]\nEndpoint = no-port\n").unwrap_err();
+        let text = format!("{error:#}");
+        assert!(text.starts_with("peer 2 (line 3): resolving Endpoint no-port"), "{text}");
     }
 }
