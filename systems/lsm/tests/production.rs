@@ -44,6 +44,32 @@ fn version_names_the_binary_and_revision() {
     }
 }
 
+/// A server that reads one request and hangs up without an answer.
+fn hang_up_after_request() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding");
+    let addr = listener.local_addr().expect("address").to_string();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accepting");
+        let mut request = [0u8; 4];
+        std::io::Read::read_exact(&mut stream, &mut request).expect("reading the request");
+    });
+    (addr, server)
+}
+
+#[test]
+fn a_broken_connection_after_a_write_is_outcome_unknown() {
+    let (addr, server) = hang_up_after_request();
+    let put = kv(&["put", "k", "v", "--addr", &addr]);
+    server.join().expect("fake server");
+    assert_eq!(put.status.code(), Some(4), "{}", String::from_utf8_lossy(&put.stderr));
+    assert!(String::from_utf8_lossy(&put.stderr).contains("outcome unknown"));
+    // A read that breaks changed nothing: it failed.
+    let (addr, server) = hang_up_after_request();
+    let get = kv(&["get", "k", "--addr", &addr]);
+    server.join().expect("fake server");
+    assert_eq!(get.status.code(), Some(3), "{}", String::from_utf8_lossy(&get.stderr));
+}
+
 #[test]
 fn json_logs_one_object_per_line() {
     let dir = tempfile::tempdir().expect("temp dir");
