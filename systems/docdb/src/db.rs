@@ -240,6 +240,11 @@ impl<E: Env> DocDb<E> {
         lock(&self.inner.shared).last_commit
     }
 
+    /// The LSM store's counters (for the production binary's metrics).
+    pub fn storage_stats(&self) -> lsm::Stats {
+        self.inner.lsm.stats()
+    }
+
     /// Closes the store. Later operations fail with a storage `Closed` error.
     pub async fn close(&self) -> Result<()> {
         let _commits = self.inner.commit_lock.lock().await;

@@ -43,6 +43,8 @@ pub mod key;
 pub mod keyfile;
 pub mod manifest;
 pub mod memtable;
+#[cfg(feature = "tokio")]
+pub mod metrics;
 pub mod options;
 pub mod protocol;
 pub mod server;

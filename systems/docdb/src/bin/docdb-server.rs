@@ -8,8 +8,13 @@
 //! other users see it), the database is encrypted at rest: created so if new, unlocked with it
 //! if not. `docdb-server --dir D --passphrase-file OLD rotate-passphrase --new-passphrase-file
 //! NEW` rewraps the key of the (closed) database under a new passphrase and exits.
+//!
+//! SIGTERM or SIGINT stops accepting, lets the commit in flight finish and closes the database
+//! (its LSM store synced and unlocked); a second signal exits at once. Logs, `--metrics` (the
+//! LSM's `lsm_*` families and `docdb_last_commit`) and `--version` are the `service` crate's.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -17,11 +22,14 @@ use docdb::wire::scram::{SALT_BYTES, Users};
 use docdb::wire::{WireOptions, WireServer, serve};
 use docdb::{DocDb, Options};
 use lsm::{Encryption, KdfParams};
-use sim::Env;
+use service::tracing::info;
+use service::{Concerning, Service};
 use sim::tokio_env::TokioEnv;
+use sim::{Env, TcpListener};
 
 /// Serve a docdb database over the MongoDB wire protocol.
 #[derive(Parser, Debug)]
+#[command(name = "docdb-server", version = service::VERSION)]
 struct Args {
     /// Directory holding the database's files (created if missing).
     #[arg(long)]
@@ -38,6 +46,8 @@ struct Args {
     /// File holding the passphrase of an encrypted database (created encrypted if new).
     #[arg(long, global = true)]
     passphrase_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    service: service::Options,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -76,47 +86,71 @@ fn rotate(dir: &std::path::Path, old: Option<Encryption>, new: Encryption) -> an
             .await
             .with_context(|| format!("rotating the passphrase of {}", dir.display()))
     })?;
-    eprintln!("docdb-server: rotated the passphrase of {}", dir.display());
+    info!(dir = %dir.display(), "rotated the passphrase");
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let encryption = args.passphrase_file.as_deref().map(read_passphrase).transpose()?;
-    if let Some(Command::RotatePassphrase { new_passphrase_file }) = &args.command {
-        return rotate(&args.dir, encryption, read_passphrase(new_passphrase_file)?);
+    let options = args.service.clone();
+    if args.command.is_some() {
+        service::init_logging(&options.log);
+        return service::exit_code("docdb-server", rotate_command(&args));
     }
+    service::run("docdb-server", &options, |service| serve_database(args, service))
+}
+
+fn rotate_command(args: &Args) -> anyhow::Result<()> {
+    let encryption = args.passphrase_file.as_deref().map(read_passphrase).transpose()?;
+    let Some(Command::RotatePassphrase { new_passphrase_file }) = &args.command else {
+        anyhow::bail!("no command");
+    };
+    rotate(&args.dir, encryption, read_passphrase(new_passphrase_file)?)
+}
+
+async fn serve_database(args: Args, service: Service) -> anyhow::Result<()> {
+    let encryption = args.passphrase_file.as_deref().map(read_passphrase).transpose()?;
     let users = match &args.users {
         None => None,
         Some(path) => {
             // The user file is configuration read once at start-up, outside any Env.
             #[allow(clippy::disallowed_methods)]
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the user file {}", path.display()))?;
+                .concerning("reading the user file", path.display())?;
             Some(text)
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let env = TokioEnv::new(&args.dir);
-        let users = users.map(|text| parse_users(&env, &text)).transpose()?;
-        let encrypted = encryption.is_some();
-        let db = DocDb::open(env.clone(), "", Options { encryption, ..Options::default() })
-            .await
-            .with_context(|| format!("opening the database in {}", args.dir.display()))?;
-        let listener = env.listen_tcp(args.listen).await.context("listening")?;
-        let authentication = if users.is_some() { "SCRAM-SHA-256" } else { "off" };
-        let at_rest = if encrypted { "encrypted" } else { "unencrypted" };
-        eprintln!(
-            "docdb-server: serving {} ({at_rest}) on {} (authentication {authentication})",
-            args.dir.display(),
-            args.listen
-        );
-        let options =
-            WireOptions { connection_count_max: args.connections_max, users, ..Default::default() };
-        serve(WireServer::new(env, db, options), listener).await.context("accepting")?;
-        Ok(())
-    })
+    let dir = args.dir.display().to_string();
+    let env = TokioEnv::try_new(&args.dir).context("seeding the random number generator")?;
+    let users = users.map(|text| parse_users(&env, &text)).transpose()?;
+    let encrypted = encryption.is_some();
+    let db = DocDb::open(env.clone(), "", Options { encryption, ..Options::default() })
+        .await
+        .concerning("opening the database in", &dir)?;
+    let listener = env.listen_tcp(args.listen).await.concerning("listening on", args.listen)?;
+    let addr = listener.local_addr().context("the listener's address")?;
+    let stats_db = db.clone();
+    service.set_collector(move |samples| {
+        lsm::metrics::collect(&stats_db.storage_stats(), samples);
+        let help = "The last commit number.";
+        samples.gauge("docdb_last_commit", help, stats_db.last_commit() as f64);
+    });
+    let authentication = if users.is_some() { "SCRAM-SHA-256" } else { "off" };
+    let at_rest = if encrypted { "encrypted" } else { "unencrypted" };
+    info!(%dir, %addr, at_rest, authentication, "serving the database");
+    let options =
+        WireOptions { connection_count_max: args.connections_max, users, ..Default::default() };
+    let shutdown = service.shutdown();
+    tokio::select! {
+        served = serve(WireServer::new(env, db.clone(), options), listener) => {
+            served.concerning("accepting connections on", addr)?;
+        }
+        () = shutdown.requested() => {}
+    }
+    info!(%dir, "closing the database");
+    db.close().await.concerning("closing the database in", &dir)?;
+    info!(%dir, "database closed");
+    Ok(())
 }
 
 fn parse_users(env: &TokioEnv, text: &str) -> anyhow::Result<Users> {
