@@ -120,6 +120,13 @@ fn gossip_purge_ttl_in_seconds_is_found_replayed_and_shrunk() {
     find_replay_shrink_as("planted-gossip-purge-ttl", Verdict::LivenessFailure);
 }
 
+/// Issue 16: the map engine removes a deleted node without telling its peers, so their maps
+/// keep it (and, after a policy edit, hold a peer the policy forbids).
+#[test]
+fn coordinator_stale_peer_after_removal_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-coord-stale-peer", Verdict::SafetyViolation);
+}
+
 /// Without the planted bugs the same seeds pass: the failures above are the bugs' doing.
 #[test]
 fn the_same_seeds_pass_without_the_bugs() {
@@ -133,6 +140,7 @@ fn the_same_seeds_pass_without_the_bugs() {
         ("planted-wg-replay-greatest", "wireguard-mesh"),
         ("planted-gossip-stale-refute", "gossip-cluster"),
         ("planted-gossip-purge-ttl", "gossip-cluster"),
+        ("planted-coord-stale-peer", "coordinator-churn"),
     ] {
         let found = first_failure(planted);
         let scenario = scenarios::find(correct).expect("scenario exists");
