@@ -140,8 +140,6 @@ async fn start(args: Args, service: Service) -> anyhow::Result<()> {
     let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(
         *config.device.private_key,
     ));
-    let peers: Vec<String> =
-        config.device.peers.iter().map(|p| encode_key(&p.public_key)).collect();
     let port = config.device.listen_port;
     let device =
         Device::start(env.clone(), config.device).await.concerning("binding UDP port", port)?;
@@ -149,7 +147,7 @@ async fn start(args: Args, service: Service) -> anyhow::Result<()> {
     let collected = Arc::clone(&stats);
     service.set_collector(move |samples| {
         let stats = collected.lock().unwrap_or_else(|poison| poison.into_inner());
-        collect(&stats, &peers, samples);
+        collect(&stats, samples);
     });
     let key = encode_key(public.as_bytes());
     info!(addr = %device.local_addr(), public_key = %key, config = %shown, "device running");
@@ -290,7 +288,7 @@ async fn answer(device: &mut DeviceHandle, echo: bool, received: &Received) -> a
 }
 
 /// The device's counters as Prometheus samples; per-peer ones labelled with the peer's key.
-fn collect(stats: &DeviceStats, peers: &[String], samples: &mut Samples) {
+fn collect(stats: &DeviceStats, samples: &mut Samples) {
     let help = "Datagrams and packets dropped, by reason.";
     for (reason, count) in &stats.drops {
         samples.counter_with("wireguard_drops_total", help, &[("reason", reason)], *count);
@@ -307,7 +305,9 @@ fn collect(stats: &DeviceStats, peers: &[String], samples: &mut Samples) {
     for (name, help, value) in device {
         samples.counter(name, help, value);
     }
-    for (peer, tunnel) in peers.iter().zip(&stats.peers) {
+    // Per-peer counters are keyed by public key (peers may change at run time).
+    for (key, tunnel) in &stats.peers {
+        let peer = encode_key(key);
         let labels = [("peer", peer.as_str())];
         let per_peer = [
             ("wireguard_sent_bytes_total", "Plaintext bytes sent.", tunnel.tx_bytes),
