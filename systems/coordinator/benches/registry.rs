@@ -24,18 +24,9 @@ const REGISTRATIONS: u64 = 200;
 /// Registers `REGISTRATIONS` machines with `tasks` concurrent registrars, all with one host
 /// name (the worst case for unique names) or each with its own; the simulated seconds it took.
 fn batch(tasks: u64, distinct_names: bool) -> f64 {
-    let mut config = SimConfig::new(1);
-    config.buggify = BuggifyConfig::DISABLED;
-    let world = World::new(config);
-    let node = world.add_node("coordinator", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
-    let env = world.env(node);
+    let (world, node, env) = world(1);
     let program = async move {
-        let db = DocDb::open(env.clone(), "db", docdb::Options::default()).await.expect("open");
-        let registry = Registry::open(env.clone(), db, RegistryOptions::default()).await;
-        let registry = registry.expect("registry");
-        let user = registry.create_user("bench", None).await.expect("user");
-        let options = PreAuthKeyOptions { reusable: true, ..PreAuthKeyOptions::default() };
-        let key = registry.create_preauth_key(user.id, options).await.expect("key").key;
+        let (registry, key) = open_registry(&env).await;
         let start = env.now();
         let handles: Vec<_> = (0..tasks)
             .map(|task| {
@@ -50,6 +41,27 @@ fn batch(tasks: u64, distinct_names: bool) -> f64 {
         (env.now() - start).as_secs_f64()
     };
     world.block_on(node, Duration::from_secs(3600), program).expect("the batch runs")
+}
+
+/// A one-node world without BUGGIFY (faults would make the figures noise).
+fn world(seed: u64) -> (World, sim::world::NodeId, SimEnv) {
+    let mut config = SimConfig::new(seed);
+    config.buggify = BuggifyConfig::DISABLED;
+    let world = World::new(config);
+    let node = world.add_node("coordinator", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    let env = world.env(node);
+    (world, node, env)
+}
+
+/// docdb and the registry on `env`, a user and a reusable pre-auth key.
+async fn open_registry(env: &SimEnv) -> (Registry<SimEnv>, String) {
+    let db = DocDb::open(env.clone(), "db", docdb::Options::default()).await.expect("open");
+    let registry = Registry::open(env.clone(), db, RegistryOptions::default()).await;
+    let registry = registry.expect("registry");
+    let user = registry.create_user("bench", None).await.expect("user");
+    let options = PreAuthKeyOptions { reusable: true, ..PreAuthKeyOptions::default() };
+    let key = registry.create_preauth_key(user.id, options).await.expect("key").key;
+    (registry, key)
 }
 
 /// Registers the machines `task, task + tasks, ...` below `REGISTRATIONS`, one at a time.
@@ -102,18 +114,9 @@ fn registration(criterion: &mut Criterion) {
 /// The hot path: `set_online` flipping every one of `REGISTRATIONS` registered nodes, on one
 /// world kept across iterations (a world is a value: `block_on` runs it again).
 fn set_online(criterion: &mut Criterion) {
-    let mut config = SimConfig::new(2);
-    config.buggify = BuggifyConfig::DISABLED;
-    let world = World::new(config);
-    let node = world.add_node("coordinator", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
-    let env = world.env(node);
+    let (world, node, env) = world(2);
     let setup = async move {
-        let db = DocDb::open(env.clone(), "db", docdb::Options::default()).await.expect("open");
-        let registry = Registry::open(env.clone(), db, RegistryOptions::default()).await;
-        let registry = registry.expect("registry");
-        let user = registry.create_user("bench", None).await.expect("user");
-        let options = PreAuthKeyOptions { reusable: true, ..PreAuthKeyOptions::default() };
-        let key = registry.create_preauth_key(user.id, options).await.expect("key").key;
+        let (registry, key) = open_registry(&env).await;
         registrar(registry.clone(), key, 0, 1, true).await;
         let ids: Vec<u64> =
             registry.list_nodes().await.expect("list").iter().map(|n| n.id).collect();
