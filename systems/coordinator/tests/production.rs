@@ -36,19 +36,24 @@ struct Server {
     process: Process,
     agents: SocketAddr,
     admin: SocketAddr,
+    metrics: SocketAddr,
     public_key: String,
     url: String,
 }
 
 fn start_server(dir: &Path) -> Server {
     let dir = dir.to_str().expect("utf-8 temp dir");
-    let args = ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let (any, listen) = ("127.0.0.1:0", "--listen");
+    let args = ["serve", "--data-dir", dir, listen, any, "--admin", any, "--metrics", any];
     let mut process = Process::start(COORDINATOR, &args);
+    let metrics = field(&process.wait_for("metrics on"), "addr").expect("metrics addr");
+    let metrics = metrics.parse().expect("metrics addr");
     let line = process.wait_for("serving agents");
     let agents: SocketAddr = field(&line, "addr").expect("addr").parse().expect("agent addr");
     let admin: SocketAddr = field(&line, "admin").expect("admin").parse().expect("admin addr");
     let public_key = field(&line, "public_key").expect("public key");
-    Server { process, agents, admin, public_key, url: format!("http://{admin}") }
+    let url = format!("http://{admin}");
+    Server { process, agents, admin, metrics, public_key, url }
 }
 
 fn cli(server: &Server, key: &str, args: &[&str]) -> Output {
@@ -111,6 +116,8 @@ struct Agent {
 
 /// Starts an agent and waits until its map holds `peers` peers.
 fn start_agent(server: &Server, dir: &Path, name: &str, preauth: &str, peers: usize) -> Agent {
+    // Every agent offers a route named after it (b: 10.0.98.0/24).
+    let route = format!("10.0.{}.0/24", name.as_bytes()[0]);
     let state = dir.join(name);
     let coordinator = server.agents.to_string();
     let args = [
@@ -126,6 +133,8 @@ fn start_agent(server: &Server, dir: &Path, name: &str, preauth: &str, peers: us
         name,
         "--packet-port",
         "127.0.0.1:0",
+        "--advertise-routes",
+        &route,
         "--metrics",
         "127.0.0.1:0",
     ];
@@ -218,6 +227,7 @@ fn policy_allows_a_to_b_not_a_to_c() {
         "A -> C"
     );
 
+    admin_commands(&server, &key);
     let mut all = [server.process, a.process, b.process, c.process];
     for process in &all {
         process.signal("TERM");
@@ -225,4 +235,39 @@ fn policy_allows_a_to_b_not_a_to_c() {
     for process in &mut all {
         assert_eq!(process.wait_exit(STOP_MAX).0.code(), Some(0), "{}", process.log());
     }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
+}
+
+/// The rest of the CLI against the running mesh of three, and the coordinator's metrics.
+fn admin_commands(server: &Server, key: &str) {
+    let (status, text) = http_get(server.metrics, "/metrics");
+    assert_eq!(status, 200);
+    check_exposition(&text);
+    assert_eq!(sample(&text, "coordinator_nodes{state=\"online\"}"), Some(3.0), "{text}");
+    assert!(sample(&text, "coordinator_full_maps_sent_total").is_some_and(|n| n >= 3.0));
+    assert!(cli_ok(server, key, &["policy", "get"]).contains("alice@"));
+    assert_eq!(
+        json(&cli_ok(server, key, &["preauthkeys", "list"])).as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(json(&cli_ok(server, key, &["users", "list"])).as_array().map(Vec::len), Some(2));
+    let routes = json(&cli_ok(server, key, &["routes", "list"]));
+    assert_eq!(routes.as_array().map(Vec::len), Some(3), "{routes}");
+    let nodes = json(&cli_ok(server, key, &["nodes", "list"]));
+    let b = nodes.as_array().expect("nodes").iter().find(|node| node["hostname"] == "b");
+    let b = b.expect("node b")["id"].to_string();
+    let approved = json(&cli_ok(server, key, &["routes", "approve", &b, "10.0.98.0/24"]));
+    assert_eq!(approved["approved_routes"], serde_json::json!(["10.0.98.0/24"]), "{approved}");
+    let c = nodes.as_array().expect("nodes").iter().find(|node| node["hostname"] == "c");
+    let c = c.expect("node c")["id"].to_string();
+    let renamed = json(&cli_ok(server, key, &["nodes", "rename", &c, "carol-box"]));
+    assert_eq!(renamed["given_name"], "carol-box");
+    cli_ok(server, key, &["nodes", "expire", &c]);
+    cli_ok(server, key, &["nodes", "delete", &c]);
+    assert_eq!(json(&cli_ok(server, key, &["nodes", "list"])).as_array().map(Vec::len), Some(2));
+    let missing = cli(server, key, &["nodes", "delete", &c]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"), "{missing:?}");
 }

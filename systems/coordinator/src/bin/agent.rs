@@ -2,7 +2,8 @@
 //! coordinator, holds its map stream and runs WireGuard over real UDP.
 //!
 //! Usage: `agent --coordinator ADDR --coordinator-key HEX --preauth-key K --state-dir DIR
-//! --hostname H [--listen-port P] [--endpoint-ip IP] [--packet-port ADDR]`.
+//! --hostname H [--listen-port P] [--endpoint-ip IP] [--advertise-routes NET,..]
+//! [--packet-port ADDR]`.
 //!
 //! Without a TUN device the agent offers a local packet port (`--packet-port`): each datagram
 //! received there that is an IP packet is sent into the tunnel; one that is not (say, one byte)
@@ -54,6 +55,9 @@ struct Args {
     /// The address peers reach this host at.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     endpoint_ip: IpAddr,
+    /// Subnet routes this node offers (`10.0.0.0/24,0.0.0.0/0`); an admin approves them.
+    #[arg(long, value_delimiter = ',')]
+    advertise_routes: Vec<wireguard::IpNet>,
     /// A local UDP port exchanging IP packets with the tunnel.
     #[arg(long)]
     packet_port: Option<SocketAddr>,
@@ -92,7 +96,7 @@ async fn run(args: Args, service: Service) -> anyhow::Result<()> {
         state_dir: "agent".to_string(),
         listen_port: args.listen_port,
         endpoint_ip: args.endpoint_ip,
-        advertise_routes: Vec::new(),
+        advertise_routes: args.advertise_routes.clone(),
         backoff_min: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
         keepalive: Duration::from_secs(15),
