@@ -105,6 +105,16 @@ fn serve_key_auth_and_policy_refusal() {
     assert_eq!(status, 401, "no key: refused before the policy is looked at");
     server.process.signal("TERM");
     assert_eq!(server.process.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.process.log());
+
+    // The static key is private to its owner and kept across restarts.
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        std::fs::metadata(dir.path().join("coordinator.key")).expect("key file").permissions();
+    assert_eq!(mode.mode() & 0o777, 0o600);
+    let mut again = start_server(dir.path());
+    assert_eq!(again.public_key, server.public_key);
+    again.process.signal("INT");
+    assert_eq!(again.process.wait_exit(STOP_MAX).0.code(), Some(0), "{}", again.process.log());
 }
 
 struct Agent {
