@@ -16,7 +16,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -139,13 +139,14 @@ async fn packet_port(mut handle: AgentHandle, addr: SocketAddr) -> anyhow::Resul
         tokio::net::UdpSocket::bind(addr).await.concerning("binding the packet port", addr)?;
     let bound = socket.local_addr().context("the packet port's address")?;
     info!(addr = %bound, "packet port open");
-    let client: Mutex<Option<SocketAddr>> = Mutex::new(None);
+    // The port's client: the last sender.
+    let mut client: Option<SocketAddr> = None;
     let mut buffer = vec![0u8; PACKET_BYTES_MAX];
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buffer) => {
                 let (length, from) = received.concerning("reading the packet port", bound)?;
-                *client.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(from);
+                client = Some(from);
                 let packet = buffer[..length].to_vec();
                 if packet_info(&packet).is_some() && !handle.send(packet).await {
                     anyhow::bail!("the agent stopped");
@@ -153,8 +154,7 @@ async fn packet_port(mut handle: AgentHandle, addr: SocketAddr) -> anyhow::Resul
             }
             arrived = handle.recv() => {
                 let Some((_sender, packet)) = arrived else { anyhow::bail!("the agent stopped") };
-                let to = *client.lock().unwrap_or_else(|poison| poison.into_inner());
-                match to {
+                match client {
                     Some(to) => {
                         if let Err(error) = socket.send_to(&packet, to).await {
                             warn!(%error, %to, "cannot hand a packet to the packet port");

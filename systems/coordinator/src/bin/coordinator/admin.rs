@@ -58,6 +58,7 @@ fn refused(status: StatusCode, why: impl std::fmt::Display) -> Answer {
 
 /// Binds `addr` and serves the admin API until `shutdown`; returns the bound address.
 pub(crate) async fn serve(
+    env: &TokioEnv,
     coordinator: Node,
     public_key: String,
     addr: SocketAddr,
@@ -68,7 +69,6 @@ pub(crate) async fn serve(
         .concerning("listening for the admin API on", addr)?;
     let bound = listener.local_addr().context("the admin listener's address")?;
     let router = axum::Router::new().fallback(handle).with_state(Admin { coordinator, public_key });
-    let env = TokioEnv::new(".");
     env.spawn(async move {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.requested().await })
@@ -94,10 +94,7 @@ async fn handle(State(admin): State<Admin>, request: Request) -> Answer {
         Err(error) => return refused(StatusCode::BAD_REQUEST, error),
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match route(&admin, &parts.method, &segments, &body).await {
-        Ok(answer) => answer,
-        Err(answer) => answer,
-    }
+    route(&admin, &parts.method, &segments, &body).await.unwrap_or_else(|refusal| refusal)
 }
 
 async fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), Answer> {

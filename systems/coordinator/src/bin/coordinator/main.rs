@@ -190,7 +190,8 @@ async fn run_server(args: ServeArgs, service: Service) -> anyhow::Result<()> {
         collect(&stats.stats(), nodes, samples);
     });
     let admin_addr =
-        admin::serve(coordinator.clone(), public.clone(), args.admin, service.shutdown()).await?;
+        admin::serve(&env, coordinator.clone(), public.clone(), args.admin, service.shutdown())
+            .await?;
     info!(%addr, admin = %admin_addr, public_key = %public, "serving agents");
     let shutdown = service.shutdown();
     tokio::select! {
