@@ -85,6 +85,11 @@ fn create_api_key(dir: &Path) -> String {
 
 #[test]
 fn serve_key_auth_and_policy_refusal() {
+    for (binary, name) in [(COORDINATOR, "coordinator 0."), (AGENT, "agent 0.")] {
+        let output = Command::new(binary).arg("--version").output().expect("running");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && text.starts_with(name), "{text}");
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let key = create_api_key(dir.path());
     let mut server = start_server(dir.path());
