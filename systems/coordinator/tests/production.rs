@@ -91,8 +91,10 @@ fn serve_key_auth_and_policy_refusal() {
         assert!(output.status.success() && text.starts_with(name), "{text}");
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let key = create_api_key(dir.path());
-    let mut server = start_server(dir.path());
+    // `apikeys create` comes first and makes the data directory.
+    let data = dir.path().join("coordinator");
+    let key = create_api_key(&data);
+    let mut server = start_server(&data);
     let (status, body) = http_get(server.admin, "/key");
     assert_eq!(status, 200);
     assert!(body.contains(&server.public_key), "{body}");
@@ -113,10 +115,9 @@ fn serve_key_auth_and_policy_refusal() {
 
     // The static key is private to its owner and kept across restarts.
     use std::os::unix::fs::PermissionsExt;
-    let mode =
-        std::fs::metadata(dir.path().join("coordinator.key")).expect("key file").permissions();
+    let mode = std::fs::metadata(data.join("coordinator.key")).expect("key file").permissions();
     assert_eq!(mode.mode() & 0o777, 0o600);
-    let mut again = start_server(dir.path());
+    let mut again = start_server(&data);
     assert_eq!(again.public_key, server.public_key);
     again.process.signal("INT");
     assert_eq!(again.process.wait_exit(STOP_MAX).0.code(), Some(0), "{}", again.process.log());

@@ -112,6 +112,10 @@ fn one_shot(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
 }
 
 async fn create_api_key(data_dir: PathBuf) -> anyhow::Result<()> {
+    // Before the first `serve` the data directory may not exist yet.
+    #[allow(clippy::disallowed_methods, reason = "the data directory, once at start-up")]
+    std::fs::create_dir_all(&data_dir)
+        .concerning("creating the data directory", data_dir.display())?;
     let env = TokioEnv::try_new(&data_dir).context("seeding the random number generator")?;
     let dir = data_dir.display().to_string();
     let db = docdb::DocDb::open(env.clone(), DB_DIR, docdb::Options::default())
