@@ -367,7 +367,11 @@ impl<E: Env> Run<E> {
             // Full jitter: a restarted coordinator is not met by every agent at once.
             let jittered =
                 wait.mul_f64(0.5 + (self.env.rng().next_u32() as f64) / (u32::MAX as f64) / 2.0);
-            self.idle(jittered).await;
+            if !self.idle(jittered).await {
+                // The application dropped its handle: nothing is left to connect for, and
+                // looping on would spin (a refused connect and a closed queue never wait).
+                return;
+            }
             backoff = (backoff * 2).min(self.config.backoff_max);
             let delivered_maps = {
                 let status = lock(&self.status);
@@ -380,16 +384,16 @@ impl<E: Env> Run<E> {
         }
     }
 
-    /// Waits `duration` while still moving packets.
-    async fn idle(&mut self, duration: Duration) {
+    /// Waits `duration` while still moving packets; false (at once) if the handle is gone.
+    async fn idle(&mut self, duration: Duration) -> bool {
         let deadline = self.env.now() + duration;
         loop {
             let sleep = self.env.sleep_until(deadline);
             futures::select_biased! {
-                () = sleep.fuse() => return,
+                () = sleep.fuse() => return true,
                 packet = self.outbound.next() => match packet {
                     Some(packet) => { let _ = self.device.send(packet).await; }
-                    None => return,
+                    None => return false,
                 },
                 received = self.device.recv().fuse() => {
                     if let Some(received) = received { self.deliver(received); }
