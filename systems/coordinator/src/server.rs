@@ -387,6 +387,13 @@ impl<E: Env> Coordinator<E> {
         };
         let mut state = lock(&self.inner.state);
         apply_event(&mut state, &event, policy_record);
+        // Simulation and test builds check the engine after every change (CONTRIBUTING.md:
+        // invariants run after every step); release builds skip the O(nodes x peers) walk.
+        if cfg!(debug_assertions)
+            && let Err(violation) = state.engine.check_invariants()
+        {
+            panic!("map engine invariant broken after {event:?}: {violation}");
+        }
         state.stats.changes_applied += 1;
     }
 
