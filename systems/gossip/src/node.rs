@@ -7,6 +7,7 @@
 //! write reaches every live node even when pushes are lost. Tombstones are purged after
 //! `tombstone_ttl`, which `Node::new` checks is long enough against the pull interval.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -197,6 +198,12 @@ pub struct Node {
     next_purge_at: Instant,
     stats: NodeStats,
     faults: Faults,
+    /// Addresses this node can send to when it cannot reach every member (see
+    /// `Swim::set_reachable`); pulls and pushes pick among them. `None`: all.
+    reachable: Option<BTreeSet<SocketAddr>>,
+    /// Addresses a send was refused to in this step, since they are not reachable: the overlay
+    /// is told they failed (HyParView's answer to a broken link) when the step ends.
+    refused: BTreeSet<SocketAddr>,
 }
 
 impl Node {
@@ -222,8 +229,18 @@ impl Node {
             next_purge_at: Instant::ZERO + config.purge_interval,
             stats: NodeStats::default(),
             faults: Faults::default(),
+            reachable: None,
+            refused: BTreeSet::new(),
             config,
         }
+    }
+
+    /// Tells the node which addresses it can send to, for a partial mesh where it cannot
+    /// reach every member (`None`: all). Membership probes, relays, gossip, syncs, pulls and
+    /// pushes then go only there; unreachable members' states come from the reachable ones.
+    pub fn set_reachable(&mut self, reachable: Option<BTreeSet<SocketAddr>>) {
+        self.swim.set_reachable(reachable.clone());
+        self.reachable = reachable;
     }
 
     /// Hands the node and its state machines the driver's BUGGIFY hook and planted bug.
@@ -308,6 +325,28 @@ impl Node {
             }
             Input::Update { key, update } => self.update(now, rng, key, update, effects),
         }
+        self.fail_refused(now, rng, effects);
+    }
+
+    /// Tells the overlay that the members whose addresses a send was refused to have failed,
+    /// so its views hold only members this node can reach (each once per step: a failure
+    /// sends nothing new).
+    fn fail_refused(&mut self, now: Now, rng: &mut impl RngCore, effects: &mut Vec<Effect>) {
+        if self.refused.is_empty() || self.config.push_mode != PushMode::Plumtree {
+            self.refused.clear();
+            return;
+        }
+        let refused = std::mem::take(&mut self.refused);
+        let failed: Vec<MemberId> = self
+            .swim
+            .members()
+            .filter(|member| refused.contains(&member.addr))
+            .map(|member| member.id)
+            .collect();
+        for id in failed {
+            self.overlay_step(now, rng, HvInput::PeerFailed(id), effects);
+        }
+        self.refused.clear();
     }
 
     fn swim_step(
@@ -339,6 +378,10 @@ impl Node {
     }
 
     fn send(&mut self, to: SocketAddr, message: &Message, effects: &mut Vec<Effect>) {
+        if self.reachable.as_ref().is_some_and(|reachable| !reachable.contains(&to)) {
+            self.refused.insert(to);
+            return;
+        }
         match encode(message) {
             Ok(bytes) => effects.push(Effect::Send(Datagram { to, bytes })),
             Err(_) => self.stats.unsendable_count += 1,
@@ -453,6 +496,7 @@ impl Node {
         self.swim
             .members()
             .filter(|member| member.id != self.config.id && member.state == MemberState::Alive)
+            .filter(|member| self.reachable.as_ref().is_none_or(|set| set.contains(&member.addr)))
             .copied()
             .collect()
     }

@@ -305,6 +305,11 @@ pub struct Swim {
     seq: u32,
     stats: SwimStats,
     faults: Faults,
+    /// The addresses this node can send to, when it cannot send to every member (a partial
+    /// mesh, as the coordinator's agents form): only those are probed, asked to relay,
+    /// gossiped and synced with; the others' states come from what the reachable ones say.
+    /// `None`: every member is reachable.
+    reachable: Option<BTreeSet<SocketAddr>>,
 }
 
 /// Precedence of states at equal incarnation: a later state in this order wins.
@@ -349,7 +354,20 @@ impl Swim {
             seq: 0,
             stats: SwimStats::default(),
             faults: Faults::default(),
+            reachable: None,
         }
+    }
+
+    /// Restricts probes, relays, gossip and syncs to members at these addresses (`None`: all).
+    pub fn set_reachable(&mut self, reachable: Option<BTreeSet<SocketAddr>>) {
+        self.reachable = reachable;
+        // A probe order built for the old set is rebuilt at its next round.
+        self.probe_order.clear();
+    }
+
+    /// Whether this node can send to `member`.
+    fn reaches(&self, member: &Member) -> bool {
+        self.reachable.as_ref().is_none_or(|reachable| reachable.contains(&member.addr))
     }
 
     /// Hands the state machine the driver's BUGGIFY hook and planted bug.
@@ -536,6 +554,7 @@ impl Swim {
             .members
             .values()
             .filter(|member| member.id != self.me && is_live(member.state))
+            .filter(|member| self.reaches(member))
             .copied()
             .collect();
         for target in live.choose_multiple(rng, self.config.gossip_count) {
@@ -568,6 +587,7 @@ impl Swim {
             self.members
                 .values()
                 .filter(|member| member.id != self.me && wanted(member.state))
+                .filter(|member| self.reaches(member))
                 .copied()
                 .collect()
         };
@@ -624,6 +644,7 @@ impl Swim {
             while let Some(id) = self.probe_order.pop() {
                 if let Some(member) = self.members.get(&id)
                     && is_live(member.state)
+                    && self.reaches(member)
                 {
                     return Some(*member);
                 }
@@ -632,6 +653,7 @@ impl Swim {
                 .members
                 .values()
                 .filter(|member| member.id != self.me && is_live(member.state))
+                .filter(|member| self.reaches(member))
                 .map(|member| member.id)
                 .collect();
             self.probe_order.shuffle(rng);
@@ -669,7 +691,7 @@ impl Swim {
             .members
             .values()
             .filter(|member| member.id != self.me && member.id != target_id)
-            .filter(|member| member.state == MemberState::Alive)
+            .filter(|member| member.state == MemberState::Alive && self.reaches(member))
             .copied()
             .collect();
         let chosen: Vec<Member> =
