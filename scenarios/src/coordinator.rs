@@ -82,7 +82,7 @@ const POLICIES: [&str; 2] = [
 
 /// Who a node is, as far as the policies care.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Ident {
+pub(crate) enum Ident {
     Odin,
     Thor,
     Server,
@@ -90,7 +90,7 @@ enum Ident {
 }
 
 /// Agent `i`'s identity.
-fn ident_of(index: usize) -> Ident {
+pub(crate) fn ident_of(index: usize) -> Ident {
     [Ident::Odin, Ident::Thor, Ident::Server, Ident::Db, Ident::Odin, Ident::Thor][index % 6]
 }
 
@@ -113,7 +113,7 @@ fn visible(version: u64, a: Ident, b: Ident) -> bool {
 }
 
 #[derive(Default)]
-struct History {
+pub(crate) struct History {
     /// Pre-auth keys per identity (known once the admin created them).
     keys: BTreeMap<Ident, String>,
     /// The users' ids.
@@ -121,28 +121,30 @@ struct History {
     /// The running coordinator (replaced at every boot).
     coordinator: Option<Coordinator<SimEnv>>,
     /// Agent index -> its latest status handle (replaced at every boot).
-    agents: BTreeMap<usize, Arc<Mutex<AgentStatus>>>,
+    pub(crate) agents: BTreeMap<usize, Arc<Mutex<AgentStatus>>>,
     /// Agent index -> its private keys' bytes (never to be seen on the coordinator).
     secrets: BTreeMap<usize, Vec<[u8; 32]>>,
     /// Acknowledged registrations: node id -> (agent index, IPv4, IPv6).
-    registered: BTreeMap<NodeId, (usize, IpAddr, IpAddr)>,
+    pub(crate) registered: BTreeMap<NodeId, (usize, IpAddr, IpAddr)>,
     /// Nodes the admin deleted (or tried to).
     deleted: BTreeSet<NodeId>,
     /// Policy versions acknowledged to the admin.
     policy_acks: Vec<u64>,
     /// Maps agents held: (agent index, policy version, peers' ids, peers' identities).
     maps_checked: u64,
-    violations: Vec<Violation>,
+    pub(crate) violations: Vec<Violation>,
     /// The registry's nodes at the end of the healed phase.
-    current_nodes: Option<Vec<coordinator::NodeInfo>>,
+    pub(crate) current_nodes: Option<Vec<coordinator::NodeInfo>>,
     /// The registry's nodes after the final crash and restart.
     final_nodes: Option<Vec<coordinator::NodeInfo>>,
     leaked: Vec<String>,
+    /// What the applications sent and received (scenario `mesh`).
+    pub(crate) mesh: crate::mesh::MeshHistory,
 }
 
-type Shared = Arc<Mutex<History>>;
+pub(crate) type Shared = Arc<Mutex<History>>;
 
-fn lock(shared: &Shared) -> MutexGuard<'_, History> {
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, History> {
     shared.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
@@ -162,20 +164,25 @@ fn agent_ip(index: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 1, u8::try_from(index + 1).expect("few agents")))
 }
 
-/// The `coordinator-churn` scenario (and its planted-bug twin).
+/// The `coordinator-churn` scenario (and its planted-bug twin, and `mesh`, which adds gossip
+/// and application traffic through the tunnels: `mesh.rs`).
 #[derive(Clone, Copy, Debug)]
 pub struct CoordinatorChurn {
     name: &'static str,
     planted: bool,
+    mesh: bool,
 }
 
 impl CoordinatorChurn {
     /// The correct coordinator.
     pub const CORRECT: CoordinatorChurn =
-        CoordinatorChurn { name: "coordinator-churn", planted: false };
+        CoordinatorChurn { name: "coordinator-churn", planted: false, mesh: false };
     /// The map engine that forgets to tell a removed node's peers (`planted-bugs`).
     pub const PLANTED_STALE_REMOVAL: CoordinatorChurn =
-        CoordinatorChurn { name: "planted-coord-stale-peer", planted: true };
+        CoordinatorChurn { name: "planted-coord-stale-peer", planted: true, mesh: false };
+    /// The whole mesh: `coordinator-churn` plus gossip and traffic through the tunnels.
+    pub const MESH: CoordinatorChurn =
+        CoordinatorChurn { name: "mesh", planted: false, mesh: true };
 }
 
 impl Scenario for CoordinatorChurn {
@@ -187,6 +194,12 @@ impl Scenario for CoordinatorChurn {
         if self.planted {
             return "planted bug: a deleted node stays in its peers' maps";
         }
+        if self.mesh {
+            return "the whole mesh from one seed: coordinator on docdb on the LSM store, 3-6 \
+                    agents with WireGuard devices, gossip inside the tunnels and application \
+                    traffic through them, under crashes, splits, one-way cuts, pauses, clogs, \
+                    clock jumps, policy edits and node deletions";
+        }
         "a coordinator on docdb and 3-6 agents with WireGuard devices: registration, map \
          streams, policy edits and node deletions under crashes of both, splits, one-way cuts, \
          pauses, clogs and clock jumps"
@@ -197,6 +210,19 @@ impl Scenario for CoordinatorChurn {
     }
 
     fn checks(&self) -> &'static [&'static str] {
+        if self.mesh {
+            return &[
+                "policy-safety",
+                "unique-addresses",
+                "durability",
+                "key-secrecy",
+                "convergence",
+                "filter-safety",
+                "authenticity",
+                "reachability",
+                "gossip-convergence",
+            ];
+        }
         &["policy-safety", "unique-addresses", "durability", "key-secrecy", "convergence"]
     }
 
@@ -236,13 +262,14 @@ impl Scenario for CoordinatorChurn {
             coordinator_main(env, seed, planted, stop_at, Arc::clone(&boot_shared))
         });
         let agent_count = swarm.node_count as usize;
+        let mesh = self.mesh;
         for index in 0..agent_count {
             let boot_shared = Arc::clone(&shared);
             world.add_node_with(&format!("n{}", index + 1), agent_ip(index), move |env| {
-                agent_main(env, seed, index, Arc::clone(&boot_shared))
+                agent_main(env, seed, index, mesh, Arc::clone(&boot_shared))
             });
         }
-        Box::new(ChurnRun { coord, agent_count, shared })
+        Box::new(ChurnRun { coord, agent_count, shared, mesh })
     }
 }
 
@@ -344,7 +371,7 @@ async fn bootstrap(coordinator: &Coordinator<SimEnv>, shared: &Shared) -> Result
     Ok(())
 }
 
-async fn agent_main(env: SimEnv, seed: u64, index: usize, shared: Shared) {
+async fn agent_main(env: SimEnv, seed: u64, index: usize, mesh: bool, shared: Shared) {
     let ident = ident_of(index);
     let preauth_key = loop {
         if let Some(key) = lock(&shared).keys.get(&ident).cloned() {
@@ -367,11 +394,12 @@ async fn agent_main(env: SimEnv, seed: u64, index: usize, shared: Shared) {
         backoff_max: Duration::from_secs(2),
         keepalive: Duration::from_millis(500),
         silence_max: Duration::from_secs(3),
+        gossip_port: mesh.then_some(coordinator::tunnel_gossip::GOSSIP_PORT),
         observer: Some(Arc::new(move |status: &AgentStatus| {
             check_map(&observer_shared, index, status);
         })),
     };
-    let handle = match agent::start(env.clone(), config).await {
+    let mut handle = match agent::start(env.clone(), config).await {
         Ok(handle) => handle,
         Err(error) => {
             let message = format!("agent n{} failed to start: {error}", index + 1);
@@ -392,12 +420,20 @@ async fn agent_main(env: SimEnv, seed: u64, index: usize, shared: Shared) {
             let entry = (index, IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
             history.registered.entry(node.id).or_insert(entry);
         }
-        env.sleep(Duration::from_millis(200)).await;
+        if mesh {
+            crate::mesh::app_round(&env, index, &mut handle, &shared).await;
+        } else {
+            env.sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
 /// The identity of a node from its owner and tags.
-fn ident_of_node(history: &History, user: Option<UserId>, tags: &[String]) -> Option<Ident> {
+pub(crate) fn ident_of_node(
+    history: &History,
+    user: Option<UserId>,
+    tags: &[String],
+) -> Option<Ident> {
     if tags.iter().any(|tag| tag == "tag:server") {
         return Some(Ident::Server);
     }
@@ -446,6 +482,7 @@ struct ChurnRun {
     coord: SimNode,
     agent_count: usize,
     shared: Shared,
+    mesh: bool,
 }
 
 impl Workload for ChurnRun {
@@ -455,8 +492,10 @@ impl Workload for ChurnRun {
         let shared = Arc::clone(&self.shared);
         let env = world.env(self.coord);
         let agent_count = self.agent_count;
+        let mesh = self.mesh;
         let budget = CONVERGENCE_MAX + Duration::from_secs(1);
         world.block_on(self.coord, budget, async move {
+            let healed = env.now().as_nanos();
             let deadline = env.now() + CONVERGENCE_MAX;
             loop {
                 let running = lock(&shared).coordinator.clone();
@@ -465,7 +504,12 @@ impl Workload for ChurnRun {
                     None => None,
                 };
                 lock(&shared).current_nodes = nodes;
-                let verdict = check_convergence(&shared, agent_count);
+                let mut verdict = check_convergence(&shared, agent_count);
+                if mesh && verdict.is_ok() {
+                    let history = lock(&shared);
+                    let version = history.coordinator.as_ref().map_or(0, |c| c.policy_version());
+                    verdict = crate::mesh::check_mesh(&history, version, healed);
+                }
                 if verdict.is_ok() || env.now() >= deadline {
                     if let Err(violation) = verdict {
                         lock(&shared).violations.push(violation);
@@ -538,6 +582,16 @@ impl Workload for ChurnRun {
                     "deltas": status.deltas,
                     "disconnects": status.disconnects,
                     "peers": status.map.as_ref().map(|map| map.peers.len()),
+                    "boots": status.boots,
+                    "delivered": status.delivered,
+                    "filtered": status.filtered,
+                    "gossip_members": status.gossip.members,
+                    "gossip_health": status.gossip.health,
+                    "node": status.map.as_ref().map(|map| map.self_node.id),
+                    "map_peers": status.map.as_ref().map(|map| {
+                        map.peers.iter().map(|peer| peer.id).collect::<Vec<_>>()
+                    }),
+                    "device_drops": status.device_drops,
                 })
             })
             .collect();
@@ -546,6 +600,7 @@ impl Workload for ChurnRun {
             "policy_versions_acked": history.policy_acks.len(),
             "maps_checked": history.maps_checked,
             "agents": agents,
+            "mesh": self.mesh.then(|| crate::mesh::summary(&history)),
         })
     }
 

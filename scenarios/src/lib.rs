@@ -31,6 +31,7 @@ pub mod coordinator;
 pub mod docdb;
 pub mod gossip;
 pub mod lsm;
+mod mesh;
 pub mod nemesis;
 pub mod outcome;
 pub mod plan;
@@ -59,6 +60,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(gossip::GossipCluster::LARGE));
     list.push(Box::new(docdb::DocdbTxn::CORRECT));
     list.push(Box::new(coordinator::CoordinatorChurn::CORRECT));
+    list.push(Box::new(coordinator::CoordinatorChurn::MESH));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));

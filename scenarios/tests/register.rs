@@ -53,3 +53,14 @@ fn gossip_large() {
 fn docdb_txn() {
     check("docdb-txn");
 }
+
+#[test]
+fn coordinator_churn() {
+    check("coordinator-churn");
+}
+
+/// The whole mesh: coordinator, docdb, LSM, WireGuard, gossip and traffic, from one seed.
+#[test]
+fn mesh() {
+    check("mesh");
+}

@@ -23,9 +23,10 @@ use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{FutureExt, SinkExt, StreamExt};
+use gossip::node::Now;
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
-use sim::{Env, File, OpenOptions};
+use sim::{Env, File, Instant, OpenOptions};
 use wireguard::device::{DeviceConfig, DeviceHandle, PeerConfig};
 use wireguard::{Device, IpNet};
 use zeroize::Zeroizing;
@@ -34,12 +35,13 @@ use crate::channel::Channel;
 use crate::netmap::NetMap;
 use crate::policy::CompiledFilter;
 use crate::proto::{ErrorKind, MapVersion, Request, Response};
+use crate::tunnel_gossip::{GossipStatus, TunnelGossip, now_of, udp_payload};
 use crate::types::{Key, NodeId, NodeInfo};
 
 /// The state file's name inside `state_dir`.
 pub const STATE_FILE: &str = "agent.state";
-/// The state file's format byte.
-const STATE_FORMAT: u8 = 1;
+/// The state file's format byte (format 1 had no boot count; it is read as zero boots).
+const STATE_FORMAT: u8 = 2;
 /// Packets queued between the agent and its application.
 const PACKET_QUEUE_MAX: usize = 1024;
 /// How long a TCP connection attempt may take (the handshake has the channel's bound).
@@ -75,6 +77,9 @@ pub struct AgentConfig {
     /// How long the map stream may stay silent (the coordinator sends keepalives) before the
     /// agent reconnects.
     pub silence_max: Duration,
+    /// The port of the gossip membership inside the tunnels (`None`: no gossip); see
+    /// `tunnel_gossip` for what it carries and the decisions behind it.
+    pub gossip_port: Option<u16>,
     /// Called with the status after every map applied (for checks and logs).
     pub observer: Option<Observer>,
 }
@@ -120,6 +125,12 @@ pub struct AgentStatus {
     pub delivered: u64,
     /// The device's peer keys after the last reconfiguration, sorted.
     pub device_peers: Vec<Key>,
+    /// How many times this agent has started on its state (1 on the first start).
+    pub boots: u32,
+    /// The gossip membership and store as this agent sees them (empty without gossip).
+    pub gossip: GossipStatus,
+    /// The WireGuard device's drops by reason (refreshed with the map and the gossip).
+    pub device_drops: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Everything the agent can fail with before its run loop starts.
@@ -149,6 +160,16 @@ struct AgentState {
     machine_private: [u8; 32],
     node_private: [u8; 32],
     node: Option<NodeId>,
+    /// Starts on this state, this one included (the gossip incarnation starts there).
+    boots: u32,
+}
+
+/// Format 1 of the state, without the boot count.
+#[derive(Deserialize)]
+struct AgentStateV1 {
+    machine_private: [u8; 32],
+    node_private: [u8; 32],
+    node: Option<NodeId>,
 }
 
 impl Drop for AgentState {
@@ -163,10 +184,21 @@ pub fn public_of(private: &[u8; 32]) -> Key {
     Key(wireguard::crypto::public_key(&x25519_dalek::StaticSecret::from(*private)))
 }
 
+/// A packet that arrived through the tunnel and that the filter allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arrived {
+    /// The node key of the WireGuard session it came through.
+    pub peer: Key,
+    /// The IP packet.
+    pub packet: Vec<u8>,
+    /// The policy version of the filter that allowed it.
+    pub policy_version: u64,
+}
+
 /// The application's side of a running agent: packets in and out of the tunnel.
 pub struct AgentHandle {
     outbound: mpsc::Sender<Vec<u8>>,
-    inbound: mpsc::Receiver<(Key, Vec<u8>)>,
+    inbound: mpsc::Receiver<Arrived>,
     status: Arc<Mutex<AgentStatus>>,
     machine_key: Key,
     node_key: Key,
@@ -181,6 +213,12 @@ impl AgentHandle {
 
     /// The next packet that arrived and that the filter allowed, with its sender's node key.
     pub async fn recv(&mut self) -> Option<(Key, Vec<u8>)> {
+        self.inbound.next().await.map(|arrived| (arrived.peer, arrived.packet))
+    }
+
+    /// The next packet that arrived and that the filter allowed, with the policy version of
+    /// that filter.
+    pub async fn recv_detailed(&mut self) -> Option<Arrived> {
         self.inbound.next().await
     }
 
@@ -218,7 +256,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Starts an agent: loads (or creates) its state, starts its WireGuard device and spawns its
 /// run loop on `env`.
 pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, AgentError> {
-    let state = load_or_create_state(&env, &config.state_dir).await?;
+    let state = boot_state(&env, &config.state_dir).await?;
     let device_config = DeviceConfig {
         private_key: Zeroizing::new(state.node_private),
         listen_port: config.listen_port,
@@ -232,7 +270,8 @@ pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, A
     let endpoint = SocketAddr::new(config.endpoint_ip, device.local_addr().port());
     let (outbound, outbound_rx) = mpsc::channel(PACKET_QUEUE_MAX);
     let (inbound_tx, inbound) = mpsc::channel(PACKET_QUEUE_MAX);
-    let status = Arc::new(Mutex::new(AgentStatus::default()));
+    let status = Arc::new(Mutex::new(AgentStatus { boots: state.boots, ..Default::default() }));
+    let gossip = config.gossip_port.map(|port| TunnelGossip::new(port, state.boots));
     let machine_key = public_of(&state.machine_private);
     let node_key = public_of(&state.node_private);
     let run = Run {
@@ -245,6 +284,7 @@ pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, A
         outbound: outbound_rx,
         inbound: inbound_tx,
         filter: None,
+        gossip,
     };
     let secrets = Zeroizing::new([run.state.machine_private, run.state.node_private]);
     env.spawn(run.run());
@@ -262,15 +302,27 @@ async fn load_or_create_state<E: Env>(env: &E, dir: &str) -> Result<AgentState, 
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let mut rng = env.rng();
-            let mut state =
-                AgentState { machine_private: [0; 32], node_private: [0; 32], node: None };
+            let mut state = AgentState {
+                machine_private: [0; 32],
+                node_private: [0; 32],
+                node: None,
+                boots: 0,
+            };
             rng.fill_bytes(&mut state.machine_private);
             rng.fill_bytes(&mut state.node_private);
-            save_state(env, dir, &state).await?;
             Ok(state)
         }
         Err(error) => Err(AgentError::Io("opening the agent state", error)),
     }
+}
+
+/// Loads (or creates) the state and counts this start in it, durably before anything runs:
+/// the gossip incarnation of this life is then above every earlier life's.
+async fn boot_state<E: Env>(env: &E, dir: &str) -> Result<AgentState, AgentError> {
+    let mut state = load_or_create_state(env, dir).await?;
+    state.boots = state.boots.saturating_add(1);
+    save_state(env, dir, &state).await?;
+    Ok(state)
 }
 
 async fn read_all<F: File>(file: &F) -> std::io::Result<Vec<u8>> {
@@ -307,10 +359,16 @@ fn decode_state(bytes: &[u8]) -> Result<AgentState, AgentError> {
     if crc32c::crc32c(body) != stored {
         return Err(corrupt("checksum mismatch"));
     }
-    if body[0] != STATE_FORMAT {
-        return Err(AgentError::CorruptState(format!("unknown format {}", body[0])));
+    match body[0] {
+        STATE_FORMAT => postcard::from_bytes(&body[1..]).map_err(|e| corrupt(&e.to_string())),
+        1 => {
+            let old: AgentStateV1 =
+                postcard::from_bytes(&body[1..]).map_err(|e| corrupt(&e.to_string()))?;
+            let AgentStateV1 { machine_private, node_private, node } = old;
+            Ok(AgentState { machine_private, node_private, node, boots: 0 })
+        }
+        other => Err(AgentError::CorruptState(format!("unknown format {other}"))),
     }
-    postcard::from_bytes(&body[1..]).map_err(|error| corrupt(&error.to_string()))
 }
 
 async fn save_state<E: Env>(env: &E, dir: &str, state: &AgentState) -> Result<(), AgentError> {
@@ -335,8 +393,9 @@ struct Run<E: Env> {
     device: DeviceHandle,
     status: Arc<Mutex<AgentStatus>>,
     outbound: mpsc::Receiver<Vec<u8>>,
-    inbound: mpsc::Sender<(Key, Vec<u8>)>,
+    inbound: mpsc::Sender<Arrived>,
     filter: Option<CompiledFilter>,
+    gossip: Option<TunnelGossip>,
 }
 
 /// Why a session ended.
@@ -389,6 +448,7 @@ impl<E: Env> Run<E> {
         let deadline = self.env.now() + duration;
         loop {
             let sleep = self.env.sleep_until(deadline);
+            let gossip_wake = self.env.sleep_until(self.gossip_wake());
             futures::select_biased! {
                 () = sleep.fuse() => return true,
                 packet = self.outbound.next() => match packet {
@@ -396,8 +456,9 @@ impl<E: Env> Run<E> {
                     None => return false,
                 },
                 received = self.device.recv().fuse() => {
-                    if let Some(received) = received { self.deliver(received); }
+                    if let Some(received) = received { self.deliver(received).await; }
                 }
+                () = gossip_wake.fuse() => self.gossip_tick().await,
             }
         }
     }
@@ -481,6 +542,7 @@ impl<E: Env> Run<E> {
         let ended = loop {
             let silence = self.env.sleep_until(heard + self.config.silence_max);
             let ping = self.env.sleep_until(pinged + self.config.keepalive);
+            let gossip_wake = self.env.sleep_until(self.gossip_wake());
             futures::select_biased! {
                 () = ping.fuse() => {
                     pinged = self.env.now();
@@ -501,8 +563,9 @@ impl<E: Env> Run<E> {
                     None => break Ended::Stopped,
                 },
                 received = self.device.recv().fuse() => {
-                    if let Some(received) = received { self.deliver(received); }
+                    if let Some(received) = received { self.deliver(received).await; }
                 }
+                () = gossip_wake.fuse() => self.gossip_tick().await,
             }
         };
         reader.abort();
@@ -574,19 +637,71 @@ impl<E: Env> Run<E> {
         if self.device.set_peers(peers).await.is_err() {
             return Err(Ended::Stopped);
         }
-        let status = {
+        let drops = self.device.stats().drops;
+        {
             let mut status = lock(&self.status);
             status.device_peers = keys;
-            status.clone()
-        };
+            status.device_drops = drops;
+        }
+        let map = lock(&self.status).map.clone();
+        if let Some(map) = map {
+            self.gossip_step(|gossip, now, rng| gossip.on_map(now, rng, &map)).await;
+        }
+        let status = lock(&self.status).clone();
         if let Some(observer) = &self.config.observer {
             observer(&status);
         }
         Ok(())
     }
 
-    fn deliver(&mut self, received: wireguard::Received) {
-        let allowed = match (&self.filter, packet_info(&received.packet)) {
+    /// When the gossip node next wants a tick (a second away at most, and without gossip).
+    fn gossip_wake(&self) -> Instant {
+        let cap = self.env.now() + Duration::from_secs(1);
+        self.gossip.as_ref().and_then(TunnelGossip::deadline).map_or(cap, |due| due.min(cap))
+    }
+
+    async fn gossip_tick(&mut self) {
+        self.gossip_step(|gossip, now, rng| gossip.tick(now, rng)).await;
+    }
+
+    /// Steps the gossip node (if any) and sends the packets it asks for into the tunnel.
+    async fn gossip_step(
+        &mut self,
+        step: impl FnOnce(&mut TunnelGossip, Now, &mut E::Rng) -> Vec<Vec<u8>>,
+    ) {
+        let Some(gossip) = self.gossip.as_mut() else { return };
+        let mut rng = self.env.rng();
+        let packets = step(gossip, now_of(&self.env), &mut rng);
+        if cfg!(debug_assertions) {
+            gossip.check_invariants();
+        }
+        let gossip_status = gossip.status();
+        let drops = self.device.stats().drops;
+        {
+            let mut status = lock(&self.status);
+            status.gossip = gossip_status;
+            status.device_drops = drops;
+        }
+        for packet in packets {
+            // A lost gossip packet is the network's business: SWIM and anti-entropy retry.
+            let _ = self.device.send(packet).await;
+        }
+    }
+
+    async fn deliver(&mut self, received: wireguard::Received) {
+        let info = packet_info(&received.packet);
+        if let (Some(gossip), Some(info)) = (self.gossip.as_ref(), info)
+            && gossip.is_gossip(info.protocol, info.port)
+        {
+            // The agent's own traffic: not subject to the filter (see `tunnel_gossip`).
+            if let Some((port, payload)) = udp_payload(&received.packet) {
+                let from = SocketAddr::new(info.source, port);
+                self.gossip_step(|gossip, now, rng| gossip.on_datagram(now, rng, from, payload))
+                    .await;
+            }
+            return;
+        }
+        let allowed = match (&self.filter, info) {
             (Some(filter), Some(info)) => {
                 filter.allows(info.source, info.destination, info.protocol, info.port)
             }
@@ -598,8 +713,10 @@ impl<E: Env> Run<E> {
             return;
         }
         status.delivered += 1;
+        let policy_version = status.policy_version;
         drop(status);
-        let _ = self.inbound.try_send((Key(received.peer), received.packet));
+        let arrived = Arrived { peer: Key(received.peer), packet: received.packet, policy_version };
+        let _ = self.inbound.try_send(arrived);
     }
 }
 
@@ -658,16 +775,11 @@ pub fn udp_packet(
     port: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut datagram = Vec::with_capacity(8 + payload.len());
-    datagram.extend_from_slice(&40000u16.to_be_bytes());
-    datagram.extend_from_slice(&port.to_be_bytes());
-    let len = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
-    datagram.extend_from_slice(&len.to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(payload);
-    let mut packet = wireguard::ip::ipv4_packet(source, destination, &datagram);
-    packet[9] = 17;
-    packet
+    crate::tunnel_gossip::udp_packet_between(
+        SocketAddr::new(IpAddr::V4(source), 40000),
+        SocketAddr::new(IpAddr::V4(destination), port),
+        payload,
+    )
 }
 
 #[cfg(test)]
@@ -676,17 +788,36 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_corruption_is_typed() {
-        let state = AgentState { machine_private: [7; 32], node_private: [9; 32], node: Some(4) };
+        let state =
+            AgentState { machine_private: [7; 32], node_private: [9; 32], node: Some(4), boots: 3 };
         let bytes = encode_state(&state);
         let back = decode_state(&bytes).expect("decodes");
         assert_eq!(back.machine_private, [7; 32]);
         assert_eq!(back.node, Some(4));
+        assert_eq!(back.boots, 3);
         for at in 0..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x10;
             assert!(matches!(decode_state(&flipped), Err(AgentError::CorruptState(_))));
         }
         assert!(decode_state(&bytes[..3]).is_err());
+    }
+
+    #[test]
+    fn a_format_one_state_is_read_with_zero_boots() {
+        #[derive(Serialize)]
+        struct V1 {
+            machine_private: [u8; 32],
+            node_private: [u8; 32],
+            node: Option<NodeId>,
+        }
+        let old = V1 { machine_private: [1; 32], node_private: [2; 32], node: Some(9) };
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&postcard::to_stdvec(&old).expect("serializes"));
+        let crc = crc32c::crc32c(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let state = decode_state(&bytes).expect("format 1 still reads");
+        assert_eq!((state.node, state.boots, state.node_private), (Some(9), 0, [2; 32]));
     }
 
     #[test]

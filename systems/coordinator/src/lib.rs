@@ -21,6 +21,7 @@
 //! - `server`: `Coordinator`, the registry, the map engine fed by docdb's change stream, and
 //!   the agent sessions.
 //! - `agent`: the node agent (registration, map stream, WireGuard device, packet filter).
+//! - `tunnel_gossip`: the agent's gossip membership and store, carried inside the tunnels.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 
@@ -37,6 +38,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod routes;
 pub mod server;
+pub mod tunnel_gossip;
 pub mod types;
 
 pub use types::{

@@ -23,6 +23,7 @@ use anyhow::Context;
 use clap::Parser;
 use coordinator::Key;
 use coordinator::agent::{AgentConfig, AgentHandle, AgentStatus, packet_info};
+use gossip::swim::MemberState;
 use service::tracing::{info, warn};
 use service::{Concerning, Samples, Service};
 use sim::tokio_env::TokioEnv;
@@ -52,6 +53,9 @@ struct Args {
     /// WireGuard's UDP port (0 picks one).
     #[arg(long, default_value_t = 0)]
     listen_port: u16,
+    /// The gossip membership's UDP port inside the tunnels (0: no gossip).
+    #[arg(long, default_value_t = coordinator::tunnel_gossip::GOSSIP_PORT)]
+    gossip_port: u16,
     /// The address peers reach this host at.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     endpoint_ip: IpAddr,
@@ -101,6 +105,7 @@ async fn run(args: Args, service: Service) -> anyhow::Result<()> {
         backoff_max: Duration::from_secs(30),
         keepalive: Duration::from_secs(15),
         silence_max: Duration::from_secs(60),
+        gossip_port: (args.gossip_port != 0).then_some(args.gossip_port),
         observer: Some(Arc::new(log_status)),
     };
     let handle =
@@ -188,4 +193,14 @@ fn collect(status: &AgentStatus, samples: &mut Samples) {
         "Policy version of the map.",
         status.policy_version as f64,
     );
+    let help = "Gossip members this agent believes in each state (itself included).";
+    for (state, label) in [
+        (MemberState::Alive, "alive"),
+        (MemberState::Suspect, "suspect"),
+        (MemberState::Dead, "dead"),
+        (MemberState::Left, "left"),
+    ] {
+        let count = status.gossip.members.iter().filter(|member| member.1 == state).count();
+        samples.gauge_with("agent_gossip_members", help, &[("state", label)], count as f64);
+    }
 }
