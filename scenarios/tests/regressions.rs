@@ -84,3 +84,28 @@ fn lsm_crash_seed_0x7_user_flush_ends_within_the_bound_under_a_burst() {
 fn lsm_crash_seed_0x109_a_failed_opening_reopens_without_waiting_for_the_burst() {
     check_passes("lsm-crash", 0x109);
 }
+
+/// Agents gossiping inside their tunnels probed and synced with members they had no tunnel to
+/// (a policy under which a node sees only the servers), suspected them for it and never heard
+/// their refutations ("n1 believes n2 (node 6) is Some(Dead)"). Gossip nodes are now told
+/// which members they can reach (`Node::set_reachable`) and probe and sync only with those.
+#[test]
+fn mesh_seed_0xa_gossip_probes_only_members_with_a_tunnel() {
+    check_passes("mesh", 0xa);
+}
+
+/// HyParView kept members without a tunnel in its active view, so Plumtree pushed a restarted
+/// node's entry into the void and one store never got it ("n1's store has boot None for node
+/// 9"). A send refused for want of a tunnel now counts as a failed link for the overlay.
+#[test]
+fn mesh_seed_0x3a_the_overlay_drops_members_without_a_tunnel() {
+    check_passes("mesh", 0x3a);
+}
+
+/// In a star-shaped mesh a restarted hub's empty store was refilled only by pulls from one
+/// random spoke every 2 s, which missed a spoke's entry for the whole 20 s window ("n1's store
+/// has boot None for node 5"). Tunnel gossip pulls every 500 ms.
+#[test]
+fn mesh_seed_0xc1_a_restarted_hub_refills_its_store_in_time() {
+    check_passes("mesh", 0xc1);
+}
