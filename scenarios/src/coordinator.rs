@@ -138,6 +138,8 @@ pub(crate) struct History {
     /// The registry's nodes after the final crash and restart.
     final_nodes: Option<Vec<coordinator::NodeInfo>>,
     leaked: Vec<String>,
+    /// The end of the faulty phase (agents rotate keys only before it).
+    pub(crate) faulty_until: Option<sim::Instant>,
     /// What the applications sent and received (scenario `mesh`).
     pub(crate) mesh: crate::mesh::MeshHistory,
 }
@@ -256,6 +258,7 @@ impl Scenario for CoordinatorChurn {
         let seed = world.seed();
         let shared: Shared = Arc::default();
         let stop_at = at(swarm.faulty_ms);
+        lock(&shared).faulty_until = Some(stop_at);
         let boot_shared = Arc::clone(&shared);
         let planted = self.planted;
         let coord = world.add_node_with("coord", coordinator_ip(), move |env| {
@@ -420,6 +423,8 @@ async fn agent_main(env: SimEnv, seed: u64, index: usize, mesh: bool, shared: Sh
             let entry = (index, IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
             history.registered.entry(node.id).or_insert(entry);
         }
+        // Keys made by rotations count as the agent's secrets too.
+        lock(&shared).secrets.insert(index, handle.private_keys_for_checks());
         if mesh {
             crate::mesh::app_round(&env, index, &mut handle, &shared).await;
         } else {
@@ -455,6 +460,8 @@ fn check_map(shared: &Shared, index: usize, status: &AgentStatus) {
     let Some(map) = status.map.as_ref() else { return };
     let mut history = lock(shared);
     history.maps_checked += 1;
+    // Before any packet leaves under a new key (a rotated device applies its map first).
+    history.mesh.note_key(index, status.node_key);
     if let Some(node) = &status.node {
         let entry = (index, IpAddr::V4(node.ipv4), IpAddr::V6(node.ipv6));
         history.registered.entry(node.id).or_insert(entry);
@@ -583,10 +590,13 @@ impl Workload for ChurnRun {
                     "disconnects": status.disconnects,
                     "peers": status.map.as_ref().map(|map| map.peers.len()),
                     "boots": status.boots,
+                    "rotations": status.rotations,
                     "delivered": status.delivered,
                     "filtered": status.filtered,
                     "gossip_members": status.gossip.members,
                     "gossip_health": status.gossip.health,
+                    "gossip_sent": status.gossip.sent,
+                    "gossip_received": status.gossip.received,
                     "node": status.map.as_ref().map(|map| map.self_node.id),
                     "map_peers": status.map.as_ref().map(|map| {
                         map.peers.iter().map(|peer| peer.id).collect::<Vec<_>>()

@@ -4,7 +4,9 @@
 //! with WireGuard devices, policy edits, node deletions, crashes, splits, one-way cuts, pauses,
 //! clogs and clock jumps), and on top: every agent joins the gossip layer (SWIM with Lifeguard,
 //! Plumtree, anti-entropy) inside its tunnels, and an application on every agent sends UDP
-//! packets through the tunnels to each of its peers on ports 22, 443 and 5432.
+//! packets through the tunnels to each of its peers on ports 22, 443 and 5432. During the
+//! faulty phase agents now and then rotate their node keys (their devices restart under the
+//! new key and every peer must learn it).
 //!
 //! Safety (whole run), besides `coordinator-churn`'s:
 //! - `filter-safety`: every packet an application received was allowed, port included, by the
@@ -28,6 +30,7 @@ use coordinator::agent::{AgentHandle, AgentStatus, udp_packet};
 use coordinator::{Key, NodeId};
 use gossip::swim::MemberState;
 use invariants::Violation;
+use rand::RngCore;
 use sim::Env;
 use sim::world::SimEnv;
 
@@ -37,6 +40,8 @@ use crate::coordinator::{History, Ident, Shared, ident_of, lock};
 pub(crate) const PORTS: [u16; 3] = [22, 443, 5432];
 /// Between two rounds of packets (one to every peer on every port).
 const ROUND_EVERY: Duration = Duration::from_millis(300);
+/// An agent asks for a new node key in one round out of this many (faulty phase only).
+const ROTATE_ONE_IN: u32 = 40;
 /// The packets' magic prefix.
 const MAGIC: &[u8; 2] = b"gm";
 /// The payload's length: magic, sender, boot, sequence number, receiver, port.
@@ -51,12 +56,19 @@ pub(crate) struct MeshHistory {
     arrived: BTreeMap<(usize, usize, u16), u64>,
     /// Packets received by the applications.
     pub(crate) received: u64,
+    /// Every node key each agent has used (rotations add keys).
+    keys: BTreeMap<usize, BTreeSet<Key>>,
+}
+
+impl MeshHistory {
+    /// Agent `index` uses (or used) `key`.
+    pub(crate) fn note_key(&mut self, index: usize, key: Key) {
+        self.keys.entry(index).or_default().insert(key);
+    }
 }
 
 /// One sent packet.
 struct Sent {
-    /// The sender's node key when it sent.
-    node_key: Key,
     /// The packet's bytes.
     packet: Vec<u8>,
 }
@@ -109,10 +121,14 @@ pub(crate) async fn app_round(
     shared: &Shared,
 ) {
     let status = handle.status();
+    let faulty = lock(shared).faulty_until.is_some_and(|until| env.now() < until);
+    if faulty && env.rng().next_u32().is_multiple_of(ROTATE_ONE_IN) {
+        handle.rotate_node_key();
+    }
+    lock(shared).mesh.note_key(index, handle.node_key());
     for (packet, key) in round_packets(index, &status, shared) {
         // Recorded before it leaves, so an arrival always finds it.
-        let sent = Sent { node_key: handle.node_key(), packet: packet.clone() };
-        lock(shared).mesh.sent.insert(key, sent);
+        lock(shared).mesh.sent.insert(key, Sent { packet: packet.clone() });
         let _ = handle.send(packet).await;
     }
     let deadline = env.now() + ROUND_EVERY;
@@ -178,9 +194,14 @@ fn check_arrival(
         history.violations.push(Violation::new("authenticity", message));
         return;
     };
-    let authentic = history.mesh.sent.get(&(from, boot, seq)).is_some_and(|sent| {
-        sent.packet == arrived.packet && sent.node_key == arrived.peer && to == index
-    });
+    // The packet may have left through a key the sender rotated to after queueing it: any
+    // key the sending agent has held is its own.
+    let sender_key = history.mesh.keys.get(&from).is_some_and(|keys| keys.contains(&arrived.peer));
+    let authentic = history
+        .mesh
+        .sent
+        .get(&(from, boot, seq))
+        .is_some_and(|sent| sent.packet == arrived.packet && sender_key && to == index);
     if !authentic {
         let message = format!(
             "n{} received packet {seq} of n{} (boot {boot}) through key {:?}, not as sent",

@@ -109,3 +109,20 @@ fn mesh_seed_0x3a_the_overlay_drops_members_without_a_tunnel() {
 fn mesh_seed_0xc1_a_restarted_hub_refills_its_store_in_time() {
     check_passes("mesh", 0xc1);
 }
+
+/// An agent asked to rotate its node key after the admin deleted its node was refused as not
+/// registered and kept asking, never registering again ("n1 holds no map ... last refusal
+/// NotRegistered"). A refusal as not registered now drops the rotation and re-registers.
+#[test]
+fn mesh_seed_0xf_a_deleted_node_rotating_its_key_registers_again() {
+    check_passes("mesh", 0xf);
+}
+
+/// An agent whose key rotations restarted its device lost its way into the gossip layer: its
+/// tunnel peers had been offered as join seeds once, and it ended up knowing only itself
+/// ("n1 believes n4 (node 1) is None"). Every map now re-joins through the tunnel peers the
+/// node does not know as live members.
+#[test]
+fn mesh_seed_0x1a_rotating_agents_rejoin_the_gossip() {
+    check_passes("mesh", 0x1a);
+}

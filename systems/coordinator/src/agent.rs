@@ -46,6 +46,8 @@ const STATE_FORMAT: u8 = 2;
 const PACKET_QUEUE_MAX: usize = 1024;
 /// How long a TCP connection attempt may take (the handshake has the channel's bound).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Binds tried while a restarted device waits for the old one to let go of its port.
+const RESTART_BIND_ATTEMPTS: usize = 100;
 /// Messages read ahead of the run loop.
 const RESPONSE_QUEUE_MAX: usize = 16;
 
@@ -125,6 +127,10 @@ pub struct AgentStatus {
     pub delivered: u64,
     /// The device's peer keys after the last reconfiguration, sorted.
     pub device_peers: Vec<Key>,
+    /// The node key the device uses now.
+    pub node_key: Key,
+    /// Node-key rotations completed since this start.
+    pub rotations: u64,
     /// How many times this agent has started on its state (1 on the first start).
     pub boots: u32,
     /// The gossip membership and store as this agent sees them (empty without gossip).
@@ -162,6 +168,9 @@ struct AgentState {
     node: Option<NodeId>,
     /// Starts on this state, this one included (the gossip incarnation starts there).
     boots: u32,
+    /// A node key being rotated to: kept from before the request is sent until the
+    /// coordinator's answer is saved, so a crash in between finishes the same rotation.
+    next_node_private: Option<[u8; 32]>,
 }
 
 /// Format 1 of the state, without the boot count.
@@ -176,6 +185,20 @@ impl Drop for AgentState {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.machine_private);
         zeroize::Zeroize::zeroize(&mut self.node_private);
+        if let Some(next) = self.next_node_private.as_mut() {
+            zeroize::Zeroize::zeroize(next);
+        }
+    }
+}
+
+/// The device's configuration under the state's node key, without peers (the map sets them).
+fn device_config(state: &AgentState, listen_port: u16) -> DeviceConfig {
+    DeviceConfig {
+        private_key: Zeroizing::new(state.node_private),
+        listen_port,
+        peers: Vec::new(),
+        handshake_load_limit_per_sec: 1000,
+        mtu: 1280,
     }
 }
 
@@ -201,8 +224,8 @@ pub struct AgentHandle {
     inbound: mpsc::Receiver<Arrived>,
     status: Arc<Mutex<AgentStatus>>,
     machine_key: Key,
-    node_key: Key,
-    secrets: Zeroizing<[[u8; 32]; 2]>,
+    secrets: Arc<Mutex<Vec<Zeroizing<[u8; 32]>>>>,
+    rotate: mpsc::Sender<()>,
 }
 
 impl AgentHandle {
@@ -235,7 +258,7 @@ impl AgentHandle {
     /// The agent's private keys (machine, node), for the harness's check that they never
     /// leave the node (it scans other nodes' disks for them). Never log or send them.
     pub fn private_keys_for_checks(&self) -> Vec<[u8; 32]> {
-        self.secrets.to_vec()
+        lock(&self.secrets).iter().map(|key| **key).collect()
     }
 
     /// This machine's public key.
@@ -245,7 +268,14 @@ impl AgentHandle {
 
     /// This node's WireGuard public key.
     pub fn node_key(&self) -> Key {
-        self.node_key
+        lock(&self.status).node_key
+    }
+
+    /// Asks the agent to replace its node key: it ends its map stream, sends the coordinator
+    /// `RotateNodeKey`, restarts its device under the new key and reopens the stream. False if
+    /// a rotation is already pending.
+    pub fn rotate_node_key(&mut self) -> bool {
+        self.rotate.try_send(()).is_ok()
     }
 }
 
@@ -257,14 +287,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// run loop on `env`.
 pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let state = boot_state(&env, &config.state_dir).await?;
-    let device_config = DeviceConfig {
-        private_key: Zeroizing::new(state.node_private),
-        listen_port: config.listen_port,
-        peers: Vec::new(),
-        handshake_load_limit_per_sec: 1000,
-        mtu: 1280,
-    };
-    let device = Device::start(env.clone(), device_config)
+    let device = Device::start(env.clone(), device_config(&state, config.listen_port))
         .await
         .map_err(|error| AgentError::Io("starting the WireGuard device", error))?;
     let endpoint = SocketAddr::new(config.endpoint_ip, device.local_addr().port());
@@ -274,6 +297,12 @@ pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, A
     let gossip = config.gossip_port.map(|port| TunnelGossip::new(port, state.boots));
     let machine_key = public_of(&state.machine_private);
     let node_key = public_of(&state.node_private);
+    lock(&status).node_key = node_key;
+    let (rotate, rotate_rx) = mpsc::channel(1);
+    let mut secrets =
+        vec![Zeroizing::new(state.machine_private), Zeroizing::new(state.node_private)];
+    secrets.extend(state.next_node_private.map(Zeroizing::new));
+    let secrets = Arc::new(Mutex::new(secrets));
     let run = Run {
         env: env.clone(),
         config,
@@ -285,10 +314,12 @@ pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, A
         inbound: inbound_tx,
         filter: None,
         gossip,
+        rotate: rotate_rx,
+        rotate_wanted: false,
+        secrets: Arc::clone(&secrets),
     };
-    let secrets = Zeroizing::new([run.state.machine_private, run.state.node_private]);
     env.spawn(run.run());
-    Ok(AgentHandle { outbound, inbound, status, machine_key, node_key, secrets })
+    Ok(AgentHandle { outbound, inbound, status, machine_key, secrets, rotate })
 }
 
 async fn load_or_create_state<E: Env>(env: &E, dir: &str) -> Result<AgentState, AgentError> {
@@ -307,6 +338,7 @@ async fn load_or_create_state<E: Env>(env: &E, dir: &str) -> Result<AgentState, 
                 node_private: [0; 32],
                 node: None,
                 boots: 0,
+                next_node_private: None,
             };
             rng.fill_bytes(&mut state.machine_private);
             rng.fill_bytes(&mut state.node_private);
@@ -365,7 +397,13 @@ fn decode_state(bytes: &[u8]) -> Result<AgentState, AgentError> {
             let old: AgentStateV1 =
                 postcard::from_bytes(&body[1..]).map_err(|e| corrupt(&e.to_string()))?;
             let AgentStateV1 { machine_private, node_private, node } = old;
-            Ok(AgentState { machine_private, node_private, node, boots: 0 })
+            Ok(AgentState {
+                machine_private,
+                node_private,
+                node,
+                boots: 0,
+                next_node_private: None,
+            })
         }
         other => Err(AgentError::CorruptState(format!("unknown format {other}"))),
     }
@@ -396,6 +434,11 @@ struct Run<E: Env> {
     inbound: mpsc::Sender<Arrived>,
     filter: Option<CompiledFilter>,
     gossip: Option<TunnelGossip>,
+    rotate: mpsc::Receiver<()>,
+    /// The application asked for a new node key; the next session rotates it.
+    rotate_wanted: bool,
+    /// Every private key this agent has held, for `private_keys_for_checks`.
+    secrets: Arc<Mutex<Vec<Zeroizing<[u8; 32]>>>>,
 }
 
 /// Why a session ended.
@@ -406,6 +449,8 @@ enum Ended {
     Refused,
     /// The application dropped its handle: stop.
     Stopped,
+    /// The application asked for a new node key: reconnect at once to rotate it.
+    Rotate,
 }
 
 impl<E: Env> Run<E> {
@@ -422,6 +467,7 @@ impl<E: Env> Run<E> {
                 Ended::Stopped => return,
                 Ended::Broken => backoff,
                 Ended::Refused => self.config.backoff_max,
+                Ended::Rotate => Duration::ZERO,
             };
             // Full jitter: a restarted coordinator is not met by every agent at once.
             let jittered =
@@ -480,6 +526,10 @@ impl<E: Env> Run<E> {
                 Ok(()) => {}
                 Err(ended) => return ended,
             }
+        } else if (self.rotate_wanted || self.state.next_node_private.is_some())
+            && let Err(ended) = self.rotate_key(&mut channel).await
+        {
+            return ended;
         }
         let have = lock(&self.status).at;
         let request = Request::Map {
@@ -524,6 +574,80 @@ impl<E: Env> Run<E> {
         }
     }
 
+    /// Rotates the node key: the next key is saved before it is sent, the coordinator's answer
+    /// makes it the key, and the device restarts under it (its peers come from the map again).
+    async fn rotate_key(&mut self, channel: &mut Channel<E>) -> Result<(), Ended> {
+        let mut state = self.state.clone();
+        if state.next_node_private.is_none() {
+            let mut next = [0u8; 32];
+            self.env.rng().fill_bytes(&mut next);
+            lock(&self.secrets).push(Zeroizing::new(next));
+            state.next_node_private = Some(next);
+            let saved = save_state(&self.env, &self.config.state_dir, &state).await;
+            saved.map_err(|_| Ended::Broken)?;
+            self.state = state.clone();
+        }
+        let next = state.next_node_private.expect("set above");
+        let request =
+            Request::RotateNodeKey { old: public_of(&state.node_private), new: public_of(&next) };
+        channel.send(&request).await.map_err(|_| Ended::Broken)?;
+        let response = self.env.timeout(self.config.silence_max, channel.recv::<Response>()).await;
+        match response {
+            Ok(Ok(Response::Registered { node })) if node.node_key == public_of(&next) => {
+                state.node_private = next;
+                state.next_node_private = None;
+                let saved = save_state(&self.env, &self.config.state_dir, &state).await;
+                saved.map_err(|_| Ended::Broken)?;
+                self.state = state;
+                self.rotate_wanted = false;
+                {
+                    let mut status = lock(&self.status);
+                    status.node = Some(node);
+                    status.node_key = public_of(&next);
+                    status.rotations += 1;
+                }
+                self.restart_device().await
+            }
+            Ok(Ok(Response::Error { kind, message })) => Err(self.refused(kind, message)),
+            _ => Err(Ended::Broken),
+        }
+    }
+
+    /// Takes a refusal; a node the coordinator no longer knows (deleted) registers again as a
+    /// new node, whose map starts afresh, and a rotation it was in is dropped.
+    fn refused(&mut self, kind: ErrorKind, message: String) -> Ended {
+        let mut status = lock(&self.status);
+        status.refused = Some((kind, message));
+        if kind == ErrorKind::NotRegistered {
+            self.state.node = None;
+            self.state.next_node_private = None;
+            self.rotate_wanted = false;
+            status.node = None;
+            status.map = None;
+            status.at = None;
+        }
+        Ended::Refused
+    }
+
+    /// Replaces the device by one under the current node key on the same port.
+    async fn restart_device(&mut self) -> Result<(), Ended> {
+        let port = self.endpoint.port();
+        self.device.shutdown();
+        for _ in 0..RESTART_BIND_ATTEMPTS {
+            match Device::start(self.env.clone(), device_config(&self.state, port)).await {
+                Ok(device) => {
+                    self.device = device;
+                    return self.apply_map().await;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+                    self.env.sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => return Err(Ended::Stopped),
+            }
+        }
+        Err(Ended::Stopped)
+    }
+
     async fn stream(&mut self, channel: Channel<E>) -> Ended {
         let (mut sender, mut receiver) = channel.split();
         // Reading a frame is not cancel-safe, so one task reads and hands whole messages over.
@@ -558,6 +682,10 @@ impl<E: Env> Run<E> {
                     }
                 }
                 () = silence.fuse() => break Ended::Broken,
+                _ = self.rotate.next() => {
+                    self.rotate_wanted = true;
+                    break Ended::Rotate;
+                }
                 packet = self.outbound.next() => match packet {
                     Some(packet) => { let _ = self.device.send(packet).await; }
                     None => break Ended::Stopped,
@@ -609,18 +737,7 @@ impl<E: Env> Run<E> {
                 }
                 self.apply_map().await
             }
-            Response::Error { kind, message } => {
-                let mut status = lock(&self.status);
-                status.refused = Some((kind, message));
-                if kind == ErrorKind::NotRegistered {
-                    // Deleted: register again as a new node, whose map starts afresh.
-                    self.state.node = None;
-                    status.node = None;
-                    status.map = None;
-                    status.at = None;
-                }
-                Err(Ended::Refused)
-            }
+            Response::Error { kind, message } => Err(self.refused(kind, message)),
             Response::Registered { .. } => Err(Ended::Broken),
         }
     }
@@ -788,8 +905,13 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_corruption_is_typed() {
-        let state =
-            AgentState { machine_private: [7; 32], node_private: [9; 32], node: Some(4), boots: 3 };
+        let state = AgentState {
+            machine_private: [7; 32],
+            node_private: [9; 32],
+            node: Some(4),
+            boots: 3,
+            next_node_private: Some([5; 32]),
+        };
         let bytes = encode_state(&state);
         let back = decode_state(&bytes).expect("decodes");
         assert_eq!(back.machine_private, [7; 32]);

@@ -7,7 +7,8 @@
 //! A session: the agent sends `Register` (only when it holds no registration yet), then `Map`;
 //! the coordinator answers `Map` with a full map, or with a delta when the agent's map is of the
 //! same coordinator epoch and the delta is still at hand, then streams deltas as the agent's map
-//! changes. While the stream runs the agent may send `Endpoints` and `AdvertiseRoutes`.
+//! changes. While the stream runs the agent may send `Endpoints` and `AdvertiseRoutes`. A
+//! registered agent may send `RotateNodeKey` before `Map` to change its WireGuard key.
 //! Any refusal is an `Error` with a typed kind, after which the coordinator closes the stream.
 
 use std::fmt;
@@ -66,6 +67,15 @@ pub enum Request {
     },
     /// Nothing new: the agent is alive (sent on an idle stream).
     Ping,
+    /// Replaces the node's WireGuard key (sent instead of `Register`, before `Map`); answered
+    /// with `Registered` carrying the node under its new key. Asking again after a lost answer
+    /// is allowed: a node that already holds `new` is answered as if it had just changed.
+    RotateNodeKey {
+        /// The node's current key.
+        old: Key,
+        /// Its next key (no other node's).
+        new: Key,
+    },
 }
 
 /// Coordinator to agent.

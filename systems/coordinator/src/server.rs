@@ -464,6 +464,17 @@ impl<E: Env> Coordinator<E> {
                     return self.map_stream(channel, machine_key, node_key, have, endpoints).await;
                 }
                 Request::Ping => {}
+                Request::RotateNodeKey { old, new } => {
+                    let response = match self.rotate(machine_key, old, new).await {
+                        Ok(node) => Response::Registered { node },
+                        Err((kind, message)) => Response::Error { kind, message },
+                    };
+                    let refused = matches!(response, Response::Error { .. });
+                    channel.send(&response).await?;
+                    if refused {
+                        return Ok(());
+                    }
+                }
                 Request::Endpoints { .. } => {
                     let message = "open the map stream first".to_string();
                     channel.send(&Response::Error { kind: ErrorKind::BadRequest, message }).await?;
@@ -477,6 +488,20 @@ impl<E: Env> Coordinator<E> {
         let registry = &self.inner.registry;
         let node = registry.register(request).await.map_err(refusal)?;
         let node = self.auto_approve(node).await;
+        self.wait_applied(registry.db().last_commit()).await;
+        Ok(node)
+    }
+
+    /// Rotates the machine's node key; answers once the change is in the engine, so the map
+    /// asked for next already carries the new key.
+    async fn rotate(
+        &self,
+        machine_key: Key,
+        old: Key,
+        new: Key,
+    ) -> Result<NodeInfo, (ErrorKind, String)> {
+        let registry = &self.inner.registry;
+        let node = registry.rotate_node_key(machine_key, old, new).await.map_err(refusal)?;
         self.wait_applied(registry.db().last_commit()).await;
         Ok(node)
     }
@@ -616,7 +641,10 @@ impl<E: Env> Coordinator<E> {
                 // A keepalive from the agent: a `Map` with nothing new, or anything else is
                 // out of place on an open stream.
                 Request::Ping | Request::Map { .. } => {}
-                Request::Register { .. } => return Err(ChannelError::Rejected),
+                // Registration and key changes belong before the stream opens.
+                Request::Register { .. } | Request::RotateNodeKey { .. } => {
+                    return Err(ChannelError::Rejected);
+                }
             }
         }
     }
@@ -775,6 +803,8 @@ fn decode_info<T: serde::de::DeserializeOwned>(event: &ChangeEvent) -> Option<T>
 fn refusal(error: RegistryError) -> (ErrorKind, String) {
     let kind = match &error {
         RegistryError::Storage(_) | RegistryError::Contention { .. } => ErrorKind::Unavailable,
+        RegistryError::MachineNotFound { .. } => ErrorKind::NotRegistered,
+        RegistryError::StaleNodeKey { .. } => ErrorKind::WrongNodeKey,
         RegistryError::PreAuthKeyUnknown
         | RegistryError::PreAuthKeyUsed { .. }
         | RegistryError::PreAuthKeyExpired { .. } => ErrorKind::BadPreAuthKey,

@@ -20,13 +20,15 @@
 //!   old one is declared dead by the others).
 //! - The incarnation starts at the agent's boot count (kept in its state file), so a restarted
 //!   agent refutes what the others believed about its previous life.
-//! - Each agent publishes `health/<node id>` = its boot count in the store, which makes the
+//! - Each agent publishes `health/<node id>` = its boot count in the store (a grow-only counter
+//!   only it adds to, so the latest life wins whatever the clocks say), which makes the
 //!   anti-entropy path carry something checkable.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use gossip::node::{Effect, Input, Node, NodeConfig, Now};
+use gossip::store::Update;
 use gossip::swim::{Member, MemberId, MemberState};
 use rand_core::RngCore;
 use sim::Instant;
@@ -48,8 +50,8 @@ pub struct TunnelGossip {
     port: u16,
     boot: u32,
     node: Option<Node>,
-    /// Peer addresses already offered to SWIM as join seeds.
-    seeded: BTreeSet<SocketAddr>,
+    /// Packets sent into the tunnel.
+    sent: u64,
 }
 
 /// What the agent reports about its gossip membership.
@@ -61,16 +63,21 @@ pub struct GossipStatus {
     pub health: Vec<(NodeId, u32)>,
     /// The store's root digest (equal on two agents that hold the same entries).
     pub store_root: u128,
+    /// Gossip datagrams received (for operators and checks).
+    pub received: u64,
+    /// Gossip packets sent into the tunnel.
+    pub sent: u64,
 }
 
 impl TunnelGossip {
     /// Gossip on `port`; `boot` is the agent's boot count (its first incarnation).
     pub fn new(port: u16, boot: u32) -> TunnelGossip {
-        TunnelGossip { port, boot, node: None, seeded: BTreeSet::new() }
+        TunnelGossip { port, boot, node: None, sent: 0 }
     }
 
     /// Takes a new map: starts the node at the first map (or anew when the node id changed)
-    /// and joins through peers not offered before. Returns the packets to send.
+    /// and joins through tunnel peers it does not know as live members. Returns the packets
+    /// to send.
     pub fn on_map(&mut self, now: Now, rng: &mut impl RngCore, map: &NetMap) -> Vec<Vec<u8>> {
         let Some(own) = ipv4_of(&map.self_node.addresses) else { return Vec::new() };
         let id = MemberId(map.self_node.id);
@@ -88,11 +95,13 @@ impl TunnelGossip {
             // still fills every store within seconds. A pull of an equal store is one digest.
             config.anti_entropy_interval = ANTI_ENTROPY_INTERVAL;
             let mut node = Node::new(config);
+            // A grow-only counter only this node adds to, by its boot count on a fresh store:
+            // merged by maximum, so a later life always wins. A register would not: its
+            // timestamps come from a clock that may be behind the previous life's.
             let key = format!("{HEALTH_PREFIX}{}", id.0).into_bytes();
-            let value = Some(self.boot.to_be_bytes().to_vec());
-            node.step(now, rng, Input::Put { key: &key, value }, &mut effects);
+            let update = Update::Increment(u64::from(self.boot));
+            node.step(now, rng, Input::Update { key: &key, update }, &mut effects);
             self.node = Some(node);
-            self.seeded.clear();
         }
         let reachable: BTreeSet<SocketAddr> = map
             .peers
@@ -100,17 +109,22 @@ impl TunnelGossip {
             .filter_map(|peer| ipv4_of(&peer.addresses))
             .map(|ip| SocketAddr::new(IpAddr::V4(ip), self.port))
             .collect();
-        let seeds: Vec<SocketAddr> =
-            reachable.iter().filter(|seed| !self.seeded.contains(seed)).copied().collect();
         if let Some(node) = self.node.as_mut() {
+            // Join through every tunnel peer this node does not know as a live member: new
+            // peers, and peers it lost track of (a peer that restarted, rotated its key or was
+            // out of reach while the views moved on).
+            let known: BTreeSet<SocketAddr> = node
+                .swim()
+                .members()
+                .filter(|member| matches!(member.state, MemberState::Alive | MemberState::Suspect))
+                .map(|member| member.addr)
+                .collect();
+            let seeds: Vec<SocketAddr> = reachable.difference(&known).copied().collect();
             // Only the map's peers have tunnels: gossip goes only there (see the module doc).
             node.set_reachable(Some(reachable));
-        }
-        if let Some(node) = self.node.as_mut()
-            && !seeds.is_empty()
-        {
-            self.seeded.extend(seeds.iter().copied());
-            node.step(now, rng, Input::Join(&seeds), &mut effects);
+            if !seeds.is_empty() {
+                node.step(now, rng, Input::Join(&seeds), &mut effects);
+            }
         }
         self.packets(effects)
     }
@@ -170,13 +184,14 @@ impl TunnelGossip {
             .entries()
             .filter_map(|(key, value)| {
                 let id = std::str::from_utf8(key.strip_prefix(HEALTH_PREFIX.as_bytes())?).ok()?;
-                let boot = u32::from_be_bytes(value.bytes()?.try_into().ok()?);
+                let boot = u32::try_from(value.count()?).ok()?;
                 Some((id.parse().ok()?, boot))
             })
             .collect();
         health.sort_unstable();
         let store_root = node.store_mut().root().0;
-        GossipStatus { members, health, store_root }
+        let received = node.stats().received_count;
+        GossipStatus { members, health, store_root, received, sent: self.sent }
     }
 
     /// Checks the node's own invariants (SWIM's membership table).
@@ -186,10 +201,10 @@ impl TunnelGossip {
         }
     }
 
-    fn packets(&self, effects: Vec<Effect>) -> Vec<Vec<u8>> {
+    fn packets(&mut self, effects: Vec<Effect>) -> Vec<Vec<u8>> {
         let Some(node) = &self.node else { return Vec::new() };
         let IpAddr::V4(own) = node.config().addr.ip() else { return Vec::new() };
-        effects
+        let packets: Vec<Vec<u8>> = effects
             .into_iter()
             .filter_map(|effect| match effect {
                 Effect::Send(datagram) => match datagram.to.ip() {
@@ -202,7 +217,9 @@ impl TunnelGossip {
                 },
                 _ => None,
             })
-            .collect()
+            .collect();
+        self.sent += packets.len() as u64;
+        packets
     }
 }
 

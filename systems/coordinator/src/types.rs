@@ -17,8 +17,9 @@ pub type NodeId = u64;
 /// A user's id: assigned at creation, never reused.
 pub type UserId = u64;
 
-/// A 32-byte public key (a node key, a machine key). Never a private key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A 32-byte public key (a node key, a machine key). Never a private key. The default (all
+/// zeros) stands for "none yet".
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Key(pub [u8; 32]);
 
 impl fmt::Debug for Key {

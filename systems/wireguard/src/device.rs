@@ -861,6 +861,13 @@ impl DeviceHandle {
         self.stats.lock().expect("stats lock").clone()
     }
 
+    /// Stops the device's task (as dropping the handle does), which lets go of its UDP port
+    /// when the task next runs; sends and reconfigurations fail from now on.
+    pub fn shutdown(&mut self) {
+        self.outbound.close_channel();
+        self.commands.close_channel();
+    }
+
     /// The UDP address the device listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

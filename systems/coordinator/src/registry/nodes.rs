@@ -193,7 +193,8 @@ impl<E: Env> Registry<E> {
     }
 
     /// Replaces the node key of the machine's node: `old` must be its current key and `new`
-    /// must be no other node's.
+    /// must be no other node's. A node that already holds `new` is returned unchanged (the
+    /// agent asking again after a lost answer).
     pub async fn rotate_node_key(
         &self,
         machine_key: Key,
@@ -206,6 +207,9 @@ impl<E: Env> Registry<E> {
             let document = found.ok_or(RegistryError::MachineNotFound { machine_key })?;
             let mut stored = decode_node(&document)?;
             let id = stored.info.id;
+            if stored.info.node_key == new {
+                return Ok(stored.info);
+            }
             if stored.info.node_key != old {
                 return Err(RegistryError::StaleNodeKey { node: id, presented: old });
             }
