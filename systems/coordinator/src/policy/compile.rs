@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use super::{Alias, IpRange, IpSet, Policy};
@@ -229,6 +230,8 @@ pub(crate) struct CompiledAcl {
     pub(crate) entries: Vec<Entry>,
     /// The ports of the `autogroup:self` destinations, in policy order.
     pub(crate) self_ports: Vec<PortRange>,
+    /// `strings_hash(&src_strings)`: what the rule's sources add to a filter's digest.
+    pub(crate) src_hash: u64,
     /// `IPProto`.
     pub(crate) protocols: Vec<u8>,
     /// Whether an `autogroup:self` destination comes before every other destination (then the
@@ -319,6 +322,7 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
         src_wildcard,
         src_set,
         src_strings: Vec::new(),
+        src_hash: strings_hash(&[]),
         entries: Vec::new(),
         self_ports: Vec::new(),
         protocols: acl.protocols.clone(),
@@ -346,9 +350,17 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
         let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
         src_strings.extend(compiled.src_set.strings());
         src_strings.sort();
+        compiled.src_hash = strings_hash(&src_strings);
         compiled.src_strings = src_strings;
     }
     compiled
+}
+
+/// A hash of a list of strings (a rule's sources): fixed keys, so the same on every run.
+pub(crate) fn strings_hash(strings: &[String]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    strings.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Whether a destination entry's addresses concern `node`.
