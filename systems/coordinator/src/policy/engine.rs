@@ -27,8 +27,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::compile::{
     CompiledAcl, Entry, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node,
-    compile_acl, entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for,
-    self_rule, strings_hash, subnet_routes,
+    compile_acl, entry_concerns, for_each_concerning, internet, is_node_level, node_ranges,
+    push_literal, rules_for, self_rule, strings_hash, subnet_routes,
 };
 use super::{Alias, IpRange, IpSet, Policy};
 use crate::types::{
@@ -301,7 +301,17 @@ impl PolicyEngine {
             protocols: compiled.protocols.clone(),
             dst_ports: Vec::new(),
         });
-        slot.extend(&compiled.entries, node, &self.internet);
+        let start = slot.dst_ports.len();
+        for_each_concerning(compiled, node, &self.internet, |entry| {
+            slot.dst_ports.push(NetPortRange { ip: entry.ip.clone(), ports: entry.ports });
+        });
+        debug_assert!(
+            compiled.entries.len() > 64 || {
+                let mut scanned = Vec::new();
+                PendingSlot::concerning(&compiled.entries, node, &self.internet, &mut scanned);
+                slot.dst_ports[start..] == scanned
+            }
+        );
     }
 
     /// Adds an entry's `autogroup:self` rule for `node` (one of `devices`) to its slot.
@@ -849,10 +859,19 @@ struct PendingSlot<'c> {
 
 impl PendingSlot<'_> {
     fn extend(&mut self, entries: &[Entry], node: &NodeInfo, internet: &IpSet) {
+        PendingSlot::concerning(entries, node, internet, &mut self.dst_ports);
+    }
+
+    /// Adds the entries that concern `node`, by a scan.
+    fn concerning(
+        entries: &[Entry],
+        node: &NodeInfo,
+        internet: &IpSet,
+        out: &mut Vec<NetPortRange>,
+    ) {
         let concerning =
             entries.iter().filter(|e| entry_concerns(e.range.as_ref(), node, internet));
-        self.dst_ports
-            .extend(concerning.map(|e| NetPortRange { ip: e.ip.clone(), ports: e.ports }));
+        out.extend(concerning.map(|e| NetPortRange { ip: e.ip.clone(), ports: e.ports }));
     }
 }
 
