@@ -761,21 +761,21 @@ impl PolicyView for PolicyEngine {
 
     fn peers_of(&self, node: NodeId) -> Vec<NodeId> {
         let Some(info) = self.nodes.get(&node) else { return Vec::new() };
-        let mut peers = BTreeSet::new();
         if self.policy.is_none() {
-            peers.extend(self.nodes.keys().copied());
-        } else {
-            let membership = &self.memberships[&node];
-            let wildcard_src = self.wildcard_sources.iter().copied();
-            for index in membership.src.iter().copied().chain(wildcard_src) {
-                self.destinations_of(index, &mut peers);
-            }
-            let wildcard_dst = self.wildcard_destinations.iter().copied();
-            for index in membership.dst.iter().copied().chain(wildcard_dst) {
-                self.sources_of(index, &mut peers);
-            }
-            self.self_peers(info, &mut peers);
+            // Every other node, already in order: no set to build (this is the whole row).
+            return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
         }
+        let mut peers = BTreeSet::new();
+        let membership = &self.memberships[&node];
+        let wildcard_src = self.wildcard_sources.iter().copied();
+        for index in membership.src.iter().copied().chain(wildcard_src) {
+            self.destinations_of(index, &mut peers);
+        }
+        let wildcard_dst = self.wildcard_destinations.iter().copied();
+        for index in membership.dst.iter().copied().chain(wildcard_dst) {
+            self.sources_of(index, &mut peers);
+        }
+        self.self_peers(info, &mut peers);
         peers.remove(&node);
         peers.into_iter().collect()
     }
