@@ -18,6 +18,7 @@
 //! `NETMAP_BENCH_POLICIES=groups,engine-groups` the policies; `NETMAP_BENCH_RECOMPUTE=0` skips
 //! the Headscale estimate (for profiling). Each summary change is made 5 times (the median
 //! is shown), and its time is split into the step and the building and encoding of its deltas.
+//! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -151,8 +152,9 @@ fn node_for(policy: &str, id: NodeId) -> NodeInfo {
     node
 }
 
-/// The `engine-groups` policy: each tag reaches itself, and everyone reaches `tag:g0:443`.
-fn groups_policy() -> Policy {
+/// The `engine-groups` policy: each tag reaches itself, and everyone reaches `tag:g0:443`;
+/// `edited` adds `tag:g1` to `tag:g2:22` (the policy edit of the summary).
+fn groups_policy(edited: bool) -> Policy {
     let tags: Vec<String> = (0..GROUP_COUNT).map(|group| format!("tag:g{group}")).collect();
     let owners: BTreeMap<&String, Vec<String>> = tags.iter().map(|tag| (tag, vec![])).collect();
     let entry = |tag: &String| {
@@ -161,6 +163,9 @@ fn groups_policy() -> Policy {
     };
     let mut acls: Vec<serde_json::Value> = tags.iter().map(entry).collect();
     acls.push(serde_json::json!({"action": "accept", "src": ["*"], "dst": ["tag:g0:443"]}));
+    if edited {
+        acls.push(serde_json::json!({"action": "accept", "src": ["tag:g1"], "dst": ["tag:g2:22"]}));
+    }
     let text = serde_json::json!({"tagOwners": owners, "acls": acls}).to_string();
     Policy::parse(&text).expect("a valid policy")
 }
@@ -178,7 +183,7 @@ fn engine(policy: &str, count: u64) -> MapEngine {
     let view: Box<dyn PolicyView> = match policy {
         "allow-all" => Box::new(AllowAll { nodes: nodes.iter().map(|node| node.id).collect() }),
         "engine-allow-all" => Box::new(PolicyEngine::allow_all()),
-        "engine-groups" => Box::new(PolicyEngine::new(groups_policy(), users())),
+        "engine-groups" => Box::new(PolicyEngine::new(groups_policy(false), users())),
         _ => {
             let mut groups = Groups::default();
             for node in &nodes {
@@ -281,6 +286,17 @@ fn recompute_all(engine: &MapEngine) -> (Duration, usize, bool) {
     (time.mul_f64(scale), (bytes as f64 * scale) as usize, sampled)
 }
 
+/// The policy edit of the summary, for the `engine-*` policies: `tag:g1` to `tag:g2:22` added
+/// under `engine-groups`; under `engine-allow-all` the same (no) policy again, which costs the
+/// check of every map all the same. The engine is told every node again (`replace_policy`).
+fn edited_policy(policy: &str) -> Option<Box<dyn PolicyView>> {
+    match policy {
+        "engine-allow-all" => Some(Box::new(PolicyEngine::allow_all())),
+        "engine-groups" => Some(Box::new(PolicyEngine::new(groups_policy(true), users()))),
+        _ => None,
+    }
+}
+
 /// The median by time of `costs` (not empty).
 fn median(mut costs: Vec<Cost>) -> Cost {
     costs.sort_by_key(|cost| cost.time);
@@ -303,6 +319,10 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
     }
     let (endpoint, join, leave) = (median(endpoints), median(joins), median(removals));
     assert_eq!(engine.node_count() as u64, count);
+    let mut costs = vec![("endpoint", endpoint), ("join", join), ("removal", leave)];
+    if let Some(edited) = edited_policy(policy) {
+        costs.push(("policy", change_cost(engine, |engine| engine.replace_policy(edited))));
+    }
     let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
     let mut lines = vec![format!(
         "{policy} {count} nodes: setup {setup:.2?}, engine ~{memory_mb:.0} MB; recompute all \
@@ -310,7 +330,7 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
         all_bytes as f64 / 1e6,
         if sampled { " (sampled, scaled)" } else { "" }
     )];
-    for (name, cost) in [("endpoint", endpoint), ("join", join), ("removal", leave)] {
+    for (name, cost) in costs {
         let ratio = all_time.as_secs_f64() / cost.time.as_secs_f64();
         lines.push(format!(
             "  {name:<8} {:>10.2?} (step {:>10.2?}) {:>6} nodes {:>10} B   recompute-all/ours \
