@@ -18,7 +18,8 @@
 //! `NETMAP_BENCH_POLICIES=groups,engine-groups` the policies; `NETMAP_BENCH_RECOMPUTE=0` skips
 //! the Headscale estimate (for profiling). Each summary change is made 5 times (the median
 //! is shown), and its time is split into the step and the building and encoding of its deltas.
-//! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`).
+//! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`;
+//! `NETMAP_BENCH_EDIT=0` skips it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -297,6 +298,18 @@ fn edited_policy(policy: &str) -> Option<Box<dyn PolicyView>> {
     }
 }
 
+/// A join (not inlined, so that callgrind counts it on its own: `--toggle-collect=*join_step`).
+#[inline(never)]
+fn join_step(engine: &mut MapEngine, joiner: NodeInfo) -> Changed {
+    engine.upsert_node(joiner).expect("valid")
+}
+
+/// A removal (not inlined, for callgrind as `join_step`).
+#[inline(never)]
+fn removal_step(engine: &mut MapEngine, node: NodeId) -> Changed {
+    engine.remove_node(node).expect("valid")
+}
+
 /// The median by time of `costs` (not empty).
 fn median(mut costs: Vec<Cost>) -> Cost {
     costs.sort_by_key(|cost| cost.time);
@@ -313,14 +326,14 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
         let port = round as u16 + 1;
         endpoints.push(change_cost(engine, |engine| move_endpoint(engine, middle, port)));
         let joiner = node_for(policy, count + 1);
-        joins.push(change_cost(engine, |engine| engine.upsert_node(joiner).expect("valid")));
-        let leave = |engine: &mut MapEngine| engine.remove_node(count + 1).expect("valid");
-        removals.push(change_cost(engine, leave));
+        joins.push(change_cost(engine, |engine| join_step(engine, joiner)));
+        removals.push(change_cost(engine, |engine| removal_step(engine, count + 1)));
     }
     let (endpoint, join, leave) = (median(endpoints), median(joins), median(removals));
     assert_eq!(engine.node_count() as u64, count);
     let mut costs = vec![("endpoint", endpoint), ("join", join), ("removal", leave)];
-    if let Some(edited) = edited_policy(policy) {
+    let edit = std::env::var("NETMAP_BENCH_EDIT").map_or(true, |value| value != "0");
+    if let Some(edited) = edited_policy(policy).filter(|_| edit) {
         costs.push(("policy", change_cost(engine, |engine| engine.replace_policy(edited))));
     }
     let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
