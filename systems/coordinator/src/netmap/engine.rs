@@ -27,7 +27,7 @@
 //! nodes), one filter digest and one bounded log per node.
 //!
 //! Cost of one change, for `k` nodes whose maps it changes among `n`: a patch `O(n / 64 + k)`;
-//! a join or removal `O(n / 64 + k)` plus the policy's own work and `k` filters; a user or
+//! a join or removal `O(n / 64 + k)` plus the policy's own work and `k` filter digests; a user or
 //! policy change `O(sum of the affected rows)`. `check_invariants` recomputes everything.
 //!
 //! Faults (`Faults`), each a `coordinator.netmap.*` decision the caller injects:

@@ -14,9 +14,15 @@
 //!
 //! `filter_for(n)` walks only the entries that concern `n` (plus those with `*` destinations
 //! and, for an untagged node, those with `autogroup:self`): each entry also keeps the first
-//! entry with the same merge key, which is where Tailscale's merging places its rule.
-//! `set_policy`, `clear_policy` and `upsert_user` rebuild everything (from a node index: the
-//! policy's size plus its members, not entries times nodes) and report every node.
+//! entry with the same merge key, which is where Tailscale's merging places its rule. Within an
+//! entry, a node without approved routes finds the destination entries holding its addresses by
+//! binary search. `filter_digest(n)` walks the same way but builds no rule: each compiled entry
+//! keeps the hash of its sources, so a node's digest costs its rules' destinations, not the
+//! addresses its sources list. `peers_of(n)` gathers the members of `n`'s entries and sorts
+//! them once.
+//! `set_policy`, `clear_policy`, `upsert_user` and `load_nodes` rebuild everything (from a node
+//! index: the policy's size plus its members, not entries times nodes); the first three report
+//! every node.
 //!
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
