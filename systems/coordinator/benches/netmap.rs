@@ -1,7 +1,11 @@
 //! The network-map engine beside what Headscale does: recompute every node's full map.
 //!
-//! Two test policies: `AllowAll` (everyone sees everyone) and `Groups` (nodes in 100 groups by
-//! id, each seeing only its own group, with a filter listing the group's addresses). At 1k,
+//! Two test policies written for the bench, `allow-all` (`AllowAll`: everyone sees everyone) and
+//! `groups` (`Groups`: nodes in 100 groups by id, each seeing only its own group, with a filter
+//! listing the group's addresses), and the same two shapes on the real `PolicyEngine`:
+//! `engine-allow-all` (no policy) and `engine-groups` (nodes tagged `tag:gN` by id, one ACL
+//! entry per tag from the tag to itself, plus `*` to `tag:g0:443`, so the 1% of nodes in
+//! `tag:g0` see every join and removal). At 1k,
 //! 10k and 50k nodes: criterion times one node's full map and one endpoint change (with its
 //! deltas built and encoded); then a summary times one endpoint change, one join and one
 //! removal, counts the nodes they touch and the postcard bytes of their deltas, and times, on
@@ -11,7 +15,11 @@
 //!
 //! Run briefly with `cargo bench -p coordinator --bench netmap -- --warm-up-time 1
 //! --measurement-time 3`; `NETMAP_BENCH_SIZES=1000,10000` picks the sizes and
-//! `NETMAP_BENCH_POLICIES=groups` the policies.
+//! `NETMAP_BENCH_POLICIES=groups,engine-groups` the policies; `NETMAP_BENCH_RECOMPUTE=0` skips
+//! the Headscale estimate (for profiling). Each summary change is made 5 times (the median
+//! is shown), and its time is split into the step and the building and encoding of its deltas.
+//! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`;
+//! `NETMAP_BENCH_EDIT=0` skips it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -19,6 +27,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use coordinator::netmap::{Changed, MapEngine};
+use coordinator::policy::{Policy, PolicyEngine};
 use coordinator::{Affected, FilterRule, Key, NetPortRange, NodeId, NodeInfo, PolicyView};
 use coordinator::{PortRange, User};
 use criterion::{BatchSize, Criterion};
@@ -29,6 +38,8 @@ const USER_COUNT: u64 = 10;
 const RECOMPUTE_PEERS_MAX: usize = 20_000_000;
 /// Nodes sampled for the Headscale estimate when sampling.
 const RECOMPUTE_SAMPLE_COUNT: usize = 40;
+/// Times each change of the summary is made (join and removal alternate); the median counts.
+const CHANGE_ROUNDS: usize = 5;
 
 /// Everyone sees everyone; the filter accepts everything.
 #[derive(Default)]
@@ -132,18 +143,48 @@ fn node(id: NodeId) -> NodeInfo {
     }
 }
 
+/// A node as `policy` wants it: under `engine-groups` tagged with its group, owned by nobody.
+fn node_for(policy: &str, id: NodeId) -> NodeInfo {
+    let mut node = node(id);
+    if policy == "engine-groups" {
+        node.user = None;
+        node.tags = vec![format!("tag:g{}", id % GROUP_COUNT)];
+    }
+    node
+}
+
+/// The `engine-groups` policy: each tag reaches itself, and everyone reaches `tag:g0:443`;
+/// `edited` adds `tag:g1` to `tag:g2:22` (the policy edit of the summary).
+fn groups_policy(edited: bool) -> Policy {
+    let tags: Vec<String> = (0..GROUP_COUNT).map(|group| format!("tag:g{group}")).collect();
+    let owners: BTreeMap<&String, Vec<String>> = tags.iter().map(|tag| (tag, vec![])).collect();
+    let entry = |tag: &String| {
+        let destination = format!("{tag}:*");
+        serde_json::json!({"action": "accept", "src": [tag], "dst": [destination]})
+    };
+    let mut acls: Vec<serde_json::Value> = tags.iter().map(entry).collect();
+    acls.push(serde_json::json!({"action": "accept", "src": ["*"], "dst": ["tag:g0:443"]}));
+    if edited {
+        acls.push(serde_json::json!({"action": "accept", "src": ["tag:g1"], "dst": ["tag:g2:22"]}));
+    }
+    let text = serde_json::json!({"tagOwners": owners, "acls": acls}).to_string();
+    Policy::parse(&text).expect("a valid policy")
+}
+
 fn users() -> Vec<User> {
     let user = |id| User { id, name: format!("user{id}"), email: None };
     (1..=USER_COUNT).map(user).collect()
 }
 
-/// An engine of `count` nodes under `policy` (`allow-all` or `groups`), loaded in bulk.
+/// An engine of `count` nodes under `policy` (see the module docs), loaded in bulk.
 fn engine(policy: &str, count: u64) -> MapEngine {
-    let nodes: Vec<NodeInfo> = (1..=count).map(node).collect();
+    let nodes: Vec<NodeInfo> = (1..=count).map(|id| node_for(policy, id)).collect();
     // The policy learns the nodes first, so the engine's restore replaces rather than adds
     // (a join's `Affected` would list everyone, 50k times over).
     let view: Box<dyn PolicyView> = match policy {
         "allow-all" => Box::new(AllowAll { nodes: nodes.iter().map(|node| node.id).collect() }),
+        "engine-allow-all" => Box::new(PolicyEngine::allow_all()),
+        "engine-groups" => Box::new(PolicyEngine::new(groups_policy(false), users())),
         _ => {
             let mut groups = Groups::default();
             for node in &nodes {
@@ -157,6 +198,7 @@ fn engine(policy: &str, count: u64) -> MapEngine {
 }
 
 /// Encodes the deltas of every node a step changed; returns their total bytes.
+#[inline(never)]
 fn encode_deltas(engine: &MapEngine, changed: &Changed) -> usize {
     let mut bytes = 0;
     for node in &changed.nodes {
@@ -210,19 +252,20 @@ fn timed<T>(work: impl FnOnce() -> T) -> (Duration, T) {
     (start.elapsed(), result)
 }
 
-/// One change's cost: time of the step with its deltas encoded, nodes touched, delta bytes.
+/// One change's cost: time of the step with its deltas encoded, of the step alone, nodes
+/// touched, delta bytes.
 struct Cost {
     time: Duration,
+    step: Duration,
     nodes: usize,
     bytes: usize,
 }
 
+#[inline(never)] // A root for `valgrind --tool=callgrind --toggle-collect='*change_cost*'`.
 fn change_cost(engine: &mut MapEngine, step: impl FnOnce(&mut MapEngine) -> Changed) -> Cost {
-    let (time, (nodes, bytes)) = timed(|| {
-        let changed = step(engine);
-        (changed.nodes.len(), encode_deltas(engine, &changed))
-    });
-    Cost { time, nodes, bytes }
+    let (step_time, changed) = timed(|| step(engine));
+    let (encode_time, bytes) = timed(|| encode_deltas(engine, &changed));
+    Cost { time: step_time + encode_time, step: step_time, nodes: changed.nodes.len(), bytes }
 }
 
 /// Headscale's way: every node's full map, built and encoded. Sampled and scaled past
@@ -244,14 +287,55 @@ fn recompute_all(engine: &MapEngine) -> (Duration, usize, bool) {
     (time.mul_f64(scale), (bytes as f64 * scale) as usize, sampled)
 }
 
+/// The policy edit of the summary, for the `engine-*` policies: `tag:g1` to `tag:g2:22` added
+/// under `engine-groups`; under `engine-allow-all` the same (no) policy again, which costs the
+/// check of every map all the same. The engine is told every node again (`replace_policy`).
+fn edited_policy(policy: &str) -> Option<Box<dyn PolicyView>> {
+    match policy {
+        "engine-allow-all" => Some(Box::new(PolicyEngine::allow_all())),
+        "engine-groups" => Some(Box::new(PolicyEngine::new(groups_policy(true), users()))),
+        _ => None,
+    }
+}
+
+/// A join (not inlined, so that callgrind counts it on its own: `--toggle-collect=*join_step`).
+#[inline(never)]
+fn join_step(engine: &mut MapEngine, joiner: NodeInfo) -> Changed {
+    engine.upsert_node(joiner).expect("valid")
+}
+
+/// A removal (not inlined, for callgrind as `join_step`).
+#[inline(never)]
+fn removal_step(engine: &mut MapEngine, node: NodeId) -> Changed {
+    engine.remove_node(node).expect("valid")
+}
+
+/// The median by time of `costs` (not empty).
+fn median(mut costs: Vec<Cost>) -> Cost {
+    costs.sort_by_key(|cost| cost.time);
+    costs.swap_remove(costs.len() / 2)
+}
+
 fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration) -> Vec<String> {
-    let (all_time, all_bytes, sampled) = recompute_all(engine);
-    let middle = count / 2;
-    let endpoint = change_cost(engine, |engine| move_endpoint(engine, middle, 1));
-    let joiner = node(count + 1);
-    let join = change_cost(engine, |engine| engine.upsert_node(joiner).expect("valid"));
-    let leave = change_cost(engine, |engine| engine.remove_node(count + 1).expect("valid"));
+    let skip = std::env::var("NETMAP_BENCH_RECOMPUTE").is_ok_and(|value| value == "0");
+    let (all_time, all_bytes, sampled) =
+        if skip { (Duration::ZERO, 0, false) } else { recompute_all(engine) };
+    let middle = count / 2 + 1;
+    let (mut endpoints, mut joins, mut removals) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..CHANGE_ROUNDS {
+        let port = round as u16 + 1;
+        endpoints.push(change_cost(engine, |engine| move_endpoint(engine, middle, port)));
+        let joiner = node_for(policy, count + 1);
+        joins.push(change_cost(engine, |engine| join_step(engine, joiner)));
+        removals.push(change_cost(engine, |engine| removal_step(engine, count + 1)));
+    }
+    let (endpoint, join, leave) = (median(endpoints), median(joins), median(removals));
     assert_eq!(engine.node_count() as u64, count);
+    let mut costs = vec![("endpoint", endpoint), ("join", join), ("removal", leave)];
+    let edit = std::env::var("NETMAP_BENCH_EDIT").map_or(true, |value| value != "0");
+    if let Some(edited) = edited_policy(policy).filter(|_| edit) {
+        costs.push(("policy", change_cost(engine, |engine| engine.replace_policy(edited))));
+    }
     let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
     let mut lines = vec![format!(
         "{policy} {count} nodes: setup {setup:.2?}, engine ~{memory_mb:.0} MB; recompute all \
@@ -259,11 +343,12 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
         all_bytes as f64 / 1e6,
         if sampled { " (sampled, scaled)" } else { "" }
     )];
-    for (name, cost) in [("endpoint", endpoint), ("join", join), ("removal", leave)] {
+    for (name, cost) in costs {
         let ratio = all_time.as_secs_f64() / cost.time.as_secs_f64();
         lines.push(format!(
-            "  {name:<8} {:>10.2?} {:>6} nodes {:>10} B   recompute-all/ours {ratio:>9.0}x",
-            cost.time, cost.nodes, cost.bytes
+            "  {name:<8} {:>10.2?} (step {:>10.2?}) {:>6} nodes {:>10} B   recompute-all/ours \
+             {ratio:>9.0}x",
+            cost.time, cost.step, cost.nodes, cost.bytes
         ));
     }
     lines
@@ -276,8 +361,8 @@ fn main() {
         .split(',')
         .map(|size| size.trim().parse().expect("a node count"))
         .collect();
-    let policies =
-        std::env::var("NETMAP_BENCH_POLICIES").unwrap_or_else(|_| "groups,allow-all".into());
+    let policies = std::env::var("NETMAP_BENCH_POLICIES")
+        .unwrap_or_else(|_| "groups,allow-all,engine-groups,engine-allow-all".into());
     let mut summary = Vec::new();
     for count in sizes {
         for policy in policies.split(',') {

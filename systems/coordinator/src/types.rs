@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -172,4 +173,22 @@ pub trait PolicyView: Send + Sync {
     fn peers_of(&self, node: NodeId) -> Vec<NodeId>;
     /// The packet-filter rules `node` enforces on what arrives from its peers.
     fn filter_for(&self, node: NodeId) -> Vec<FilterRule>;
+
+    /// Tells the policy of many nodes at once (a coordinator's start), as one `upsert_node`
+    /// each would, but without reporting what they affect. A policy that can rebuild its
+    /// indexes in one pass overrides it, so a start costs the tailnet once, not once per node.
+    fn load_nodes(&mut self, nodes: &[NodeInfo]) {
+        for node in nodes {
+            self.upsert_node(node);
+        }
+    }
+
+    /// A digest of `filter_for(node)`, to tell whether a node's filter changed without building
+    /// it: equal filters give equal digests and different ones, but for hash collisions,
+    /// different digests. Only comparable with digests of the same policy object.
+    fn filter_digest(&self, node: NodeId) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.filter_for(node).hash(&mut hasher);
+        hasher.finish()
+    }
 }

@@ -2,8 +2,9 @@
 //! follows the maps it changes.
 //!
 //! The engine holds the nodes, users, routes and the policy (`PolicyView`), and for each node
-//! the peer set last published to it (`adjacency`), a digest of its last filter and its change
-//! log (`delta::NodeLog`). A change (`upsert_node`, `remove_node`, `upsert_user`,
+//! the peer set last published to it (`adjacency`), a digest of its last filter (the policy's
+//! `filter_digest`, so a filter is not built to be compared) and its change log
+//! (`delta::NodeLog`). A change (`upsert_node`, `remove_node`, `upsert_user`,
 //! `replace_policy`, `set_dns_records`) works in three parts:
 //! - The policy hears of it and reports `Affected`; only those nodes' peer sets are looked at
 //!   again and only those filters compared. For a node's change under a pairwise policy (see
@@ -26,7 +27,7 @@
 //! nodes), one filter digest and one bounded log per node.
 //!
 //! Cost of one change, for `k` nodes whose maps it changes among `n`: a patch `O(n / 64 + k)`;
-//! a join or removal `O(n / 64 + k)` plus the policy's own work and `k` filters; a user or
+//! a join or removal `O(n / 64 + k)` plus the policy's own work and `k` filter digests; a user or
 //! policy change `O(sum of the affected rows)`. `check_invariants` recomputes everything.
 //!
 //! Faults (`Faults`), each a `coordinator.netmap.*` decision the caller injects:
@@ -39,7 +40,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
 use wireguard::IpNet;
@@ -48,7 +48,7 @@ use super::adjacency::Adjacency;
 use super::delta::{Change, Fields, NodeLog, Pending, PushFaults};
 use super::{DnsConfig, MapDelta, NetMap, Peer, PeerPatch};
 use crate::routes::{ROUTES_PER_NODE_MAX, Routes, is_exit};
-use crate::types::{FilterRule, NodeId, NodeInfo, PolicyView, User, UserId};
+use crate::types::{NodeId, NodeInfo, PolicyView, User, UserId};
 
 /// The most endpoints a node may report.
 pub const ENDPOINTS_PER_NODE_MAX: usize = 64;
@@ -201,13 +201,6 @@ impl fmt::Debug for MapEngine {
     }
 }
 
-/// A digest of a filter, to tell whether it changed without keeping it.
-fn digest(filter: &[FilterRule]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    filter.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// A DNS label: lowered, with anything outside `[a-z0-9-]` made `-`.
 fn label(text: &str) -> String {
     let label: String = text
@@ -295,16 +288,16 @@ impl MapEngine {
             if !engine.adjacency.add(node.id) {
                 return Err(MapError::Full);
             }
-            engine.policy.upsert_node(node);
             engine.routes.upsert_node(node);
             engine.insert_info(node.clone(), NodeLog::new(1), 0);
         }
+        engine.policy.load_nodes(nodes);
         engine.routes.finish_restore();
         let ids: Vec<NodeId> = engine.nodes.keys().copied().collect();
         let policy = &engine.policy;
         engine.adjacency.load_rows(ids.iter().map(|id| (*id, policy.peers_of(*id))));
         for id in ids {
-            let filter_digest = digest(&engine.policy.filter_for(id));
+            let filter_digest = engine.policy.filter_digest(id);
             engine.nodes.get_mut(&id).expect("just inserted").filter_digest = filter_digest;
         }
         assert_eq!(engine.nodes.len(), nodes.iter().map(|n| n.id).collect::<BTreeSet<_>>().len());
@@ -413,7 +406,7 @@ impl MapEngine {
             // A new node's agent takes a full map: its own row is set without logging.
             let peers = self.policy.peers_of(id);
             self.adjacency.set_row(id, &peers);
-            let filter_digest = digest(&self.policy.filter_for(id));
+            let filter_digest = self.policy.filter_digest(id);
             self.nodes.get_mut(&id).expect("just inserted").filter_digest = filter_digest;
             affected.peers.remove(&id);
             affected.filters.remove(&id);
@@ -472,9 +465,9 @@ impl MapEngine {
         for user in self.users.values() {
             self.policy.upsert_user(user);
         }
-        for slot in self.nodes.values() {
-            self.policy.upsert_node(&slot.info);
-        }
+        // In one load: a policy that rebuilds once then costs the tailnet once, not per node.
+        let nodes: Vec<NodeInfo> = self.nodes.values().map(|slot| slot.info.clone()).collect();
+        self.policy.load_nodes(&nodes);
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         let mut step = Step::default();
         self.refresh_peers(ids.iter().copied(), &mut step);
@@ -601,7 +594,7 @@ impl MapEngine {
     /// Asks the policy again for the filters of `nodes` and logs those that changed.
     fn refresh_filters(&mut self, nodes: impl Iterator<Item = NodeId>, step: &mut Step) {
         for node in nodes {
-            let filter_digest = digest(&self.policy.filter_for(node));
+            let filter_digest = self.policy.filter_digest(node);
             let Some(slot) = self.nodes.get_mut(&node) else { continue };
             if slot.filter_digest != filter_digest {
                 slot.filter_digest = filter_digest;
@@ -758,7 +751,7 @@ impl MapEngine {
                     "node {id}: map holds {published:?}, policy {expected:?}"
                 )));
             }
-            if slot.filter_digest != digest(&self.policy.filter_for(*id)) {
+            if slot.filter_digest != self.policy.filter_digest(*id) {
                 return Err(InvariantViolation(format!("node {id}: published filter is stale")));
             }
             let view = self.peer_view(*id).ok_or_else(|| format!("node {id} has no view"))?;

@@ -264,9 +264,11 @@ pub mod filter_wire {
     use crate::types::{FilterRule, NetPortRange};
 
     type Wire = (Vec<String>, Vec<NetPortRange>, Vec<u8>);
+    /// `Wire` borrowed from a rule: serializes to the same bytes without copying the rule.
+    type WireRef<'r> = (&'r [String], &'r [NetPortRange], &'r [u8]);
 
-    fn to_wire(rule: &FilterRule) -> Wire {
-        (rule.src_ips.clone(), rule.dst_ports.clone(), rule.ip_proto.clone())
+    fn to_wire(rule: &FilterRule) -> WireRef<'_> {
+        (&rule.src_ips, &rule.dst_ports, &rule.ip_proto)
     }
 
     fn from_wire((src_ips, dst_ports, ip_proto): Wire) -> FilterRule {
@@ -278,7 +280,7 @@ pub mod filter_wire {
         rules: &[FilterRule],
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        rules.iter().map(to_wire).collect::<Vec<Wire>>().serialize(serializer)
+        serializer.collect_seq(rules.iter().map(to_wire))
     }
 
     /// Reads the rules from tuples.
@@ -286,6 +288,15 @@ pub mod filter_wire {
         deserializer: D,
     ) -> Result<Vec<FilterRule>, D::Error> {
         Ok(Vec::<Wire>::deserialize(deserializer)?.into_iter().map(from_wire).collect())
+    }
+
+    /// Rules that serialize as `serialize` writes them.
+    struct Borrowed<'r>(&'r [FilterRule]);
+
+    impl Serialize for Borrowed<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serialize(self.0, serializer)
+        }
     }
 
     /// The same for an optional filter.
@@ -297,9 +308,10 @@ pub mod filter_wire {
             rules: &Option<Vec<FilterRule>>,
             serializer: S,
         ) -> Result<S::Ok, S::Error> {
-            let wire: Option<Vec<Wire>> =
-                rules.as_ref().map(|rules| rules.iter().map(to_wire).collect());
-            wire.serialize(serializer)
+            match rules {
+                Some(rules) => serializer.serialize_some(&Borrowed(rules)),
+                None => serializer.serialize_none(),
+            }
         }
 
         /// Reads optional rules from tuples.

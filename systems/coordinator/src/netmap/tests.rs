@@ -222,3 +222,29 @@ fn maps_and_deltas_round_trip_through_postcard() {
     assert_eq!(postcard::from_bytes::<MapDelta>(&bytes).expect("decodes"), delta);
     assert!(!delta.is_empty());
 }
+
+/// The wire form of a filter is a sequence of (sources, destinations, protocols) tuples, the
+/// same bytes whether the rules are borrowed or owned, in a map or in a delta.
+#[test]
+fn filters_encode_as_tuples() {
+    let rule = |source: &str, protocols: Vec<u8>| FilterRule {
+        src_ips: vec![source.to_string(), "fd7a:115c:a1e0::/48".to_string()],
+        dst_ports: vec![crate::types::NetPortRange {
+            ip: "100.64.0.1".to_string(),
+            ports: crate::types::PortRange { first: 22, last: 443 },
+        }],
+        ip_proto: protocols,
+    };
+    let rules = vec![rule("*", Vec::new()), rule("100.64.0.0/10", vec![6, 17])];
+    type Wire = (Vec<String>, Vec<crate::types::NetPortRange>, Vec<u8>);
+    let tuples: Vec<Wire> = rules
+        .iter()
+        .map(|rule| (rule.src_ips.clone(), rule.dst_ports.clone(), rule.ip_proto.clone()))
+        .collect();
+    let delta = MapDelta { filter: Some(rules.clone()), ..MapDelta::default() };
+    let expected = (0u64, 0u64, None::<Peer>, Vec::<Peer>::new(), Vec::<NodeId>::new());
+    let expected = (expected, Vec::<PeerPatch>::new(), Some(tuples), None::<DnsConfig>);
+    let bytes = postcard::to_allocvec(&delta).expect("encodes");
+    assert_eq!(bytes, postcard::to_allocvec(&expected).expect("encodes"));
+    assert_eq!(postcard::from_bytes::<MapDelta>(&bytes).expect("decodes"), delta);
+}

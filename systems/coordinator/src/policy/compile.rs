@@ -13,6 +13,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use super::{Alias, IpRange, IpSet, Policy};
@@ -227,13 +228,75 @@ pub(crate) struct CompiledAcl {
     pub(crate) src_strings: Vec<String>,
     /// The non-self destination entries, in policy order.
     pub(crate) entries: Vec<Entry>,
+    /// Where each non-self destination's entries lie in `entries`, in policy order.
+    pub(crate) runs: Vec<Run>,
     /// The ports of the `autogroup:self` destinations, in policy order.
     pub(crate) self_ports: Vec<PortRange>,
+    /// `strings_hash(&src_strings)`: what the rule's sources add to a filter's digest.
+    pub(crate) src_hash: u64,
     /// `IPProto`.
     pub(crate) protocols: Vec<u8>,
     /// Whether an `autogroup:self` destination comes before every other destination (then the
     /// per-node rule comes first, as Tailscale orders them).
     pub(crate) self_first: bool,
+}
+
+/// The entries of one destination: `entries[start..end]`. Unless `wildcard` (`*`, no ranges),
+/// they are one IP set's ranges in ascending order, each range's port ranges side by side, so
+/// the entries that hold an address are found by binary search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) wildcard: bool,
+}
+
+/// Calls `visit` with each entry of `acl` that concerns `node` (`entry_concerns`), in order.
+/// For a node without approved routes only its own two addresses matter: a binary search per
+/// destination, so a node costs what concerns it, not the entry's every address. Otherwise (a
+/// router or an exit node) a scan.
+pub(crate) fn for_each_concerning<'c>(
+    acl: &'c CompiledAcl,
+    node: &NodeInfo,
+    internet: &IpSet,
+    mut visit: impl FnMut(&'c Entry),
+) {
+    if !node.approved_routes.is_empty() {
+        let concerning =
+            acl.entries.iter().filter(|e| entry_concerns(e.range.as_ref(), node, internet));
+        concerning.for_each(visit);
+        return;
+    }
+    let own = node_ranges(node);
+    debug_assert!(own[0] < own[1], "IPv4 sorts first");
+    for run in &acl.runs {
+        let entries = &acl.entries[run.start..run.end];
+        if run.wildcard {
+            entries.iter().for_each(&mut visit);
+            continue;
+        }
+        for address in &own {
+            let key = (address.v6, address.first);
+            let end = entries.partition_point(|e| e.range.is_some_and(|r| (r.v6, r.first) <= key));
+            let mut start = end;
+            while start > 0 && entries[start - 1].range.is_some_and(|r| r.covers(address)) {
+                start -= 1;
+            }
+            entries[start..end].iter().for_each(&mut visit);
+        }
+    }
+}
+
+/// Whether a run's entries are as `Run` says: ranges ascending and disjoint, or all `*`.
+fn run_is_sorted(entries: &[Entry], wildcard: bool) -> bool {
+    if wildcard {
+        return entries.iter().all(|entry| entry.range.is_none());
+    }
+    entries.iter().all(|entry| entry.range.is_some())
+        && entries.windows(2).all(|pair| match (pair[0].range, pair[1].range) {
+            (Some(a), Some(b)) => a == b || (a.v6, a.last) < (b.v6, b.first),
+            _ => false,
+        })
 }
 
 /// Pushes one entry per range and port range.
@@ -319,15 +382,21 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
         src_wildcard,
         src_set,
         src_strings: Vec::new(),
+        src_hash: strings_hash(&[]),
         entries: Vec::new(),
+        runs: Vec::new(),
         self_ports: Vec::new(),
         protocols: acl.protocols.clone(),
         self_first: self_first(acl),
     };
     for (position, destination) in acl.destinations.iter().enumerate() {
         let ports = &destination.ports;
+        let start = compiled.entries.len();
         match destination.alias {
-            Alias::SelfDevices => compiled.self_ports.extend(ports.iter().copied()),
+            Alias::SelfDevices => {
+                compiled.self_ports.extend(ports.iter().copied());
+                continue;
+            }
             Alias::Wildcard => compiled.entries.extend(ports.iter().map(|&ports| Entry {
                 ip: "*".into(),
                 range: None,
@@ -340,15 +409,27 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
                 push_entries(&IpSet::from_ranges(ranges), ports, &mut compiled.entries);
             }
         }
+        let (end, wildcard) = (compiled.entries.len(), destination.alias == Alias::Wildcard);
+        debug_assert!(run_is_sorted(&compiled.entries[start..end], wildcard));
+        compiled.runs.push(Run { start, end, wildcard });
     }
+    debug_assert_eq!(compiled.runs.last().map_or(0, |run| run.end), compiled.entries.len());
     // Without ordinary destinations the source strings would never be read: not formatted.
     if !compiled.entries.is_empty() {
         let mut src_strings = if src_wildcard { tailnet.wildcard_strings() } else { Vec::new() };
         src_strings.extend(compiled.src_set.strings());
         src_strings.sort();
+        compiled.src_hash = strings_hash(&src_strings);
         compiled.src_strings = src_strings;
     }
     compiled
+}
+
+/// A hash of a list of strings (a rule's sources): fixed keys, so the same on every run.
+pub(crate) fn strings_hash(strings: &[String]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    strings.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Whether a destination entry's addresses concern `node`.

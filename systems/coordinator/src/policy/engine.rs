@@ -14,20 +14,27 @@
 //!
 //! `filter_for(n)` walks only the entries that concern `n` (plus those with `*` destinations
 //! and, for an untagged node, those with `autogroup:self`): each entry also keeps the first
-//! entry with the same merge key, which is where Tailscale's merging places its rule.
-//! `set_policy`, `clear_policy` and `upsert_user` rebuild everything (from a node index: the
-//! policy's size plus its members, not entries times nodes) and report every node.
+//! entry with the same merge key, which is where Tailscale's merging places its rule. Within an
+//! entry, a node without approved routes finds the destination entries holding its addresses by
+//! binary search. `filter_digest(n)` walks the same way but builds no rule: each compiled entry
+//! keeps the hash of its sources, so a node's digest costs its rules' destinations, not the
+//! addresses its sources list. `peers_of(n)` gathers the members of `n`'s entries and sorts
+//! them once.
+//! `set_policy`, `clear_policy`, `upsert_user` and `load_nodes` rebuild everything (from a node
+//! index: the policy's size plus its members, not entries times nodes); the first three report
+//! every node.
 //!
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::compile::{
     CompiledAcl, Entry, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node,
-    compile_acl, entry_concerns, internet, is_node_level, node_ranges, push_literal, rules_for,
-    self_rule, subnet_routes,
+    compile_acl, entry_concerns, for_each_concerning, internet, is_node_level, node_ranges,
+    push_literal, rules_for, self_rule, strings_hash, subnet_routes,
 };
 use super::{Alias, IpRange, IpSet, Policy};
 use crate::types::{
@@ -243,6 +250,18 @@ impl PolicyEngine {
     /// first entry with its key sits (`key_first`), which is where merging puts it, so the
     /// entries that do not concern the node need not be walked.
     fn relevant_rules(&self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<FilterRule> {
+        self.pending_rules(node, devices)
+            .into_iter()
+            .map(|slot| FilterRule {
+                src_ips: slot.src.into_owned(),
+                dst_ports: slot.dst_ports,
+                ip_proto: slot.protocols,
+            })
+            .collect()
+    }
+
+    /// What `relevant_rules` gives, in order, with the sources still borrowed where they can be.
+    fn pending_rules<'c>(&'c self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<PendingSlot<'c>> {
         let membership = &self.memberships[&node.id];
         let mut entries: BTreeSet<usize> =
             membership.dst.iter().chain(&self.wildcard_destinations).copied().collect();
@@ -263,15 +282,8 @@ impl PolicyEngine {
         }
         let mut slots: Vec<PendingSlot<'_>> = slots.into_values().collect();
         slots.sort_by_key(|slot| slot.position);
+        slots.retain(|slot| !slot.dst_ports.is_empty());
         slots
-            .into_iter()
-            .filter(|slot| !slot.dst_ports.is_empty())
-            .map(|slot| FilterRule {
-                src_ips: slot.src.into_owned(),
-                dst_ports: slot.dst_ports,
-                ip_proto: slot.protocols,
-            })
-            .collect()
     }
 
     /// Adds an entry's ordinary rule (if it gives one) to its slot.
@@ -291,10 +303,21 @@ impl PolicyEngine {
         let slot = slots.entry(SlotKey::Global(first)).or_insert_with(|| PendingSlot {
             position,
             src: Cow::Borrowed(&self.compiled[first].src_strings),
+            src_hash: self.compiled[first].src_hash,
             protocols: compiled.protocols.clone(),
             dst_ports: Vec::new(),
         });
-        slot.extend(&compiled.entries, node, &self.internet);
+        let start = slot.dst_ports.len();
+        for_each_concerning(compiled, node, &self.internet, |entry| {
+            slot.dst_ports.push(NetPortRange { ip: entry.ip.clone(), ports: entry.ports });
+        });
+        debug_assert!(
+            compiled.entries.len() > 64 || {
+                let mut scanned = Vec::new();
+                PendingSlot::concerning(&compiled.entries, node, &self.internet, &mut scanned);
+                slot.dst_ports[start..] == scanned
+            }
+        );
     }
 
     /// Adds an entry's `autogroup:self` rule for `node` (one of `devices`) to its slot.
@@ -320,6 +343,7 @@ impl PolicyEngine {
         };
         let slot = slots.entry(slot_key).or_insert_with(|| PendingSlot {
             position: initial,
+            src_hash: strings_hash(&key.0),
             src: Cow::Owned(key.0),
             protocols: key.1,
             dst_ports: Vec::new(),
@@ -727,25 +751,54 @@ impl PolicyView for PolicyEngine {
         self.everyone()
     }
 
+    fn load_nodes(&mut self, nodes: &[NodeInfo]) {
+        for node in nodes {
+            if let Some(old) = self.nodes.remove(&node.id) {
+                self.index_node(&old, false);
+            }
+            assert!(self.nodes.len() < NODES_MAX, "more nodes than NODES_MAX");
+            self.index_node(node, true);
+            self.nodes.insert(node.id, node.clone());
+        }
+        // One rebuild: the policy's size plus its members, where one upsert per node would
+        // cost each node's affected nodes (every node, under `*`).
+        self.rebuild();
+    }
+
     fn peers_of(&self, node: NodeId) -> Vec<NodeId> {
         let Some(info) = self.nodes.get(&node) else { return Vec::new() };
-        let mut peers = BTreeSet::new();
         if self.policy.is_none() {
-            peers.extend(self.nodes.keys().copied());
-        } else {
-            let membership = &self.memberships[&node];
-            let wildcard_src = self.wildcard_sources.iter().copied();
-            for index in membership.src.iter().copied().chain(wildcard_src) {
-                self.destinations_of(index, &mut peers);
-            }
-            let wildcard_dst = self.wildcard_destinations.iter().copied();
-            for index in membership.dst.iter().copied().chain(wildcard_dst) {
-                self.sources_of(index, &mut peers);
-            }
-            self.self_peers(info, &mut peers);
+            // Every other node, already in order: no set to build (this is the whole row).
+            return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
         }
-        peers.remove(&node);
-        peers.into_iter().collect()
+        // The entries' member sets are gathered, then sorted once: cheaper than a set insert
+        // per member, since a node's entries often share members.
+        let mut gathered: Vec<NodeId> = Vec::new();
+        let membership = &self.memberships[&node];
+        let wildcard_src = self.wildcard_sources.iter().copied();
+        for index in membership.src.iter().copied().chain(wildcard_src) {
+            let state = &self.acls[index];
+            if state.dst_all {
+                return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
+            }
+            gathered.extend(&state.dst_nodes);
+        }
+        let wildcard_dst = self.wildcard_destinations.iter().copied();
+        for index in membership.dst.iter().copied().chain(wildcard_dst) {
+            let state = &self.acls[index];
+            if state.src_all {
+                return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
+            }
+            gathered.extend(&state.src_nodes);
+        }
+        let mut own = BTreeSet::new();
+        self.self_peers(info, &mut own);
+        gathered.extend(own);
+        gathered.sort_unstable();
+        gathered.dedup();
+        gathered.retain(|&peer| peer != node);
+        debug_assert!(gathered.iter().all(|peer| self.nodes.contains_key(peer)));
+        gathered
     }
 
     fn filter_for(&self, node: NodeId) -> Vec<FilterRule> {
@@ -758,20 +811,41 @@ impl PolicyView for PolicyEngine {
                 ip_proto: Vec::new(),
             }];
         }
-        let user = info.user.filter(|_| info.tags.is_empty());
-        let devices: Vec<&NodeInfo> = user
-            .and_then(|user| self.by_user.get(&user))
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.nodes.get(id))
-            .collect();
+        let devices = self.devices_of(info);
         let rules = self.relevant_rules(info, &devices);
         debug_assert!(self.nodes.len() > 64 || rules == rules_for(&self.compiled, &devices, info));
+        debug_assert!(self.nodes.len() > 64 || self.filter_digest(node) == rules_digest(&rules));
         rules
+    }
+
+    fn filter_digest(&self, node: NodeId) -> u64 {
+        let Some(info) = self.nodes.get(&node) else { return rules_digest(&[]) };
+        if self.policy.is_none() {
+            return rules_digest(&self.filter_for(node));
+        }
+        let devices = self.devices_of(info);
+        let slots = self.pending_rules(info, &devices);
+        let mut hasher = DefaultHasher::new();
+        slots.len().hash(&mut hasher);
+        for slot in &slots {
+            debug_assert_eq!(slot.src_hash, strings_hash(&slot.src));
+            (slot.src_hash, &slot.protocols, &slot.dst_ports).hash(&mut hasher);
+        }
+        hasher.finish()
     }
 }
 
 impl PolicyEngine {
+    /// The untagged devices of a node's user (none for a tagged node).
+    fn devices_of(&self, node: &NodeInfo) -> Vec<&NodeInfo> {
+        let user = node.user.filter(|_| node.tags.is_empty());
+        user.and_then(|user| self.by_user.get(&user))
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.nodes.get(id))
+            .collect()
+    }
+
     /// The devices of a node's user it exchanges packets with through `autogroup:self`.
     fn self_peers(&self, node: &NodeInfo, peers: &mut BTreeSet<NodeId>) {
         let Some(user) = node.user.filter(|_| node.tags.is_empty()) else { return };
@@ -798,17 +872,39 @@ struct PendingSlot<'c> {
     /// Where it sits: (entry, 0 for its first rule, 1 for its second).
     position: (usize, u8),
     src: Cow<'c, [String]>,
+    /// `strings_hash(src)`, kept with the compiled entry for borrowed sources.
+    src_hash: u64,
     protocols: Vec<u8>,
     dst_ports: Vec<NetPortRange>,
 }
 
 impl PendingSlot<'_> {
     fn extend(&mut self, entries: &[Entry], node: &NodeInfo, internet: &IpSet) {
+        PendingSlot::concerning(entries, node, internet, &mut self.dst_ports);
+    }
+
+    /// Adds the entries that concern `node`, by a scan.
+    fn concerning(
+        entries: &[Entry],
+        node: &NodeInfo,
+        internet: &IpSet,
+        out: &mut Vec<NetPortRange>,
+    ) {
         let concerning =
             entries.iter().filter(|e| entry_concerns(e.range.as_ref(), node, internet));
-        self.dst_ports
-            .extend(concerning.map(|e| NetPortRange { ip: e.ip.clone(), ports: e.ports }));
+        out.extend(concerning.map(|e| NetPortRange { ip: e.ip.clone(), ports: e.ports }));
     }
+}
+
+/// A filter's digest as `filter_digest` computes it: per rule the hash of its sources, its
+/// protocols and its destinations. A function of the rules alone, so two engines agree.
+fn rules_digest(rules: &[FilterRule]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    rules.len().hash(&mut hasher);
+    for rule in rules {
+        (strings_hash(&rule.src_ips), &rule.ip_proto, &rule.dst_ports).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Whether an entry gives an ordinary rule (what `key_of` answers, without copying).
