@@ -9,12 +9,14 @@
 //!   written to a file as the run goes, the violated invariant on screen; `--html FILE` also
 //!   writes a self-contained page picturing the run (`html`).
 //! - `shrink SCENARIO --seed S`: delta debugging down to a minimal failing plan.
-//! - `check-determinism SCENARIO --seed S`: two runs; the first diverging event if they differ.
+//! - `check-determinism SCENARIO --seed S`: two runs compared by running hashes at checkpoints
+//!   (bounded memory); the first diverging event, with its neighbours, if they differ.
 //! - `ping`: the simulator's raw speed on ping worlds.
 //!
 //! Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, 3 safety violation,
 //! 4 liveness failure, 5 panic, 6 no progress (for a sweep, the most important failure's code).
 
+mod determinism;
 mod html;
 mod merge;
 mod single;
@@ -113,7 +115,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run one seed twice and compare the traces event by event.
+    /// Run one seed twice and compare the traces; name the first diverging event.
     CheckDeterminism {
         /// Scenario name.
         scenario: String,

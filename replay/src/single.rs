@@ -1,6 +1,7 @@
 //! The one-seed commands: `replay` (full trace and history to files, written as the run goes,
 //! an optional HTML picture of the run, violation on screen), `shrink` (delta debugging to a
-//! minimal plan file) and `check-determinism` (two runs, first diverging trace event).
+//! minimal plan file) and `check-determinism` (two runs compared by hash log, first diverging
+//! trace event; see `determinism`).
 
 #![allow(clippy::disallowed_methods, reason = "a CLI: it writes the files people asked for")]
 
@@ -10,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use scenarios::runner::run_plan_with_sink;
-use scenarios::{Outcome, PlanFile, RunOptions, Scenario, draw_plan, run_plan};
+use scenarios::{Outcome, PlanFile, RunOptions, Scenario, draw_plan};
 use sim::world::{TraceRecord, TraceSink};
 
-use crate::html;
+use crate::{determinism, html};
 
 /// Where `replay` and `shrink` write their files by default.
 pub const OUTPUT_DIR: &str = "target/ghostmesh";
@@ -182,47 +183,21 @@ pub fn shrink(
     Ok(report)
 }
 
-/// Runs a plan twice; on a mismatch, names the first diverging trace event.
+/// Runs a plan twice, comparing hash logs rather than traces (`determinism`); on a mismatch,
+/// runs both again for the window of records around the first diverging event and names it.
 pub fn check_determinism(scenario: &dyn Scenario, plan: &PlanFile) -> anyhow::Result<bool> {
-    let options = RunOptions { record_trace: true };
-    let (first, first_world) = run_plan(scenario, plan, &options);
-    let (second, second_world) = run_plan(scenario, plan, &options);
-    let first_records = first_world.trace_records().unwrap_or_default();
-    let second_records = second_world.trace_records().unwrap_or_default();
-    println!(
-        "run 1: trace {:#018x}, {} events, {}",
-        first.trace_hash,
-        first.trace_count,
-        first.verdict.label()
-    );
-    println!(
-        "run 2: trace {:#018x}, {} events, {}",
-        second.trace_hash,
-        second.trace_count,
-        second.verdict.label()
-    );
-    if first.trace_hash == second.trace_hash && first_records == second_records {
-        println!("deterministic: both runs produced the identical trace");
-        return Ok(true);
-    }
-    match first_divergence(&first_records, &second_records) {
-        Some((index, left, right)) => {
-            println!("NOT deterministic: first divergence at event {index}");
-            println!("  run 1: {}", left.map_or("<end of trace>".to_string(), |r| r.to_string()));
-            println!("  run 2: {}", right.map_or("<end of trace>".to_string(), |r| r.to_string()));
-        }
-        None => println!("NOT deterministic: records agree but the outcomes differ"),
-    }
-    Ok(false)
-}
-
-/// The first index where two traces differ, with the records there.
-pub fn first_divergence<'a>(
-    left: &'a [TraceRecord],
-    right: &'a [TraceRecord],
-) -> Option<(usize, Option<&'a TraceRecord>, Option<&'a TraceRecord>)> {
-    let length = left.len().max(right.len());
-    (0..length)
-        .find(|index| left.get(*index) != right.get(*index))
-        .map(|index| (index, left.get(index), right.get(index)))
+    let mut run = |sink: TraceSink| {
+        // The world is dropped at once: only one run's world is alive at a time.
+        let outcome = run_plan_with_sink(scenario, plan, &RunOptions::default(), Some(sink)).0;
+        let headline = format!(
+            "trace {:#018x}, {} events, {}",
+            outcome.trace_hash,
+            outcome.trace_count,
+            outcome.verdict.label()
+        );
+        let history = serde_json::to_string(&outcome.history).unwrap_or_default();
+        determinism::RunEnd { headline, digest: format!("{}{history}", outcome.summary()) }
+    };
+    let mut out = std::io::stdout().lock();
+    Ok(determinism::check(&mut run, &mut out)?)
 }
