@@ -6,14 +6,18 @@
 //!   of K interleaved parts of the range, so K machines share a sweep without talking.
 //! - `merge REPORT...`: shard reports (JSON) combined into the report of the whole range.
 //! - `replay SCENARIO --seed S`: one seed (or a plan file) with tracing output, the full trace
-//!   written to a file, the violated invariant on screen.
+//!   written to a file as the run goes, the violated invariant on screen; `--html FILE` also
+//!   writes a self-contained page picturing the run (`html`).
 //! - `shrink SCENARIO --seed S`: delta debugging down to a minimal failing plan.
-//! - `check-determinism SCENARIO --seed S`: two runs; the first diverging event if they differ.
+//! - `check-determinism SCENARIO --seed S`: two runs compared by running hashes at checkpoints
+//!   (bounded memory); the first diverging event, with its neighbours, if they differ.
 //! - `ping`: the simulator's raw speed on ping worlds.
 //!
 //! Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, 3 safety violation,
 //! 4 liveness failure, 5 panic, 6 no progress (for a sweep, the most important failure's code).
 
+mod determinism;
+mod html;
 mod merge;
 mod single;
 mod sweep;
@@ -93,6 +97,9 @@ enum Command {
         /// Where to write the trace (default target/ghostmesh/SCENARIO-SEED.trace).
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Also write a self-contained HTML page of the run: node lanes, faults, operations.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Shrink a failing seed's fault plan to a minimal one that still fails the same way.
     Shrink {
@@ -108,7 +115,7 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Run one seed twice and compare the traces event by event.
+    /// Run one seed twice and compare the traces; name the first diverging event.
     CheckDeterminism {
         /// Scenario name.
         scenario: String,
@@ -186,12 +193,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             return run_sweep(&scenario, options, json);
         }
         Command::Merge { reports, json } => return merge::run(&reports, json.as_deref()),
-        Command::Replay { scenario, seed, plan, log, trace } => {
+        Command::Replay { scenario, seed, plan, log, trace, html } => {
             let scenario = find(&scenario)?;
             let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
             println!("seed {:#x}", plan.seed);
             init_tracing(&log)?;
-            let outcome = single::replay(scenario.as_ref(), &plan, trace)?;
+            let files = single::ReplayFiles { trace, html };
+            let outcome = single::replay(scenario.as_ref(), &plan, files)?;
             return Ok(outcome.verdict.exit_code());
         }
         Command::Shrink { scenario, seed, plan, out } => {

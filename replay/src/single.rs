@@ -1,14 +1,20 @@
-//! The one-seed commands: `replay` (full trace and history to files, violation on screen),
-//! `shrink` (delta debugging to a minimal plan file) and `check-determinism` (two runs, first
-//! diverging trace event).
+//! The one-seed commands: `replay` (full trace and history to files, written as the run goes,
+//! an optional HTML picture of the run, violation on screen), `shrink` (delta debugging to a
+//! minimal plan file) and `check-determinism` (two runs compared by hash log, first diverging
+//! trace event; see `determinism`).
 
 #![allow(clippy::disallowed_methods, reason = "a CLI: it writes the files people asked for")]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use scenarios::{Outcome, PlanFile, RunOptions, Scenario, draw_plan, run_plan};
-use sim::world::TraceRecord;
+use scenarios::runner::run_plan_with_sink;
+use scenarios::{Outcome, PlanFile, RunOptions, Scenario, draw_plan};
+use sim::world::{TraceRecord, TraceSink};
+
+use crate::{determinism, html};
 
 /// Where `replay` and `shrink` write their files by default.
 pub const OUTPUT_DIR: &str = "target/ghostmesh";
@@ -48,30 +54,95 @@ fn stem(plan: &PlanFile) -> PathBuf {
     PathBuf::from(OUTPUT_DIR).join(format!("{}-{:#x}", plan.scenario, plan.seed))
 }
 
-/// Re-runs one plan with every trace record kept; writes trace, history and plan files.
+/// Where `replay` writes: the trace file (default under `OUTPUT_DIR`) and an optional page.
+pub struct ReplayFiles {
+    /// The trace file, one line per record.
+    pub trace: Option<PathBuf>,
+    /// The HTML picture of the run (`--html`).
+    pub html: Option<PathBuf>,
+}
+
+/// Re-runs one plan writing every trace record to the trace file as it happens; then writes
+/// the history and plan files and, if asked, the HTML page.
 pub fn replay(
     scenario: &dyn Scenario,
     plan: &PlanFile,
-    trace_path: Option<PathBuf>,
+    files: ReplayFiles,
 ) -> anyhow::Result<Outcome> {
-    let options = RunOptions { record_trace: true };
-    let (outcome, world) = run_plan(scenario, plan, &options);
-    let records = world.trace_records().unwrap_or_default();
-    let trace_path = trace_path.unwrap_or_else(|| stem(plan).with_extension("trace"));
-    let trace: String = records.iter().map(|record| format!("{record}\n")).collect();
-    write(&trace_path, &trace)?;
+    let trace_path = files.trace.unwrap_or_else(|| stem(plan).with_extension("trace"));
+    let trace = TraceFile::create(&trace_path)?;
+    let (outcome, world) =
+        run_plan_with_sink(scenario, plan, &RunOptions::default(), Some(trace.sink()));
+    drop(world);
+    let event_count = trace.finish()?;
+    assert_eq!(event_count, outcome.trace_count, "the file holds every record");
     let history_path = stem(plan).with_extension("history.json");
     write(&history_path, &serde_json::to_string_pretty(&outcome.history)?)?;
     let plan_path = stem(plan).with_extension("plan.json");
     write(&plan_path, &plan.to_json())?;
+    if let Some(html_path) = &files.html {
+        write(html_path, &html::render(&outcome, &scenario.topology(&plan.swarm)))?;
+    }
     print!("{}", outcome.summary());
     if let Some(violation) = &outcome.violation {
         println!("\nviolated: {violation}");
     }
-    println!("\ntrace   {} ({} events)", trace_path.display(), records.len());
+    println!("\ntrace   {} ({event_count} events)", trace_path.display());
     println!("history {}", history_path.display());
     println!("plan    {}", plan_path.display());
+    if let Some(html_path) = &files.html {
+        println!("html    {}", html_path.display());
+    }
     Ok(outcome)
+}
+
+/// A trace file written record by record while the run goes, so no trace is kept in memory.
+struct TraceFile {
+    path: PathBuf,
+    shared: Arc<Mutex<TraceWriter>>,
+}
+
+struct TraceWriter {
+    writer: std::io::BufWriter<std::fs::File>,
+    count: u64,
+    /// The first write error; later records are counted but not written.
+    error: Option<std::io::Error>,
+}
+
+impl TraceFile {
+    fn create(path: &Path) -> anyhow::Result<TraceFile> {
+        if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        let writer = std::io::BufWriter::with_capacity(1 << 20, file);
+        let shared = Arc::new(Mutex::new(TraceWriter { writer, count: 0, error: None }));
+        Ok(TraceFile { path: path.to_path_buf(), shared })
+    }
+
+    fn sink(&self) -> TraceSink {
+        let shared = Arc::clone(&self.shared);
+        Box::new(move |record: &TraceRecord| {
+            let mut trace = shared.lock().expect("trace file lock");
+            trace.count += 1;
+            if trace.error.is_none()
+                && let Err(error) = writeln!(trace.writer, "{record}")
+            {
+                trace.error = Some(error);
+            }
+        })
+    }
+
+    /// Flushes the file; returns how many records the run made.
+    fn finish(self) -> anyhow::Result<u64> {
+        let mut trace = self.shared.lock().expect("trace file lock");
+        let flushed = trace.writer.flush();
+        let error = trace.error.take().map_or(flushed, Err);
+        error.with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(trace.count)
+    }
 }
 
 /// Shrinks a failing plan and writes the minimal one.
@@ -112,47 +183,21 @@ pub fn shrink(
     Ok(report)
 }
 
-/// Runs a plan twice; on a mismatch, names the first diverging trace event.
+/// Runs a plan twice, comparing hash logs rather than traces (`determinism`); on a mismatch,
+/// runs both again for the window of records around the first diverging event and names it.
 pub fn check_determinism(scenario: &dyn Scenario, plan: &PlanFile) -> anyhow::Result<bool> {
-    let options = RunOptions { record_trace: true };
-    let (first, first_world) = run_plan(scenario, plan, &options);
-    let (second, second_world) = run_plan(scenario, plan, &options);
-    let first_records = first_world.trace_records().unwrap_or_default();
-    let second_records = second_world.trace_records().unwrap_or_default();
-    println!(
-        "run 1: trace {:#018x}, {} events, {}",
-        first.trace_hash,
-        first.trace_count,
-        first.verdict.label()
-    );
-    println!(
-        "run 2: trace {:#018x}, {} events, {}",
-        second.trace_hash,
-        second.trace_count,
-        second.verdict.label()
-    );
-    if first.trace_hash == second.trace_hash && first_records == second_records {
-        println!("deterministic: both runs produced the identical trace");
-        return Ok(true);
-    }
-    match first_divergence(&first_records, &second_records) {
-        Some((index, left, right)) => {
-            println!("NOT deterministic: first divergence at event {index}");
-            println!("  run 1: {}", left.map_or("<end of trace>".to_string(), |r| r.to_string()));
-            println!("  run 2: {}", right.map_or("<end of trace>".to_string(), |r| r.to_string()));
-        }
-        None => println!("NOT deterministic: records agree but the outcomes differ"),
-    }
-    Ok(false)
-}
-
-/// The first index where two traces differ, with the records there.
-pub fn first_divergence<'a>(
-    left: &'a [TraceRecord],
-    right: &'a [TraceRecord],
-) -> Option<(usize, Option<&'a TraceRecord>, Option<&'a TraceRecord>)> {
-    let length = left.len().max(right.len());
-    (0..length)
-        .find(|index| left.get(*index) != right.get(*index))
-        .map(|index| (index, left.get(index), right.get(index)))
+    let mut run = |sink: TraceSink| {
+        // The world is dropped at once: only one run's world is alive at a time.
+        let outcome = run_plan_with_sink(scenario, plan, &RunOptions::default(), Some(sink)).0;
+        let headline = format!(
+            "trace {:#018x}, {} events, {}",
+            outcome.trace_hash,
+            outcome.trace_count,
+            outcome.verdict.label()
+        );
+        let history = serde_json::to_string(&outcome.history).unwrap_or_default();
+        determinism::RunEnd { headline, digest: format!("{}{history}", outcome.summary()) }
+    };
+    let mut out = std::io::stdout().lock();
+    Ok(determinism::check(&mut run, &mut out)?)
 }

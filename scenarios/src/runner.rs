@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use invariants::Violation;
-use sim::world::{DiskConfig, SimConfig, SimError, SimErrorKind, World};
+use sim::world::{DiskConfig, SimConfig, SimError, SimErrorKind, TraceSink, World};
 
 use crate::nemesis::{Nemesis, at};
 use crate::outcome::{Metrics, Outcome, Verdict};
@@ -79,6 +79,17 @@ pub fn run_plan(
     plan: &PlanFile,
     options: &RunOptions,
 ) -> (Outcome, World) {
+    run_plan_with_sink(scenario, plan, options, None)
+}
+
+/// Runs `plan` as `run_plan` does, sending every trace record to `sink` as it happens (a trace
+/// file written as it goes, a hash log), so that no caller needs to keep the records.
+pub fn run_plan_with_sink(
+    scenario: &dyn Scenario,
+    plan: &PlanFile,
+    options: &RunOptions,
+    sink: Option<TraceSink>,
+) -> (Outcome, World) {
     assert_eq!(plan.scenario, scenario.name(), "plan belongs to another scenario");
     let wall_start = wall_now();
     let mut config = SimConfig::new(plan.seed);
@@ -87,6 +98,10 @@ pub fn run_plan(
     scenario.configure(&mut config, &plan.swarm);
     let base_disk = config.disk.clone();
     let world = World::new(config);
+    if let Some(sink) = sink {
+        assert_eq!(world.trace_count(), 0, "the sink sees the whole trace");
+        world.set_trace_sink(sink);
+    }
     let _span = tracing::info_span!("run", scenario = scenario.name(), seed = plan.seed).entered();
     let mut workload = scenario.start(&world, &plan.swarm);
     let (failure, fault_count) = run_phases(&world, plan, base_disk, workload.as_mut());

@@ -39,7 +39,7 @@ use rand_chacha::{ChaCha8Rng, ChaCha12Rng};
 
 pub use config::{BuggifyConfig, DiskConfig, DiskFaults, LinkConfig, NetConfig, SimConfig};
 pub use env::{SimEnv, SimFile, SimRng, SimTcpListener, SimTcpStream, SimUdpSocket};
-pub use trace::{TraceKind, TraceRecord};
+pub use trace::{TraceKind, TraceRecord, TraceSink};
 
 use executor::{Event, ReadyQueue, Scheduled, Task, TaskFuture, TaskKey, Tasks, Timers};
 use trace::{Trace, WORLD_NODE, hash_str, splitmix64};
@@ -487,6 +487,12 @@ impl World {
     /// How many trace records so far.
     pub fn trace_count(&self) -> u64 {
         self.shared.lock().trace.count()
+    }
+
+    /// Sends every later trace record to `sink` as it happens (replacing an earlier sink): set
+    /// it before the first node is added to see the whole trace.
+    pub fn set_trace_sink(&self, sink: TraceSink) {
+        self.shared.lock().trace.set_sink(sink);
     }
 
     /// Every trace record so far, if `SimConfig::record_trace` is set.

@@ -2,8 +2,10 @@
 //!
 //! Each record is folded into a running 64-bit hash, the run's determinism fingerprint: two runs
 //! of the same seed must end with the same hash. Records are also emitted as `tracing` events
-//! (target `sim`, tagged with node and simulated time) and, when `SimConfig::record_trace` is
-//! set, kept in memory so that two runs can be compared record by record.
+//! (target `sim`, tagged with node and simulated time), passed to the world's `TraceSink` if it
+//! has one (a trace file written as the run goes, or a hash log compared at checkpoints), and,
+//! when `SimConfig::record_trace` is set, kept in memory (small worlds and tests only: a large
+//! world makes tens of millions of records).
 //!
 //! Records carry numbers, never formatted strings, so hashing costs a few multiplications and
 //! a disabled `tracing` subscriber costs one atomic load per record.
@@ -106,6 +108,22 @@ impl fmt::Display for TraceRecord {
     }
 }
 
+impl TraceRecord {
+    /// `hash` with this record folded in. The trace hash is this fold over every record, from a
+    /// start derived from the seed; a caller may fold records from any start of its own.
+    pub fn fold_into(&self, hash: u64) -> u64 {
+        let mut hash = mix(hash, self.time.as_nanos());
+        hash = mix(hash, (u64::from(self.node) << 8) | self.kind as u64);
+        hash = mix(hash, self.a);
+        mix(hash, self.b)
+    }
+}
+
+/// Receives every trace record as it happens (`World::set_trace_sink`), so that a trace can be
+/// written or compared without being kept. It runs under the world's lock: it must not call
+/// back into the world.
+pub type TraceSink = Box<dyn FnMut(&TraceRecord) + Send>;
+
 /// The node index used for records that belong to no node.
 pub const WORLD_NODE: u32 = u32::MAX;
 
@@ -117,6 +135,7 @@ pub(crate) struct Trace {
     hash: u64,
     count: u64,
     records: Option<Vec<TraceRecord>>,
+    sink: Option<TraceSink>,
 }
 
 impl Trace {
@@ -125,16 +144,12 @@ impl Trace {
             hash: mix(0xcbf2_9ce4_8422_2325, seed),
             count: 0,
             records: keep_records.then(Vec::new),
+            sink: None,
         }
     }
 
     pub(crate) fn record(&mut self, record: TraceRecord) {
-        let mut hash = self.hash;
-        hash = mix(hash, record.time.as_nanos());
-        hash = mix(hash, (u64::from(record.node) << 8) | record.kind as u64);
-        hash = mix(hash, record.a);
-        hash = mix(hash, record.b);
-        self.hash = hash;
+        self.hash = record.fold_into(self.hash);
         self.count += 1;
         tracing::trace!(
             target: "sim",
@@ -144,9 +159,17 @@ impl Trace {
             a = record.a,
             b = record.b,
         );
+        if let Some(sink) = &mut self.sink {
+            sink(&record);
+        }
         if let Some(records) = &mut self.records {
             records.push(record);
         }
+    }
+
+    /// Sends every later record to `sink` (replacing an earlier sink).
+    pub(crate) fn set_sink(&mut self, sink: TraceSink) {
+        self.sink = Some(sink);
     }
 
     pub(crate) fn hash(&self) -> u64 {
@@ -202,5 +225,23 @@ mod tests {
         assert_ne!(hash_of(&[one, two]), hash_of(&[two, one]));
         assert_ne!(hash_of(&[one]), hash_of(&[record(TraceKind::Spawn, 1)]));
         assert_eq!(hash_of(&[one, two]), hash_of(&[one, two]));
+    }
+
+    #[test]
+    fn the_sink_sees_every_record_in_order_and_folds_agree() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut trace = Trace::new(7, false);
+        let sink_seen = std::sync::Arc::clone(&seen);
+        trace.set_sink(Box::new(move |record| sink_seen.lock().expect("lock").push(*record)));
+        let records: Vec<TraceRecord> = (0..5)
+            .map(|a| TraceRecord { time: Instant::ZERO, node: 1, kind: TraceKind::Poll, a, b: 0 })
+            .collect();
+        records.iter().for_each(|record| trace.record(*record));
+        assert_eq!(*seen.lock().expect("lock"), records);
+        let start = Trace::new(7, false).hash();
+        let folded = records.iter().fold(start, |hash, record| record.fold_into(hash));
+        assert_eq!(folded, trace.hash());
+        assert_eq!(trace.count(), 5);
+        assert!(trace.records().is_none());
     }
 }
