@@ -196,6 +196,7 @@ fn device_config(state: &AgentState, listen_port: u16) -> DeviceConfig {
     DeviceConfig {
         private_key: Zeroizing::new(state.node_private),
         listen_port,
+        listen_addr: None,
         peers: Vec::new(),
         handshake_load_limit_per_sec: 1000,
         mtu: 1280,

@@ -1,5 +1,6 @@
 //! The `wg` configuration format (as `wg setconf` and `wg-quick` read it), parsed into a
-//! `DeviceConfig`: an `[Interface]` with `PrivateKey`, `ListenPort` and the wg-quick keys
+//! `DeviceConfig`: an `[Interface]` with `PrivateKey`, `ListenPort`, `ListenAddress` (ours, not
+//! `wg`'s: the address to bind, default all) and the wg-quick keys
 //! `Address` and `MTU`, then `[Peer]` sections with `PublicKey`, `PresharedKey`,
 //! `AllowedIPs`, `Endpoint` and `PersistentKeepalive`. Keys are base64; `#` starts a comment.
 //!
@@ -93,6 +94,7 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
     let mut device = DeviceConfig {
         private_key: Zeroizing::new([0; KEY_LEN]),
         listen_port: 0,
+        listen_addr: None,
         peers: Vec::new(),
         handshake_load_limit_per_sec: 100,
         mtu: MTU_DEFAULT,
@@ -128,6 +130,9 @@ pub fn parse(text: &str) -> Result<WgConfig, ConfigError> {
             }
             (Section::Interface, "listenport") => {
                 device.listen_port = value.parse().map_err(|_| bad())?
+            }
+            (Section::Interface, "listenaddress") => {
+                device.listen_addr = Some(value.parse().map_err(|_| bad())?)
             }
             (Section::Interface, "mtu") => device.mtu = value.parse().map_err(|_| bad())?,
             (Section::Interface, "address") => addresses.extend(parse_nets(value).ok_or_else(bad)?),
@@ -245,6 +250,13 @@ mod tests {
         let config = parse(&text).expect("valid");
         assert_eq!(encode_key(&config.device.private_key), PRIVATE);
         assert_eq!(config.device.listen_port, 51820);
+        assert_eq!(config.device.listen_addr, None);
+        let bound =
+            parse(&format!("[Interface]\nPrivateKey = {PRIVATE}\nListenAddress = 127.0.0.1\n"))
+                .expect("parses");
+        assert_eq!(bound.device.listen_addr, Some("127.0.0.1".parse().expect("an address")));
+        let bad = parse(&format!("[Interface]\nPrivateKey = {PRIVATE}\nListenAddress = host\n"));
+        assert!(matches!(bad, Err(ConfigError::BadValue { line: 3, .. })));
         assert_eq!(config.addresses.len(), 2);
         let peer = &config.device.peers[0];
         assert_eq!(encode_key(&peer.public_key), PUBLIC);

@@ -72,6 +72,8 @@ pub struct DeviceConfig {
     pub private_key: Zeroizing<[u8; KEY_LEN]>,
     /// The UDP port to listen on (0 picks one).
     pub listen_port: u16,
+    /// The address to listen on (`None`: every address, `0.0.0.0`).
+    pub listen_addr: Option<IpAddr>,
     /// The peers, at most `INDEX_SLOT_MAX + 1`.
     pub peers: Vec<PeerConfig>,
     /// Handshake messages per second above which the device answers with cookies.
@@ -889,7 +891,8 @@ impl Device {
         config: DeviceConfig,
         bug: Option<PlantedBug>,
     ) -> io::Result<DeviceHandle> {
-        let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), config.listen_port);
+        let ip = config.listen_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let bind = SocketAddr::new(ip, config.listen_port);
         let socket = env.bind_udp(bind).await?;
         let local_addr = socket.local_addr()?;
         let wall = env.wall().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -123,6 +123,7 @@ pub fn device_config(seed: u64, index: usize, peer_count: usize) -> DeviceConfig
     DeviceConfig {
         private_key: Zeroizing::new(private_key(seed, index)),
         listen_port: PORT,
+        listen_addr: None,
         peers,
         handshake_load_limit_per_sec: 50,
         mtu: 1420,

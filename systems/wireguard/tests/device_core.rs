@@ -62,6 +62,7 @@ fn config(node: usize, load_limit: u32) -> DeviceConfig {
     DeviceConfig {
         private_key: Zeroizing::new(private(node)),
         listen_port: 51820,
+        listen_addr: None,
         peers,
         handshake_load_limit_per_sec: load_limit,
         mtu: 1420,

@@ -32,6 +32,7 @@ fn empty_config(node: usize) -> DeviceConfig {
     DeviceConfig {
         private_key: Zeroizing::new(private(node)),
         listen_port: PORT,
+        listen_addr: None,
         peers: Vec::new(),
         handshake_load_limit_per_sec: 50,
         mtu: 1420,

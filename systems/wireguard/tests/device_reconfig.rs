@@ -75,6 +75,7 @@ fn config(node: usize) -> DeviceConfig {
     DeviceConfig {
         private_key: Zeroizing::new(private(node)),
         listen_port: 51820,
+        listen_addr: None,
         peers: (0..NODE_COUNT).filter(|other| *other != node).map(|o| peer(o, false)).collect(),
         handshake_load_limit_per_sec: 100,
         mtu: 1420,

@@ -48,6 +48,10 @@ struct Args {
     /// The configuration file (`[Interface]` and `[Peer]` sections, as `wg setconf` reads).
     #[arg(required = true)]
     config: Option<PathBuf>,
+    /// The address to bind the UDP socket to (overrides the config's `ListenAddress`; default
+    /// every address).
+    #[arg(long)]
+    bind: Option<IpAddr>,
     /// Use a real TUN device (not supported by this build: reports a clear error).
     #[arg(long)]
     tun: bool,
@@ -131,7 +135,7 @@ async fn start(args: Args, service: Service) -> anyhow::Result<()> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(&path).concerning("reading", &shown)?;
     let text = resolve_endpoints(&text).with_context(|| format!("in {shown}"))?;
-    let config = config::parse(&text).concerning("in", &shown)?;
+    let mut config = config::parse(&text).concerning("in", &shown)?;
     let source = config.addresses.iter().find_map(|net| match net.addr {
         IpAddr::V4(addr) => Some(addr),
         IpAddr::V6(_) => None,
@@ -140,9 +144,12 @@ async fn start(args: Args, service: Service) -> anyhow::Result<()> {
     let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(
         *config.device.private_key,
     ));
-    let port = config.device.listen_port;
-    let device =
-        Device::start(env.clone(), config.device).await.concerning("binding UDP port", port)?;
+    if let Some(bind) = args.bind {
+        config.device.listen_addr = Some(bind);
+    }
+    let ip = config.device.listen_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let at = SocketAddr::new(ip, config.device.listen_port);
+    let device = Device::start(env.clone(), config.device).await.concerning("binding UDP", at)?;
     let stats = Arc::new(Mutex::new(DeviceStats::default()));
     let collected = Arc::clone(&stats);
     service.set_collector(move |samples| {
