@@ -67,6 +67,9 @@ enum Command {
         /// Run only shard I of K (0 <= I < K): the seeds START+i with i % K == I.
         #[arg(long, value_name = "I/K", value_parser = sweep::Shard::parse)]
         shard: Option<sweep::Shard>,
+        /// Turn every BUGGIFY site off (to measure what the sites add).
+        #[arg(long)]
+        no_buggify: bool,
     },
     /// Combine the JSON reports of a sharded sweep into the report of the whole range.
     Merge {
@@ -93,6 +96,9 @@ enum Command {
         /// Where to write the trace (default target/ghostmesh/SCENARIO-SEED.trace).
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Turn every BUGGIFY site off, as `run --no-buggify` did.
+        #[arg(long)]
+        no_buggify: bool,
     },
     /// Shrink a failing seed's fault plan to a minimal one that still fails the same way.
     Shrink {
@@ -172,7 +178,7 @@ fn list() -> String {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::List => print!("{}", list()),
-        Command::Run { scenario, seeds, start, jobs, json, time_budget, shard } => {
+        Command::Run { scenario, seeds, start, jobs, json, time_budget, shard, no_buggify } => {
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
             let options = sweep::SweepOptions {
@@ -182,16 +188,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 jobs,
                 budget: time_budget.map(Duration::from_secs),
                 progress: std::io::stderr().is_terminal(),
+                no_buggify,
             };
             return run_sweep(&scenario, options, json);
         }
         Command::Merge { reports, json } => return merge::run(&reports, json.as_deref()),
-        Command::Replay { scenario, seed, plan, log, trace } => {
+        Command::Replay { scenario, seed, plan, log, trace, no_buggify } => {
             let scenario = find(&scenario)?;
             let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
             println!("seed {:#x}", plan.seed);
             init_tracing(&log)?;
-            let outcome = single::replay(scenario.as_ref(), &plan, trace)?;
+            let outcome = single::replay(scenario.as_ref(), &plan, trace, no_buggify)?;
             return Ok(outcome.verdict.exit_code());
         }
         Command::Shrink { scenario, seed, plan, out } => {

@@ -49,12 +49,14 @@ fn stem(plan: &PlanFile) -> PathBuf {
 }
 
 /// Re-runs one plan with every trace record kept; writes trace, history and plan files.
+/// `no_buggify` turns the BUGGIFY sites off, as the sweep that found the seed had them.
 pub fn replay(
     scenario: &dyn Scenario,
     plan: &PlanFile,
     trace_path: Option<PathBuf>,
+    no_buggify: bool,
 ) -> anyhow::Result<Outcome> {
-    let options = RunOptions { record_trace: true };
+    let options = RunOptions { record_trace: true, no_buggify };
     let (outcome, world) = run_plan(scenario, plan, &options);
     let records = world.trace_records().unwrap_or_default();
     let trace_path = trace_path.unwrap_or_else(|| stem(plan).with_extension("trace"));
@@ -68,6 +70,7 @@ pub fn replay(
     if let Some(violation) = &outcome.violation {
         println!("\nviolated: {violation}");
     }
+    print!("\n{}", outcome.buggify_report());
     println!("\ntrace   {} ({} events)", trace_path.display(), records.len());
     println!("history {}", history_path.display());
     println!("plan    {}", plan_path.display());
@@ -114,7 +117,7 @@ pub fn shrink(
 
 /// Runs a plan twice; on a mismatch, names the first diverging trace event.
 pub fn check_determinism(scenario: &dyn Scenario, plan: &PlanFile) -> anyhow::Result<bool> {
-    let options = RunOptions { record_trace: true };
+    let options = RunOptions { record_trace: true, ..RunOptions::default() };
     let (first, first_world) = run_plan(scenario, plan, &options);
     let (second, second_world) = run_plan(scenario, plan, &options);
     let first_records = first_world.trace_records().unwrap_or_default();

@@ -634,7 +634,14 @@ impl Node {
             self.reach_across(now, rng, effects);
         }
         let pull = self.pull.as_ref().expect("pull in progress");
-        if result.is_err() {
+        // Simulates an anti-entropy session cut halfway (the requester restarted, or the
+        // peer's answers stopped for good in mid-session): what was merged stays, the rest
+        // waits for the next session. Only once tree nodes arrived, so the cut falls inside.
+        let cut = result.is_ok()
+            && !pull.requester.is_done()
+            && pull.requester.stats().node_count > 0
+            && self.faults.buggify("gossip.sync.cut");
+        if result.is_err() || cut {
             self.stats.session_failed_count += 1;
             self.pull = None;
         } else if pull.requester.is_done() {
