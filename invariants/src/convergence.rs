@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::Violation;
 use crate::format::{LISTED_MAX, counted, push_capped};
+use crate::{Subject, Violation};
 
 /// The invariant's name in a [`Violation`].
 pub const NAME: &str = "convergence";
@@ -42,7 +42,13 @@ pub fn check_convergence(replicas: &[(String, u64)]) -> Result<(), Violation> {
             line
         }),
     );
-    Err(Violation::new(NAME, message))
+    // The odd one out: the first replica of the smallest group.
+    let odd = groups.last().and_then(|(_, names)| names.first()).map(|name| name.to_string());
+    let violation = Violation::new(NAME, message);
+    Err(match odd {
+        Some(name) => violation.concerning(Subject::Node(name)),
+        None => violation,
+    })
 }
 
 #[cfg(test)]

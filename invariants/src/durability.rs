@@ -8,8 +8,8 @@
 //! *lost* data (it shows an older state: an acknowledged write went missing) or *invented* it
 //! (it shows a value no write ever carried, for example torn or corrupt data read as valid).
 
-use crate::Violation;
 use crate::format::{counted, push_capped, value};
+use crate::{Subject, Violation};
 
 /// The invariant's name in a [`Violation`].
 pub const NAME: &str = "durability";
@@ -39,14 +39,18 @@ pub struct KeyHistory {
 /// (any write, or absent, if none was acknowledged). Message names key, observed, last
 /// acknowledged value, and which it lost/invented. Every failing key is listed (capped).
 pub fn check_durability(keys: &[KeyHistory]) -> Result<(), Violation> {
-    let failures: Vec<String> = keys.iter().filter_map(check_key).collect();
-    if failures.is_empty() {
+    let failures: Vec<(&str, String)> = keys
+        .iter()
+        .filter_map(|history| Some((history.key.as_str(), check_key(history)?)))
+        .collect();
+    // The first failing key is the violation's subject.
+    let Some(first) = failures.first().map(|(key, _)| Subject::Key(key.to_string())) else {
         return Ok(());
-    }
+    };
     let mut message =
         format!("{} of {} lost or invented data:", failures.len(), counted(keys.len(), "key"));
-    push_capped(&mut message, failures.into_iter());
-    Err(Violation::new(NAME, message))
+    push_capped(&mut message, failures.into_iter().map(|(_, line)| line));
+    Err(Violation::new(NAME, message).concerning(first))
 }
 
 /// `None` if `history` is durable, else one line explaining what went wrong.

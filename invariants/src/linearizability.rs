@@ -63,7 +63,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::Violation;
+use crate::{Subject, Violation};
 
 mod report;
 mod search;
@@ -156,7 +156,8 @@ pub fn check_register_history(history: &[Operation], steps_max: u64) -> CheckRes
             }
             search::Outcome::Stuck(deepest) => {
                 let message = report::counterexample(key, &operations, &deepest);
-                return CheckResult::Violation(Violation::new(NAME, message));
+                let subject = Subject::Key(key.to_string());
+                return CheckResult::Violation(Violation::new(NAME, message).concerning(subject));
             }
         }
     }

@@ -381,7 +381,7 @@ fn push_header(page: &mut String, outcome: &Outcome, picture: &Picture) {
         let _ = writeln!(
             page,
             "<div class=\"violation\"><b>violated: {}</b><pre>{}</pre></div>",
-            escape(&violation.invariant),
+            escape(violation.name()),
             escape(&violation.message)
         );
     }

@@ -71,6 +71,9 @@ enum Command {
         /// Run only shard I of K (0 <= I < K): the seeds START+i with i % K == I.
         #[arg(long, value_name = "I/K", value_parser = sweep::Shard::parse)]
         shard: Option<sweep::Shard>,
+        /// Turn every BUGGIFY site off (to measure what the sites add).
+        #[arg(long)]
+        no_buggify: bool,
     },
     /// Combine the JSON reports of a sharded sweep into the report of the whole range.
     Merge {
@@ -100,6 +103,9 @@ enum Command {
         /// Also write a self-contained HTML page of the run: node lanes, faults, operations.
         #[arg(long)]
         html: Option<PathBuf>,
+        /// Turn every BUGGIFY site off, as `run --no-buggify` did.
+        #[arg(long)]
+        no_buggify: bool,
     },
     /// Shrink a failing seed's fault plan to a minimal one that still fails the same way.
     Shrink {
@@ -179,7 +185,7 @@ fn list() -> String {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::List => print!("{}", list()),
-        Command::Run { scenario, seeds, start, jobs, json, time_budget, shard } => {
+        Command::Run { scenario, seeds, start, jobs, json, time_budget, shard, no_buggify } => {
             let jobs =
                 jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
             let options = sweep::SweepOptions {
@@ -189,17 +195,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 jobs,
                 budget: time_budget.map(Duration::from_secs),
                 progress: std::io::stderr().is_terminal(),
+                no_buggify,
             };
             return run_sweep(&scenario, options, json);
         }
         Command::Merge { reports, json } => return merge::run(&reports, json.as_deref()),
-        Command::Replay { scenario, seed, plan, log, trace, html } => {
+        Command::Replay { scenario, seed, plan, log, trace, html, no_buggify } => {
             let scenario = find(&scenario)?;
             let plan = single::load_plan(scenario.as_ref(), seed, plan.as_deref())?;
             println!("seed {:#x}", plan.seed);
             init_tracing(&log)?;
             let files = single::ReplayFiles { trace, html };
-            let outcome = single::replay(scenario.as_ref(), &plan, files)?;
+            let outcome = single::replay(scenario.as_ref(), &plan, files, no_buggify)?;
             return Ok(outcome.verdict.exit_code());
         }
         Command::Shrink { scenario, seed, plan, out } => {

@@ -63,16 +63,18 @@ pub struct ReplayFiles {
 }
 
 /// Re-runs one plan writing every trace record to the trace file as it happens; then writes
-/// the history and plan files and, if asked, the HTML page.
+/// the history and plan files and, if asked, the HTML page. `no_buggify` turns the BUGGIFY
+/// sites off, as the sweep that found the seed had them.
 pub fn replay(
     scenario: &dyn Scenario,
     plan: &PlanFile,
     files: ReplayFiles,
+    no_buggify: bool,
 ) -> anyhow::Result<Outcome> {
     let trace_path = files.trace.unwrap_or_else(|| stem(plan).with_extension("trace"));
     let trace = TraceFile::create(&trace_path)?;
-    let (outcome, world) =
-        run_plan_with_sink(scenario, plan, &RunOptions::default(), Some(trace.sink()));
+    let options = RunOptions { no_buggify, ..RunOptions::default() };
+    let (outcome, world) = run_plan_with_sink(scenario, plan, &options, Some(trace.sink()));
     drop(world);
     let event_count = trace.finish()?;
     assert_eq!(event_count, outcome.trace_count, "the file holds every record");
@@ -87,6 +89,7 @@ pub fn replay(
     if let Some(violation) = &outcome.violation {
         println!("\nviolated: {violation}");
     }
+    print!("\n{}", outcome.buggify_report());
     println!("\ntrace   {} ({event_count} events)", trace_path.display());
     println!("history {}", history_path.display());
     println!("plan    {}", plan_path.display());

@@ -11,12 +11,13 @@
 
 #![allow(clippy::disallowed_methods, reason = "a CLI: wall time and worker threads are its job")]
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use scenarios::{Outcome, RunOptions, Scenario, Verdict, run_seed};
+use scenarios::{BuggifyFires, Outcome, RunOptions, Scenario, Verdict, run_seed};
 use serde::{Deserialize, Serialize};
 
 /// One run in the report (the history is left out: replay the seed to see it).
@@ -42,6 +43,48 @@ pub struct RunRecord {
     pub fault_count: u64,
     /// The paste-able replay command (failures only).
     pub replay: Option<String>,
+}
+
+/// One BUGGIFY site over a sweep: in how many seeds it was reached, active and fired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteSeeds {
+    /// Seeds whose run asked the site at least once.
+    pub seeds_reached: u64,
+    /// Seeds that made the site active (it may fire).
+    pub seeds_active: u64,
+    /// Seeds in which it fired at least once.
+    pub seeds_fired: u64,
+    /// Fires over all seeds.
+    pub fire_count: u64,
+}
+
+impl SiteSeeds {
+    /// Adds one run's view of the site.
+    pub fn add_run(&mut self, site: scenarios::SiteFires) {
+        self.seeds_reached += 1;
+        self.seeds_active += u64::from(site.active);
+        self.seeds_fired += u64::from(site.fire_count > 0);
+        self.fire_count += site.fire_count;
+        assert!(self.seeds_fired <= self.seeds_active && self.seeds_active <= self.seeds_reached);
+    }
+
+    /// Adds another part of the range (a shard's counts).
+    pub fn add(&mut self, other: SiteSeeds) {
+        self.seeds_reached += other.seeds_reached;
+        self.seeds_active += other.seeds_active;
+        self.seeds_fired += other.seeds_fired;
+        self.fire_count += other.fire_count;
+    }
+}
+
+/// Per BUGGIFY site, by name, the seeds of a sweep that reached it, made it active, fired it.
+pub type SiteCounts = BTreeMap<String, SiteSeeds>;
+
+/// Adds one run's sites to a sweep's counts.
+fn count_sites(counts: &mut SiteCounts, fires: &BuggifyFires) {
+    for (name, site) in fires {
+        counts.entry(name.clone()).or_default().add_run(*site);
+    }
 }
 
 /// Shard `index` of `count` (from 0): the seeds `start + i` of the range with `i % count == index`.
@@ -129,6 +172,13 @@ pub struct SweepReport {
     pub counts: Vec<(Verdict, u64)>,
     /// Every run, by seed.
     pub runs: Vec<RunRecord>,
+    /// Per BUGGIFY site the runs reached, the seeds in which it was active and fired; a site
+    /// reached but never fired shows `seeds_fired: 0`.
+    #[serde(default)]
+    pub buggify: SiteCounts,
+    /// Whether the sweep ran with every BUGGIFY site off (`run --no-buggify`).
+    #[serde(default)]
+    pub no_buggify: bool,
 }
 
 impl SweepReport {
@@ -143,8 +193,9 @@ impl SweepReport {
     }
 }
 
-fn record(scenario: &dyn Scenario, outcome: &Outcome) -> RunRecord {
+fn record(scenario: &dyn Scenario, outcome: &Outcome, no_buggify: bool) -> RunRecord {
     let failed = outcome.verdict.is_failure();
+    let flag = if no_buggify { " --no-buggify" } else { "" };
     RunRecord {
         seed: outcome.plan.seed,
         verdict: outcome.verdict,
@@ -155,7 +206,8 @@ fn record(scenario: &dyn Scenario, outcome: &Outcome) -> RunRecord {
         wall_nanos: outcome.metrics.wall_nanos,
         op_count: outcome.metrics.op_count,
         fault_count: outcome.metrics.fault_count,
-        replay: failed.then(|| scenarios::replay_command(scenario, outcome.plan.seed)),
+        replay: failed
+            .then(|| format!("{}{flag}", scenarios::replay_command(scenario, outcome.plan.seed))),
     }
 }
 
@@ -174,12 +226,15 @@ pub struct SweepOptions {
     pub budget: Option<Duration>,
     /// Draw a progress bar.
     pub progress: bool,
+    /// Turn every BUGGIFY site off.
+    pub no_buggify: bool,
 }
 
 /// Runs the seeds of `options.shard` in `start..start + count` of `scenario` on `jobs` threads,
 /// within the budget.
 pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
-    let SweepOptions { start, count, shard, jobs, budget, progress } = options;
+    let SweepOptions { start, count, shard, jobs, budget, progress, no_buggify } = options;
+    let run_options = RunOptions { no_buggify, ..RunOptions::default() };
     let shard_count = shard.size(count);
     let begun = std::time::Instant::now();
     let bar = if progress { ProgressBar::new(shard_count) } else { ProgressBar::hidden() };
@@ -191,12 +246,13 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
     bar.set_prefix(scenario.name().to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel::<RunRecord>();
+    let (sender, receiver) = mpsc::channel::<(RunRecord, BuggifyFires)>();
     let mut runs = Vec::new();
+    let mut sites = SiteCounts::new();
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             let sender = sender.clone();
-            let next = &next;
+            let (next, run_options) = (&next, &run_options);
             scope.spawn(move || {
                 loop {
                     let position = next.fetch_add(1, Ordering::Relaxed);
@@ -205,15 +261,16 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
                         break;
                     }
                     let seed = start + shard.offset(position);
-                    let outcome = run_seed(scenario, seed, &RunOptions::default());
-                    if sender.send(record(scenario, &outcome)).is_err() {
+                    let outcome = run_seed(scenario, seed, run_options);
+                    let sent = (record(scenario, &outcome, no_buggify), outcome.buggify);
+                    if sender.send(sent).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(sender);
-        collect(&bar, receiver, &mut runs);
+        collect(&bar, receiver, &mut runs, &mut sites);
     });
     bar.finish_and_clear();
     let shard = (shard != Shard::WHOLE).then_some(ShardRecord {
@@ -223,13 +280,21 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
     });
     let mut report = summarize(scenario.name(), start, shard, runs, jobs, begun.elapsed());
     report.seed_count_requested = shard_count;
+    report.buggify = sites;
+    report.no_buggify = no_buggify;
     report
 }
 
 /// Receives the workers' records, drawing progress and printing failures as they come.
-fn collect(bar: &ProgressBar, receiver: mpsc::Receiver<RunRecord>, runs: &mut Vec<RunRecord>) {
+fn collect(
+    bar: &ProgressBar,
+    receiver: mpsc::Receiver<(RunRecord, BuggifyFires)>,
+    runs: &mut Vec<RunRecord>,
+    sites: &mut SiteCounts,
+) {
     let mut failed = 0;
-    for run in receiver {
+    for (run, fires) in receiver {
+        count_sites(sites, &fires);
         failed += u64::from(run.verdict.is_failure());
         bar.set_message(format!("{failed} failed"));
         if run.verdict.is_failure() {
@@ -272,6 +337,8 @@ pub fn summarize(
         sim_secs_per_wall_sec: simulated_secs / wall_secs,
         counts,
         runs,
+        buggify: SiteCounts::new(),
+        no_buggify: false,
     }
 }
 
@@ -293,8 +360,9 @@ pub fn render(report: &SweepReport, color: bool) -> String {
         Some(shard) => format!("shard {}/{} of ", shard.index, shard.count),
         None => String::new(),
     };
+    let off = if report.no_buggify { ", BUGGIFY off" } else { "" };
     let mut text = format!(
-        "{}: {} seeds ({part}{:#x}..={end:#x}) on {} jobs\n",
+        "{}: {} seeds ({part}{:#x}..={end:#x}) on {} jobs{off}\n",
         report.scenario, report.seed_count, report.start, report.jobs
     );
     if report.seed_count < report.seed_count_requested {
@@ -315,11 +383,35 @@ pub fn render(report: &SweepReport, color: bool) -> String {
         "  {:<18} {:>6.1}\n  {:<18} {:>6.0}\n",
         "seeds/minute", report.seeds_per_minute, "sim-s/wall-s", report.sim_secs_per_wall_sec
     ));
+    text.push_str(&render_sites(&report.buggify, report.seed_count));
     for run in report.failures() {
         let violation = run.violation.as_deref().unwrap_or("").lines().next().unwrap_or("");
         let headline = format!("seed {:#x}: {}: {violation}", run.seed, run.verdict.label());
         text.push_str(&format!("\n{}\n", paint(headline, run.verdict)));
         text.push_str(&format!("  {}\n", run.replay.as_deref().unwrap_or("")));
+    }
+    text
+}
+
+/// Two lines on the BUGGIFY sites: how many the runs reached and fired, and which never fired.
+fn render_sites(sites: &SiteCounts, seed_count: u64) -> String {
+    if sites.is_empty() {
+        return String::new();
+    }
+    let fired = sites.values().filter(|site| site.seeds_fired > 0).count();
+    let mut text = format!(
+        "  {:<18} {:>6} reached, {fired} fired (per-site seed counts in the JSON report)\n",
+        "buggify sites",
+        sites.len()
+    );
+    let silent: Vec<&str> = sites
+        .iter()
+        .filter(|(_, site)| site.seeds_fired == 0)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !silent.is_empty() {
+        let names = silent.join(", ");
+        text.push_str(&format!("  never fired in {seed_count} seeds: {names}\n"));
     }
     text
 }

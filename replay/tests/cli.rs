@@ -120,6 +120,9 @@ fn sharded_sweeps_merge_to_the_unsharded_report() {
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     let whole = without_timing(read_json(&dir.path().join("whole.json")));
     assert_eq!(whole[0]["shard"], serde_json::Value::Null);
+    // The register's BUGGIFY sites are counted per seed, so the merge must add them up.
+    let sites = whole[0]["buggify"].as_object().expect("per-site counts");
+    assert!(sites.values().any(|site| site["seeds_fired"].as_u64() > Some(0)), "{sites:?}");
     // 13 shards of 12 seeds: one shard is empty.
     for count in [3, 5, 13] {
         let output = sharded_sweep(dir.path(), count);
@@ -212,18 +215,43 @@ fn unknown_scenario_and_bad_plan_are_clear_errors() {
 }
 
 /// With the planted bugs: a sweep fails with the safety exit code and prints the replay
-/// command, and shrink leaves a one-fault plan.
+/// command, and shrink leaves a one-fault plan. Seeds 5 to 7: since the register's BUGGIFY
+/// sites (issue 17) seed 2 no longer fails (it loses half its replies), seed 7 does.
 #[cfg(feature = "planted-bugs")]
 #[test]
 fn planted_bug_sweep_exit_code_and_shrink() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let output =
-        ghostmesh(dir.path(), &["run", "planted-ack-early", "--seeds", "3", "--jobs", "1"]);
+    let args = ["run", "planted-ack-early", "--seeds", "3", "--start", "5", "--jobs", "1"];
+    let output = ghostmesh(dir.path(), &args);
     assert_eq!(output.status.code(), Some(3), "safety violation exit code");
     insta::assert_snapshot!("run_report_planted", mask_timing(&stdout(&output)));
-    let output = ghostmesh(dir.path(), &["shrink", "planted-ack-early", "--seed", "2"]);
+    let output = ghostmesh(dir.path(), &["shrink", "planted-ack-early", "--seed", "7"]);
     assert_eq!(output.status.code(), Some(3));
     let text = stdout(&output);
-    assert!(text.contains("1 of 6 faults remain"), "{text}");
-    assert!(dir.path().join("target/ghostmesh/planted-ack-early-0x2.min.plan.json").exists());
+    assert!(text.contains("1 of 5 faults remain"), "{text}");
+    assert!(dir.path().join("target/ghostmesh/planted-ack-early-0x7.min.plan.json").exists());
+}
+
+/// Without BUGGIFY the sweep reports the sites as reached but never fired, and the replay
+/// command of a failure carries `--no-buggify`; `replay` lists each site's fires.
+#[cfg(feature = "planted-bugs")]
+#[test]
+fn no_buggify_sweep_and_replay_list_the_sites() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = ["run", "planted-ack-early", "--seeds", "1", "--start", "2", "--no-buggify"];
+    let output = ghostmesh(dir.path(), &[&args[..], &["--json", "off.json"]].concat());
+    assert_eq!(output.status.code(), Some(3), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(text.contains("BUGGIFY off") && text.contains("--seed 0x2 --no-buggify"), "{text}");
+    let report = read_json(&dir.path().join("off.json"));
+    assert_eq!(report[0]["no_buggify"], true);
+    let sites = report[0]["buggify"].as_object().expect("per-site counts");
+    assert!(!sites.is_empty() && sites.values().all(|site| site["seeds_fired"] == 0));
+    let output = ghostmesh(dir.path(), &["replay", "planted-ack-early", "--seed", "2"]);
+    let text = stdout(&output);
+    assert!(text.contains("register.replica.reply_lost   fired "), "{text}");
+    let args = ["replay", "planted-ack-early", "--seed", "2", "--no-buggify"];
+    let output = ghostmesh(dir.path(), &args);
+    assert_eq!(output.status.code(), Some(3), "the seed fails again without BUGGIFY");
+    assert!(stdout(&output).contains("register.replica.reply_lost   inactive"));
 }

@@ -25,7 +25,7 @@ use gossip::faults::PlantedBug;
 use gossip::node::NodeConfig;
 use gossip::store::{Update, Value};
 use gossip::swim::{MemberId, MemberState};
-use invariants::Violation;
+use invariants::{Subject, Violation};
 use rand::Rng;
 use sim::world::{NodeId, SimEnv, SimError, World};
 use sim::{Env, Instant};
@@ -465,7 +465,8 @@ impl Workload for GossipRun {
                 let message = format!(
                     "n{index} sees the wrong members alive: missing {missing:?}, extra {extra:?}"
                 );
-                return Err(Violation::new("membership-agreement", message));
+                let node = Subject::Node(format!("n{index}"));
+                return Err(Violation::new("membership-agreement", message).concerning(node));
             }
         }
         let digests: Vec<(String, u64)> = final_state

@@ -42,7 +42,7 @@ pub mod swarm;
 pub mod testing;
 pub mod wireguard;
 
-pub use outcome::{Metrics, Outcome, Verdict};
+pub use outcome::{BuggifyFires, Metrics, Outcome, SiteFires, Verdict};
 pub use plan::{Fault, FaultClass, FaultKind, PlanFile};
 pub use runner::{RunOptions, Scenario, Workload, draw_plan, run_plan, run_seed};
 
@@ -64,6 +64,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));
+        list.push(Box::new(wireguard::WireguardMesh::PLANTED_SLIDE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_STALE_REFUTE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_PURGE_TTL));
         list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_STALE_REMOVAL));

@@ -7,6 +7,8 @@
 //! a panic is a failed assertion (or crash) inside the simulated system, and no-progress is a
 //! deadlock or a runaway run. The CLI exits with a distinct code for each.
 
+use std::collections::BTreeMap;
+
 use invariants::Violation;
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +91,18 @@ pub struct Metrics {
     pub datagram_sent_count: u64,
 }
 
+/// One BUGGIFY site in one run: whether the seed made it active, and how often it fired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteFires {
+    /// The seed made the site active (it may fire) in this run.
+    pub active: bool,
+    /// How many times it fired.
+    pub fire_count: u64,
+}
+
+/// The BUGGIFY sites a run reached, by name (sites no code reached are absent).
+pub type BuggifyFires = BTreeMap<String, SiteFires>;
+
 /// The result of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -106,6 +120,9 @@ pub struct Outcome {
     pub plan: PlanFile,
     /// The recorded history, as the scenario renders it.
     pub history: serde_json::Value,
+    /// The BUGGIFY sites the run reached, with their fire counts.
+    #[serde(default)]
+    pub buggify: BuggifyFires,
 }
 
 impl Outcome {
@@ -140,5 +157,27 @@ impl Outcome {
             metrics.fault_count,
             metrics.crash_count,
         )
+    }
+
+    /// The BUGGIFY sites the run reached, one line each: how often each active site fired, or
+    /// that the seed left it inactive. Sorted by name, so the same run prints the same lines.
+    pub fn buggify_report(&self) -> String {
+        let fired = self.buggify.values().filter(|site| site.fire_count > 0).count();
+        let active = self.buggify.values().filter(|site| site.active).count();
+        let mut text = format!(
+            "buggify: {} sites reached, {active} active, {fired} fired\n",
+            self.buggify.len()
+        );
+        let width = self.buggify.keys().map(String::len).max().unwrap_or(0);
+        for (name, site) in &self.buggify {
+            let what = match (site.active, site.fire_count) {
+                (false, _) => "inactive".to_string(),
+                (true, 0) => "active, never fired".to_string(),
+                (true, 1) => "fired 1 time".to_string(),
+                (true, count) => format!("fired {count} times"),
+            };
+            text.push_str(&format!("  {name:<width$}  {what}\n"));
+        }
+        text
     }
 }

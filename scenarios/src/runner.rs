@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use invariants::Violation;
+use invariants::{InvariantKind, Subject, Violation};
 use sim::world::{DiskConfig, SimConfig, SimError, SimErrorKind, TraceSink, World};
 
 use crate::nemesis::{Nemesis, at};
-use crate::outcome::{Metrics, Outcome, Verdict};
+use crate::outcome::{BuggifyFires, Metrics, Outcome, SiteFires, Verdict};
 use crate::plan::{PlanFile, Topology};
 use crate::swarm::{Bounds, Swarm};
 
@@ -61,6 +61,9 @@ pub trait Workload {
 pub struct RunOptions {
     /// Keep every trace record (for `check-determinism` and trace files).
     pub record_trace: bool,
+    /// Turn every BUGGIFY site off (`ghostmesh run --no-buggify`): to measure what the sites
+    /// add, a sweep with and without them. A seed found this way replays only this way.
+    pub no_buggify: bool,
 }
 
 /// The plan a seed gives `scenario`.
@@ -96,6 +99,9 @@ pub fn run_plan_with_sink(
     config.net.link = plan.swarm.link.clone();
     config.record_trace = options.record_trace;
     scenario.configure(&mut config, &plan.swarm);
+    if options.no_buggify {
+        config.buggify.enabled = false;
+    }
     let base_disk = config.disk.clone();
     let world = World::new(config);
     if let Some(sink) = sink {
@@ -130,8 +136,23 @@ pub fn run_plan_with_sink(
         metrics,
         plan: plan.clone(),
         history: workload.history(),
+        buggify: buggify_fires(&world),
     };
     (outcome, world)
+}
+
+/// The sites the world's code asked, by name, with their activation and fire counts.
+fn buggify_fires(world: &World) -> BuggifyFires {
+    let sites = world.buggify_sites();
+    let fires: BuggifyFires = sites
+        .iter()
+        .map(|(name, site)| {
+            let active = site.fire_probability.is_some();
+            (name.to_string(), SiteFires { active, fire_count: site.fire_count })
+        })
+        .collect();
+    assert_eq!(fires.len(), sites.len(), "site names are unique");
+    fires
 }
 
 fn run_phases(
@@ -167,10 +188,19 @@ fn sim_failure(error: &SimError) -> (Verdict, Option<Violation>) {
         SimErrorKind::TaskPanicked { .. } => Verdict::Panic,
         _ => Verdict::NoProgress,
     };
-    let name = if verdict == Verdict::Panic { "panic" } else { "progress" };
+    let kind =
+        if verdict == Verdict::Panic { InvariantKind::Panic } else { InvariantKind::Progress };
     // The outcome's headline already names the seed; the violation says when and what.
     let message = format!("at {}: {}", error.time, error.kind);
-    (verdict, Some(Violation::new(name, message)))
+    let violation = Violation::new(kind, message);
+    // A panic concerns the node whose task panicked: shrinking keeps it on that node.
+    let violation = match &error.kind {
+        SimErrorKind::TaskPanicked { node, .. } => {
+            violation.concerning(Subject::Node(node.clone()))
+        }
+        _ => violation,
+    };
+    (verdict, Some(violation))
 }
 
 // The wall time of a run is a metric for people; it never reaches the simulation.

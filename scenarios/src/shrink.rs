@@ -1,10 +1,14 @@
 //! Shrinking a failing plan: delta debugging (Zeller's ddmin) over its faults, then a pass that
 //! tries every single fault again, then shorter workloads and fewer clients.
 //!
-//! A candidate "still fails" when it ends with the same verdict as the original run (a safety
-//! violation stays a safety violation; a different failure is a different bug). The seed never
-//! changes: the world draws the same randomness, only the nemesis does less. The result is
-//! 1-minimal: removing any one remaining fault makes the failure go away.
+//! A candidate "still fails" when it ends with the same verdict as the original run and breaks
+//! the same invariant on the same key or node (`Violation::same_invariant`: the same typed kind
+//! and subject): a safety violation stays a linearizability violation on key "k3", a panic stays
+//! a panic on node r2; a different failure is a different bug. The seed never changes: the
+//! world draws the same randomness, only the nemesis does less. The result is 1-minimal:
+//! removing any one remaining fault makes the failure go away.
+
+use invariants::Violation;
 
 use crate::outcome::{Outcome, Verdict};
 use crate::plan::PlanFile;
@@ -22,6 +26,8 @@ pub struct ShrinkReport {
     pub minimal: PlanFile,
     /// The failure kept throughout.
     pub verdict: Verdict,
+    /// The violation kept throughout (its kind and subject; messages may differ).
+    pub violation: Option<Violation>,
     /// Runs spent.
     pub run_count: u32,
     /// Whether `SHRINK_RUNS_MAX` stopped the search early.
@@ -51,6 +57,7 @@ impl std::error::Error for ShrinkError {}
 struct Shrinker<'a> {
     scenario: &'a dyn Scenario,
     verdict: Verdict,
+    violation: Option<Violation>,
     best: PlanFile,
     best_outcome: Outcome,
     run_count: u32,
@@ -68,13 +75,22 @@ impl Shrinker<'_> {
         }
         self.run_count += 1;
         let (outcome, _) = run_plan(self.scenario, &candidate, &RunOptions::default());
-        let fails = outcome.verdict == self.verdict;
+        let fails = outcome.verdict == self.verdict && self.same_invariant(&outcome);
         if fails {
             self.best = candidate;
             self.best_outcome = outcome;
             (self.on_step)(&self.best, self.run_count);
         }
         fails
+    }
+
+    /// Whether `outcome` breaks the invariant the original run broke, on the same subject.
+    fn same_invariant(&self, outcome: &Outcome) -> bool {
+        match (&self.violation, &outcome.violation) {
+            (Some(kept), Some(seen)) => kept.same_invariant(seen),
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     fn with_faults(&self, keep: impl Fn(usize) -> bool) -> PlanFile {
@@ -160,6 +176,7 @@ pub fn shrink(
     let mut shrinker = Shrinker {
         scenario,
         verdict: outcome.verdict,
+        violation: outcome.violation.clone(),
         best: plan.clone(),
         best_outcome: outcome,
         run_count: 1,
@@ -172,6 +189,7 @@ pub fn shrink(
         original: plan.clone(),
         minimal: shrinker.best,
         verdict: shrinker.verdict,
+        violation: shrinker.violation,
         run_count: shrinker.run_count,
         exhausted: shrinker.run_count >= SHRINK_RUNS_MAX,
         outcome: shrinker.best_outcome,

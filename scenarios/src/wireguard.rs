@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use invariants::Violation;
+use invariants::{Subject, Violation};
 use sim::Instant;
 use sim::world::{SimConfig, SimError, World};
 use wireguard::PlantedBug;
@@ -53,6 +53,11 @@ impl WireguardMesh {
         name: "planted-wg-replay-greatest",
         bug: Some(PlantedBug::ReplayAcceptsGreatestAgain),
     };
+    /// The mesh whose replay window forgets the word it slides out of (`planted-bugs`).
+    pub const PLANTED_SLIDE: WireguardMesh = WireguardMesh {
+        name: "planted-wg-replay-slide",
+        bug: Some(PlantedBug::ReplaySlideClearsLiveWord),
+    };
 }
 
 impl Scenario for WireguardMesh {
@@ -65,6 +70,9 @@ impl Scenario for WireguardMesh {
             None => {
                 "3-6 WireGuard peers in a full mesh plus an attacker: splits, one-way cuts, \
                  crashes, pauses, clogs, loss/duplication/reordering spikes, clock jumps"
+            }
+            Some(PlantedBug::ReplaySlideClearsLiveWord) => {
+                "planted bug: the replay window forgets the word it slides out of"
             }
             Some(_) => "planted bug: the replay window accepts its greatest counter twice",
         }
@@ -162,8 +170,9 @@ impl Workload for MeshRun {
                     bound_nanos,
                 )
                 .map_err(|violation| {
-                    let pair = format!("wg{} -> wg{}", sender + 1, receiver + 1);
-                    Violation::new(violation.invariant, format!("{pair}: {}", violation.message))
+                    let (from, to) = (format!("wg{}", sender + 1), format!("wg{}", receiver + 1));
+                    let message = format!("{from} -> {to}: {}", violation.message);
+                    Violation::new(violation.kind, message).concerning(Subject::Link { from, to })
                 })?;
             }
         }

@@ -13,7 +13,11 @@ fn every_scenario_is_deterministic() {
     // Sweep-only scenarios share their family's code with a quick one checked here.
     for scenario in scenarios::all().into_iter().filter(|scenario| !scenario.sweep_only()) {
         let first = run_seed(scenario.as_ref(), seed, &RunOptions::default());
-        let again = run_seed(scenario.as_ref(), seed, &RunOptions { record_trace: true });
+        let again = run_seed(
+            scenario.as_ref(),
+            seed,
+            &RunOptions { record_trace: true, ..RunOptions::default() },
+        );
         assert_eq!(first.trace_hash, again.trace_hash, "{} seed {seed:#x}", scenario.name());
         assert_eq!(first.summary(), again.summary());
         assert_eq!(first.history, again.history);

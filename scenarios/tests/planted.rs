@@ -41,13 +41,22 @@ fn find_replay_shrink_as(name: &str, verdict: Verdict) -> scenarios::shrink::Shr
     let found = first_failure(name);
     assert_eq!(found.verdict, verdict, "{}", found.headline());
 
-    let replayed = run_seed(scenario.as_ref(), found.plan.seed, &RunOptions { record_trace: true });
+    let replayed = run_seed(
+        scenario.as_ref(),
+        found.plan.seed,
+        &RunOptions { record_trace: true, ..RunOptions::default() },
+    );
     assert_eq!(replayed.trace_hash, found.trace_hash, "replay diverged");
     assert_eq!(replayed.violation, found.violation);
     assert_eq!(replayed.history, found.history);
 
     let report = shrink(scenario.as_ref(), &found.plan, &mut |_, _| {}).expect("plan fails");
     assert_eq!(report.verdict, verdict);
+    // Shrinking kept the same invariant on the same key or node, not only the verdict.
+    let (kept, original) = (report.violation.as_ref(), found.violation.as_ref());
+    assert!(kept.zip(original).is_some_and(|(kept, original)| kept.same_invariant(original)));
+    let minimal_violation = report.outcome.violation.as_ref().expect("the minimal plan fails");
+    assert!(minimal_violation.same_invariant(kept.expect("kept")), "{minimal_violation}");
     assert!(!report.exhausted, "shrink ran out of budget");
     let minimal = &report.minimal;
     assert!(minimal.faults.len() <= found.plan.faults.len());
@@ -106,6 +115,14 @@ fn wireguard_replay_of_the_greatest_counter_is_found_replayed_and_shrunk() {
     find_replay_shrink_as("planted-wg-replay-greatest", Verdict::SafetyViolation);
 }
 
+/// Issue 17: wireguard's replay window, sliding into a new 64-counter word, also clears the
+/// word it leaves (RFC 6479's clearing loop off by one), so a late duplicate of a counter just
+/// received there is delivered twice: the network's duplication and reordering find it.
+#[test]
+fn wireguard_replay_slide_clearing_its_live_word_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-wg-replay-slide", Verdict::SafetyViolation);
+}
+
 /// Issue 17: a suspected gossip node refutes at the suspected incarnation, so its `Alive`
 /// loses to the `Suspect` and the cluster declares a running node dead.
 #[test]
@@ -138,6 +155,7 @@ fn the_same_seeds_pass_without_the_bugs() {
         ("planted-lsm-starve", "lsm-crash"),
         ("planted-docdb-index-outside-batch", "docdb-txn"),
         ("planted-wg-replay-greatest", "wireguard-mesh"),
+        ("planted-wg-replay-slide", "wireguard-mesh"),
         ("planted-gossip-stale-refute", "gossip-cluster"),
         ("planted-gossip-purge-ttl", "gossip-cluster"),
         ("planted-coord-stale-peer", "coordinator-churn"),

@@ -241,6 +241,10 @@ fn buggify_fires_only_when_enabled_and_in_the_expected_fraction() {
         let node = world.add_node("a", ip(1));
         let env = world.env(node);
         let fired = (0..100).filter(|_| env.buggify("site")).count();
+        let sites = world.buggify_sites();
+        let site = sites.get("site").expect("the site is counted once asked");
+        assert_eq!(site.fire_count, fired as u64, "every fire is counted");
+        assert!(site.fire_probability.is_some() || fired == 0);
         if fired > 0 {
             active_sites += 1;
             assert!(fired <= 80, "fire probability at most 0.5, fired {fired}/100");
@@ -258,6 +262,26 @@ fn buggify_fires_only_when_enabled_and_in_the_expected_fraction() {
     let world = World::new(config);
     let env = world.env(world.add_node("a", ip(1)));
     assert!((0..1000).all(|_| !env.buggify("site")));
+    let sites = world.buggify_sites();
+    assert_eq!(sites.keys().copied().collect::<Vec<_>>(), ["site"], "asked, so listed");
+    assert_eq!((sites["site"].fire_probability, sites["site"].fire_count), (None, 0));
+}
+
+/// Counting fires reads no randomness: the trace of a run is the same whether or not anybody
+/// looks at the counts, and the counts are the same on every run of a seed.
+#[test]
+fn buggify_fire_counts_are_deterministic_and_leave_the_trace_alone() {
+    let run = |seed: u64| {
+        let world = world(seed);
+        let env = world.env(world.add_node("a", ip(1)));
+        let fired = (0..200).filter(|round| env.buggify(["x", "y"][round % 2])).count();
+        (world.trace_hash(), world.buggify_sites(), fired as u64)
+    };
+    for seed in 0..50 {
+        let (hash, sites, fired) = run(seed);
+        assert_eq!(run(seed), (hash, sites.clone(), fired));
+        assert_eq!(sites.values().map(|site| site.fire_count).sum::<u64>(), fired);
+    }
 }
 
 #[test]

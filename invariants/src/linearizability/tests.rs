@@ -454,7 +454,7 @@ proptest! {
         let CheckResult::Violation(violation) = result else {
             return Err(TestCaseError::fail(format!("not a violation: {result:?}")));
         };
-        prop_assert_eq!(violation.invariant.as_str(), NAME);
+        prop_assert_eq!(violation.name(), NAME);
         let key = format!("key {:?}:", history[mutated].key);
         prop_assert!(violation.message.starts_with(&key), "{}", violation.message);
     }

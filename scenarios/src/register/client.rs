@@ -22,6 +22,8 @@ use super::protocol::{DATAGRAM_BYTES_MAX, Message, PlantedBug, Tag, decode, enco
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a quorum round resends to replicas that have not answered.
 const RESEND_INTERVAL: Duration = Duration::from_millis(100);
+/// The resend interval when BUGGIFY `register.client.resend_early` fires.
+const RESEND_EARLY_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The shared, append-only record of every operation of a run.
 pub type History = Arc<Mutex<Vec<Operation>>>;
@@ -85,7 +87,14 @@ impl Client {
                     let _ = self.socket.send_to(&payload, *replica).await;
                 }
             }
-            let resend_at = self.env.now().saturating_add(RESEND_INTERVAL).min(deadline);
+            // Simulates a resend timer firing at the earliest moment (a client under load that
+            // resends before any replica could answer): replicas see each request twice.
+            let interval = if self.env.buggify("register.client.resend_early") {
+                RESEND_EARLY_INTERVAL
+            } else {
+                RESEND_INTERVAL
+            };
+            let resend_at = self.env.now().saturating_add(interval).min(deadline);
             while self.env.now() < resend_at {
                 let wait = resend_at.saturating_duration_since(self.env.now());
                 let received = self.env.timeout(wait, self.socket.recv_from(&mut buffer)).await;

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
-use invariants::Violation;
 use invariants::durability::{KeyHistory, WriteRecord, check_durability};
 use invariants::linearizability::{
     CheckResult, Input, Output, STEPS_MAX_DEFAULT, check_register_history,
 };
 use invariants::liveness::check_progress_after_heal;
+use invariants::{InvariantKind, Subject, Violation};
 use sim::TaskHandle;
 use sim::world::{NodeId, SimError, World};
 
@@ -233,14 +233,17 @@ impl Workload for RegisterRun {
                 .filter_map(|op| op.return_nanos)
                 .collect();
             check_progress_after_heal(healed_nanos, &progress, bound_nanos).map_err(|v| {
-                Violation::new(v.invariant, format!("client c{}: {}", config.id, v.message))
+                let client = format!("c{}", config.id);
+                let message = format!("client {client}: {}", v.message);
+                Violation::new(v.kind, message).concerning(Subject::Node(client))
             })?;
         }
         let unreadable: Vec<_> =
             self.expected_keys().filter(|k| !self.final_reads.contains_key(k)).collect();
         if self.mode == Mode::Durable && !unreadable.is_empty() {
             let message = format!("final reads failed for {}", unreadable.join(", "));
-            return Err(Violation::new("liveness", message));
+            let first = Subject::Key(unreadable[0].clone());
+            return Err(Violation::new(InvariantKind::Liveness, message).concerning(first));
         }
         Ok(())
     }

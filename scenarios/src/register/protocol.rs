@@ -33,6 +33,9 @@ const RECOVER_ATTEMPTS_MAX: u32 = 600;
 const RECOVER_RETRY_DELAY: Duration = Duration::from_millis(100);
 const LOG_PATH: &str = "register.log";
 const RECORD_HEADER_BYTES: usize = 12;
+/// How long BUGGIFY `register.replica.sync_slow` stalls a sync: longer than a client's resend
+/// interval, shorter than its operation timeout.
+const SYNC_STALL: Duration = Duration::from_millis(300);
 
 /// A known bug, planted on purpose to prove the harness catches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +191,13 @@ impl Replica {
         Ok(Replica { entries, log, bug })
     }
 
-    async fn store(&mut self, key: String, tag: Tag, value: Option<u64>) -> io::Result<()> {
+    async fn store(
+        &mut self,
+        env: &SimEnv,
+        key: String,
+        tag: Tag,
+        value: Option<u64>,
+    ) -> io::Result<()> {
         let current = self.entries.get(&key).map(|entry| entry.0).unwrap_or_default();
         if tag <= current {
             return Ok(());
@@ -196,20 +205,25 @@ impl Replica {
         let record = Record { key, tag, value };
         self.log.append(&encode_record(&record)).await?;
         if self.bug != Some(PlantedBug::SkipFsync) {
+            // Simulates a sync that takes very long (a disk busy with another tenant's writes):
+            // the client resends meanwhile, and this replica's answer comes late or not at all.
+            if env.buggify("register.replica.sync_slow") {
+                env.sleep(SYNC_STALL).await;
+            }
             self.log.sync().await?;
         }
         self.entries.insert(record.key, (tag, value));
         Ok(())
     }
 
-    async fn handle(&mut self, message: Message) -> Option<Message> {
+    async fn handle(&mut self, env: &SimEnv, message: Message) -> Option<Message> {
         match message {
             Message::Query { request, key } => {
                 let (tag, value) = self.entries.get(&key).copied().unwrap_or_default();
                 Some(Message::QueryReply { request, tag, value })
             }
             Message::Store { request, key, tag, value } => {
-                match self.store(key, tag, value).await {
+                match self.store(env, key, tag, value).await {
                     Ok(()) => Some(Message::StoreAck { request }),
                     // Not durable, so not acknowledged: the client retries or gives up.
                     Err(error) => {
@@ -245,10 +259,14 @@ pub async fn replica_main(env: SimEnv, bug: Option<PlantedBug>) {
     loop {
         let Ok((length, source)) = socket.recv_from(&mut buffer).await else { continue };
         let Some(message) = decode(&buffer[..length]) else { continue };
-        if let Some(reply) = replica.handle(message).await {
-            // A lost reply is a lost datagram: the client retries.
-            let _ = socket.send_to(&encode(&reply), source).await;
+        let Some(reply) = replica.handle(&env, message).await else { continue };
+        // Simulates a reply lost after the work was done (the store is durable, the ack never
+        // leaves the host): the client must retry, and the retry must find the store in place.
+        if env.buggify("register.replica.reply_lost") {
+            continue;
         }
+        // A lost reply is a lost datagram: the client retries.
+        let _ = socket.send_to(&encode(&reply), source).await;
     }
 }
 

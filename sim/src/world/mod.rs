@@ -162,6 +162,17 @@ pub struct Stats {
     pub crash_count: u64,
 }
 
+/// One BUGGIFY site as a run saw it: whether the seed made it active, and how often it fired.
+///
+/// Counting reads no randomness, so recording fires leaves the run (and its trace) unchanged.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BuggifySite {
+    /// The probability the site fires with in this run, or `None` if the seed left it inactive.
+    pub fire_probability: Option<f64>,
+    /// How many times `Env::buggify` answered yes for it.
+    pub fire_count: u64,
+}
+
 /// A node's boot function: builds the node's main future from its env, at start and at restart.
 pub type BootFn = Arc<dyn Fn(SimEnv) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -203,7 +214,8 @@ pub(crate) struct State {
     pub(crate) nodes: Vec<Node>,
     pub(crate) net: net::Net,
     pub(crate) trace: Trace,
-    buggify_sites: BTreeMap<&'static str, Option<f64>>,
+    /// Every site asked so far, by name (a `BTreeMap`, so reports list them in one order).
+    buggify_sites: BTreeMap<&'static str, BuggifySite>,
     pub(crate) stats: Stats,
     polls_at_instant: u64,
     /// Timer events still queued whose timer was cancelled.
@@ -262,13 +274,16 @@ impl State {
 
     fn buggify(&mut self, node: u32, site: &'static str) -> bool {
         let (config, seed) = (&self.config.buggify, self.config.seed);
-        let probability = *self
-            .buggify_sites
-            .entry(site)
-            .or_insert_with(|| config.site_fire_probability(seed, site));
-        let fired = probability
+        let entry = self.buggify_sites.entry(site).or_insert_with(|| BuggifySite {
+            fire_probability: config.site_fire_probability(seed, site),
+            fire_count: 0,
+        });
+        let fired = entry
+            .fire_probability
             .is_some_and(|probability| self.nodes[node as usize].rng.random_bool(probability));
         if fired {
+            entry.fire_count += 1;
+            assert!(entry.fire_probability.is_some(), "an inactive site fired");
             self.record(node, TraceKind::Buggify, hash_str(site), 0);
         }
         fired
@@ -503,6 +518,12 @@ impl World {
     /// Events waiting in the queue (timers, packets in flight), for diagnostics.
     pub fn pending_event_count(&self) -> usize {
         self.shared.lock().events.len()
+    }
+
+    /// Every BUGGIFY site asked so far, by name, with its activation and fire count. A site
+    /// no code reached is absent; one reached but never fired has a count of zero.
+    pub fn buggify_sites(&self) -> BTreeMap<&'static str, BuggifySite> {
+        self.shared.lock().buggify_sites.clone()
     }
 
     /// Counters of the run so far.

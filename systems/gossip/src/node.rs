@@ -184,6 +184,8 @@ struct Pull {
     requester: Requester,
     // Whether this session already asked the overlay to bridge a possible split.
     reached: bool,
+    // Whether BUGGIFY `gossip.sync.cut` chose this session to be cut halfway.
+    cut_planned: bool,
 }
 
 /// One gossip node.
@@ -525,7 +527,11 @@ impl Node {
         for message in out {
             self.send(peer.addr, &message, effects);
         }
-        self.pull = Some(Pull { peer: peer.addr, requester, reached: false });
+        // Simulates an anti-entropy session cut halfway (the requester restarted, or the
+        // peer's answers stopped for good in mid-session): decided once per session, so the
+        // next session may complete; the cut falls once the first tree nodes arrived.
+        let cut_planned = self.faults.buggify("gossip.sync.cut");
+        self.pull = Some(Pull { peer: peer.addr, requester, reached: false, cut_planned });
     }
 
     fn update(
@@ -678,7 +684,13 @@ impl Node {
             self.reach_across(now, rng, effects);
         }
         let pull = self.pull.as_ref().expect("pull in progress");
-        if result.is_err() {
+        // A session BUGGIFY chose to cut (`start_pull`) ends once tree nodes arrived: what
+        // was merged stays, the rest waits for the next session.
+        let cut = result.is_ok()
+            && pull.cut_planned
+            && !pull.requester.is_done()
+            && pull.requester.stats().node_count > 0;
+        if result.is_err() || cut {
             self.stats.session_failed_count += 1;
             self.pull = None;
         } else if pull.requester.is_done() {

@@ -17,6 +17,10 @@ pub enum PlantedBug {
     /// The replay window compares with `>=` where it must use `>`: a copy of the greatest
     /// counter seen so far is accepted again, so a duplicated datagram is delivered twice.
     ReplayAcceptsGreatestAgain,
+    /// The replay window's slide into a new word clears the word it leaves as well (an
+    /// off-by-one in RFC 6479's loop, `old..=new` for `old + 1..=new`): the counters just
+    /// received there are forgotten, so a late duplicate of one of them is delivered again.
+    ReplaySlideClearsLiveWord,
 }
 
 impl PlantedBugs for PlantedBug {

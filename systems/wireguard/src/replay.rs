@@ -82,6 +82,19 @@ impl ReplayWindow {
         Ok(())
     }
 
+    /// Planted bug `ReplaySlideClearsLiveWord`: `update`, except that a slide into a new word
+    /// also clears the word of the previous greatest counter (`old..=new` for `old + 1..=new`),
+    /// so the counters just received in that word are forgotten and a late copy of one of them
+    /// is accepted again.
+    pub(crate) fn update_clearing_live_word(&mut self, counter: u64) -> Result<(), ReplayError> {
+        let old_word = self.greatest().map(|greatest| greatest / 64);
+        self.update(counter)?;
+        if let Some(old) = old_word.filter(|old| counter / 64 > *old) {
+            self.words[(old % WORD_COUNT as u64) as usize] = 0;
+        }
+        Ok(())
+    }
+
     fn position(counter: u64) -> (usize, u64) {
         (((counter / 64) % WORD_COUNT as u64) as usize, 1u64 << (counter % 64))
     }
@@ -135,5 +148,19 @@ mod tests {
         assert_eq!(window.update(10), Err(ReplayError::Duplicate));
         window.update(u64::MAX).expect("jump");
         assert_eq!(window.check(10), Err(ReplayError::TooOld));
+    }
+
+    /// The planted slide bug forgets the counters of the word it leaves; the window does not.
+    #[test]
+    fn planted_slide_forgets_the_word_it_leaves() {
+        let mut correct = ReplayWindow::default();
+        let mut planted = ReplayWindow::default();
+        for counter in [60, 63, 64] {
+            correct.update(counter).expect("fresh");
+            planted.update_clearing_live_word(counter).expect("fresh");
+        }
+        assert_eq!(correct.check(63), Err(ReplayError::Duplicate));
+        assert_eq!(planted.check(63), Ok(()), "the late copy of 63 gets through");
+        assert_eq!(planted.check(64), Err(ReplayError::Duplicate), "the new word is intact");
     }
 }

@@ -27,6 +27,8 @@ pub struct Keypair {
     pub is_initiator: bool,
     /// Planted bug `ReplayAcceptsGreatestAgain` (set only by a tunnel with the bug planted).
     pub(crate) planted_accepts_greatest_again: bool,
+    /// Planted bug `ReplaySlideClearsLiveWord` (set only by a tunnel with the bug planted).
+    pub(crate) planted_slide_clears_live_word: bool,
 }
 
 /// Why a transport message was not opened.
@@ -66,6 +68,7 @@ impl Keypair {
             created_at,
             is_initiator,
             planted_accepts_greatest_again: false,
+            planted_slide_clears_live_word: false,
         }
     }
 
@@ -141,7 +144,9 @@ impl Keypair {
             Ok(plaintext) => plaintext.len(),
             Err(_) => return Err(OpenError::Forged),
         };
-        if !self.replays_greatest(counter) {
+        if self.planted_slide_clears_live_word {
+            self.replay.update_clearing_live_word(counter).map_err(OpenError::Replay)?;
+        } else if !self.replays_greatest(counter) {
             self.replay.update(counter).map_err(OpenError::Replay)?;
         }
         Ok(plaintext_len)

@@ -734,6 +734,8 @@ impl Tunnel {
             Keypair::new(&responder_key, &initiator_key, local_index, remote_index, now, false);
         keypair.planted_accepts_greatest_again =
             self.faults.planted(PlantedBug::ReplayAcceptsGreatestAgain);
+        keypair.planted_slide_clears_live_word =
+            self.faults.planted(PlantedBug::ReplaySlideClearsLiveWord);
         self.next = Some(Box::new(keypair));
         self.previous = None;
         self.session_derived(now);
@@ -795,6 +797,8 @@ impl Tunnel {
             Keypair::new(&initiator_key, &responder_key, receiver_index, remote_index, now, true);
         keypair.planted_accepts_greatest_again =
             self.faults.planted(PlantedBug::ReplayAcceptsGreatestAgain);
+        keypair.planted_slide_clears_live_word =
+            self.faults.planted(PlantedBug::ReplaySlideClearsLiveWord);
         self.previous = match self.next.take() {
             Some(next) => Some(next),
             None => self.current.take(),
