@@ -97,7 +97,7 @@ fn page_of_a_scenario_without_operations() {
 #[test]
 fn page_of_a_planted_bug_highlights_the_violation() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (page, plan, history) = replay_page(dir.path(), "planted-ack-early", "0x2", 3);
+    let (page, plan, history) = replay_page(dir.path(), "planted-ack-early", "0x7", 3);
     check_structure(&page, &plan, &history);
     assert!(page.contains("<span class=\"verdict bad\">safety violation</span>"));
     assert!(page.contains("<div class=\"violation\"><b>violated: "));
