@@ -450,13 +450,7 @@ impl<E: Env> Coordinator<E> {
                         advertised_routes,
                         endpoints,
                     };
-                    let response = match self.register(request).await {
-                        Ok(node) => Response::Registered { node },
-                        Err((kind, message)) => Response::Error { kind, message },
-                    };
-                    let refused = matches!(response, Response::Error { .. });
-                    channel.send(&response).await?;
-                    if refused {
+                    if answer(&mut channel, self.register(request).await).await? {
                         return Ok(());
                     }
                 }
@@ -465,13 +459,7 @@ impl<E: Env> Coordinator<E> {
                 }
                 Request::Ping => {}
                 Request::RotateNodeKey { old, new } => {
-                    let response = match self.rotate(machine_key, old, new).await {
-                        Ok(node) => Response::Registered { node },
-                        Err((kind, message)) => Response::Error { kind, message },
-                    };
-                    let refused = matches!(response, Response::Error { .. });
-                    channel.send(&response).await?;
-                    if refused {
+                    if answer(&mut channel, self.rotate(machine_key, old, new).await).await? {
                         return Ok(());
                     }
                 }
@@ -800,6 +788,21 @@ fn decode_info<T: serde::de::DeserializeOwned>(event: &ChangeEvent) -> Option<T>
 }
 
 /// A registry refusal as the agent protocol says it.
+/// Sends the answer to a registration or a key rotation; true if it was a refusal (after
+/// which the session ends).
+async fn answer<E: Env>(
+    channel: &mut Channel<E>,
+    result: Result<NodeInfo, (ErrorKind, String)>,
+) -> Result<bool, ChannelError> {
+    let response = match result {
+        Ok(node) => Response::Registered { node },
+        Err((kind, message)) => Response::Error { kind, message },
+    };
+    let refused = matches!(response, Response::Error { .. });
+    channel.send(&response).await?;
+    Ok(refused)
+}
+
 fn refusal(error: RegistryError) -> (ErrorKind, String) {
     let kind = match &error {
         RegistryError::Storage(_) | RegistryError::Contention { .. } => ErrorKind::Unavailable,
