@@ -295,7 +295,12 @@ pub async fn start<E: Env>(env: E, config: AgentConfig) -> Result<AgentHandle, A
     let (outbound, outbound_rx) = mpsc::channel(PACKET_QUEUE_MAX);
     let (inbound_tx, inbound) = mpsc::channel(PACKET_QUEUE_MAX);
     let status = Arc::new(Mutex::new(AgentStatus { boots: state.boots, ..Default::default() }));
-    let gossip = config.gossip_port.map(|port| TunnelGossip::new(port, state.boots));
+    let gossip = config.gossip_port.map(|port| {
+        let mut gossip = TunnelGossip::new(port, state.boots);
+        let hook_env = env.clone();
+        gossip.set_buggify(Arc::new(move |site| hook_env.buggify(site)));
+        gossip
+    });
     let machine_key = public_of(&state.machine_private);
     let node_key = public_of(&state.node_private);
     lock(&status).node_key = node_key;
@@ -594,6 +599,13 @@ impl<E: Env> Run<E> {
         channel.send(&request).await.map_err(|_| Ended::Broken)?;
         let response = self.env.timeout(self.config.silence_max, channel.recv::<Response>()).await;
         match response {
+            // Simulates the answer lost with the connection after the coordinator committed:
+            // the next session sends the same rotation again, which must be taken as done.
+            Ok(Ok(Response::Registered { .. }))
+                if self.env.buggify("coordinator.agent.rotate_answer_lost") =>
+            {
+                Err(Ended::Broken)
+            }
             Ok(Ok(Response::Registered { node })) if node.node_key == public_of(&next) => {
                 state.node_private = next;
                 state.next_node_private = None;

@@ -52,6 +52,8 @@ pub struct TunnelGossip {
     node: Option<Node>,
     /// Packets sent into the tunnel.
     sent: u64,
+    /// The gossip layer's BUGGIFY sites (`gossip.*`) ask this; none fire without it.
+    buggify: Option<gossip::faults::BuggifyHook>,
 }
 
 /// What the agent reports about its gossip membership.
@@ -72,7 +74,13 @@ pub struct GossipStatus {
 impl TunnelGossip {
     /// Gossip on `port`; `boot` is the agent's boot count (its first incarnation).
     pub fn new(port: u16, boot: u32) -> TunnelGossip {
-        TunnelGossip { port, boot, node: None, sent: 0 }
+        TunnelGossip { port, boot, node: None, sent: 0, buggify: None }
+    }
+
+    /// Lets the gossip layer's BUGGIFY sites fire when `hook` says so (the agent passes
+    /// `Env::buggify`, which never fires in production).
+    pub fn set_buggify(&mut self, hook: gossip::faults::BuggifyHook) {
+        self.buggify = Some(hook);
     }
 
     /// Takes a new map: starts the node at the first map (or anew when the node id changed)
@@ -95,6 +103,9 @@ impl TunnelGossip {
             // still fills every store within seconds. A pull of an equal store is one digest.
             config.anti_entropy_interval = ANTI_ENTROPY_INTERVAL;
             let mut node = Node::new(config);
+            if let Some(hook) = &self.buggify {
+                node.set_faults(&gossip::faults::Faults::with_hook(hook.clone()));
+            }
             // A grow-only counter only this node adds to, by its boot count on a fresh store:
             // merged by maximum, so a later life always wins. A register would not: its
             // timestamps come from a clock that may be behind the previous life's.
