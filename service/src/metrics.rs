@@ -58,6 +58,18 @@ impl Samples {
         self.counter_with(name, help, &[], value);
     }
 
+    /// Counters without labels, one per `(name, help, value)` row of a table.
+    pub fn counters(&mut self, table: &[(&str, &str, u64)]) {
+        self.counters_with(&[], table);
+    }
+
+    /// Counters with the same labels, one per `(name, help, value)` row of a table.
+    pub fn counters_with(&mut self, labels: &[(&str, &str)], table: &[(&str, &str, u64)]) {
+        for (name, help, value) in table {
+            self.counter_with(name, help, labels, *value);
+        }
+    }
+
     /// One labelled sample of counter `name` (samples of one name form one family).
     pub fn counter_with(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
         let base = name.strip_suffix("_total");

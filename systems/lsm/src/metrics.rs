@@ -26,9 +26,7 @@ pub fn collect(stats: &Stats, samples: &mut Samples) {
             stats.compaction_bytes
         }),
     ];
-    for (name, help, value) in counters {
-        samples.counter(name, help, value);
-    }
+    samples.counters(&counters);
     for (level, (tables, bytes)) in
         stats.level_table_counts.iter().zip(&stats.level_bytes).enumerate()
     {

@@ -181,9 +181,7 @@ fn collect(status: &AgentStatus, samples: &mut Samples) {
         ("agent_packets_filtered_total", "Arrived packets the filter refused.", status.filtered),
         ("agent_packets_delivered_total", "Arrived packets the filter allowed.", status.delivered),
     ];
-    for (name, help, value) in counters {
-        samples.counter(name, help, value);
-    }
+    samples.counters(&counters);
     let peers = status.device_peers.len() as f64;
     samples.gauge("agent_peers", "WireGuard peers on the device.", peers);
     let connected = if status.connected { 1.0 } else { 0.0 };

@@ -309,9 +309,7 @@ fn collect(stats: &DeviceStats, samples: &mut Samples) {
             stats.deliver_overflow_count
         }),
     ];
-    for (name, help, value) in device {
-        samples.counter(name, help, value);
-    }
+    samples.counters(&device);
     // Per-peer counters are keyed by public key (peers may change at run time).
     for (key, tunnel) in &stats.peers {
         let peer = encode_key(key);
@@ -329,9 +327,7 @@ fn collect(stats: &DeviceStats, samples: &mut Samples) {
                 tunnel.dropped_count
             }),
         ];
-        for (name, help, value) in per_peer {
-            samples.counter_with(name, help, &labels, value);
-        }
+        samples.counters_with(&labels, &per_peer);
     }
 }
 

@@ -246,9 +246,7 @@ fn collect(node: &mut Node, samples: &mut Samples) {
             stats.merge_refused_count
         }),
     ];
-    for (name, help, value) in counters {
-        samples.counter(name, help, value);
-    }
+    samples.counters(&counters);
     let help = "Anti-entropy pull sessions, by outcome.";
     for (outcome, value) in [
         ("started", stats.session_started_count),
