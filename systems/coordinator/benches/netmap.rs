@@ -72,7 +72,8 @@ impl PolicyView for AllowAll {
 
     fn filter_for(&self, _node: NodeId) -> Vec<FilterRule> {
         let dst = NetPortRange { ip: "*".to_string(), ports: PortRange::ANY };
-        vec![FilterRule { src_ips: vec!["*".to_string()], dst_ports: vec![dst], ip_proto: vec![] }]
+        let src_ips = vec!["*".to_string()].into();
+        vec![FilterRule { src_ips, dst_ports: vec![dst], ip_proto: vec![] }]
     }
 }
 

@@ -19,8 +19,9 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// The longest frame payload anyone may send or receive (4 MiB): a full network map of a large
 /// tailnet fits; anything longer is refused before it is read.
 pub const FRAME_LEN_MAX: usize = 4 << 20;
-/// The message format version written before every postcard body.
-pub const MESSAGE_VERSION: u8 = 1;
+/// The message format version written before every postcard body. 2: a filter rule's sources
+/// in a map travel as a byte string of their own encoding (`netmap::filter_wire`).
+pub const MESSAGE_VERSION: u8 = 2;
 /// Bytes of one piece when BUGGIFY splits a frame into tiny writes.
 const SHORT_WRITE_PIECE_LEN_MAX: usize = 7;
 

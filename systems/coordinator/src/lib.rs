@@ -42,5 +42,6 @@ pub mod tunnel_gossip;
 pub mod types;
 
 pub use types::{
-    Affected, FilterRule, Key, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, User, UserId,
+    Affected, FilterRule, Key, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, Sources,
+    User, UserId,
 };

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use wireguard::IpNet;
@@ -114,13 +115,121 @@ pub struct NetPortRange {
 pub struct FilterRule {
     /// Sources: `*`, addresses, CIDRs or ranges `a-b`.
     #[serde(rename = "SrcIPs")]
-    pub src_ips: Vec<String>,
+    pub src_ips: Sources,
     /// Destinations with their ports.
     #[serde(rename = "DstPorts")]
     pub dst_ports: Vec<NetPortRange>,
     /// IANA protocol numbers; empty means TCP, UDP, ICMP and ICMPv6.
     #[serde(rename = "IPProto", default, skip_serializing_if = "Vec::is_empty")]
     pub ip_proto: Vec<u8>,
+}
+
+/// A filter rule's sources (`SrcIPs`), shared.
+///
+/// One policy entry gives the same sources to every node it reaches: at 50,000 nodes a group of
+/// 1,000 hands the same 1,000 strings to 1,000 filters. Rules therefore hold their sources
+/// behind an `Arc`, and maps put them on the wire from one cached encoding
+/// (`Sources::wire_bytes`), so a change that gives 1,000 nodes a new filter formats and
+/// encodes each source list once, not once per node. Compares, orders, hashes and serializes
+/// (as a list of strings) by its strings alone.
+#[derive(Clone, Default)]
+pub struct Sources(Arc<SourceList>);
+
+#[derive(Default)]
+struct SourceList {
+    strings: Vec<String>,
+    /// `postcard(strings)`, made on first use.
+    wire: OnceLock<Vec<u8>>,
+}
+
+impl Sources {
+    /// Sources holding `strings`.
+    pub fn new(strings: Vec<String>) -> Sources {
+        Sources(Arc::new(SourceList { strings, wire: OnceLock::new() }))
+    }
+
+    /// The strings.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0.strings
+    }
+
+    /// The postcard encoding of the strings (a `Vec<String>`), made once per shared list.
+    pub fn wire_bytes(&self) -> &[u8] {
+        self.0.wire.get_or_init(|| {
+            let bytes = postcard::to_allocvec(&self.0.strings).expect("strings always encode");
+            debug_assert!(bytes.len() > self.0.strings.len());
+            bytes
+        })
+    }
+
+    /// Whether `self` and `other` are the same shared list (not only equal strings).
+    pub fn shares(&self, other: &Sources) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Sources {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<String>> for Sources {
+    fn from(strings: Vec<String>) -> Sources {
+        Sources::new(strings)
+    }
+}
+
+impl FromIterator<String> for Sources {
+    fn from_iter<I: IntoIterator<Item = String>>(strings: I) -> Sources {
+        Sources::new(strings.into_iter().collect())
+    }
+}
+
+impl PartialEq for Sources {
+    fn eq(&self, other: &Sources) -> bool {
+        self.shares(other) || self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Sources {}
+
+impl PartialOrd for Sources {
+    fn partial_cmp(&self, other: &Sources) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Sources {
+    fn cmp(&self, other: &Sources) -> std::cmp::Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl Hash for Sources {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl Serialize for Sources {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.as_slice().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sources {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sources, D::Error> {
+        Vec::<String>::deserialize(deserializer).map(Sources::new)
+    }
 }
 
 /// Serde for `Vec<IpNet>` as CIDR strings (`wireguard::IpNet` has no serde of its own).

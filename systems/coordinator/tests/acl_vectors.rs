@@ -24,7 +24,9 @@ fn vectors_dir() -> PathBuf {
 
 fn normalise(mut rules: Vec<FilterRule>) -> Vec<FilterRule> {
     for rule in &mut rules {
-        rule.src_ips.sort();
+        let mut sources = rule.src_ips.to_vec();
+        sources.sort();
+        rule.src_ips = sources.into();
         rule.dst_ports.sort_by(|a, b| (&a.ip, a.ports).cmp(&(&b.ip, b.ports)));
         rule.ip_proto.sort_unstable();
     }

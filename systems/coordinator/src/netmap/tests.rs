@@ -224,11 +224,12 @@ fn maps_and_deltas_round_trip_through_postcard() {
 }
 
 /// The wire form of a filter is a sequence of (sources, destinations, protocols) tuples, the
-/// same bytes whether the rules are borrowed or owned, in a map or in a delta.
+/// sources as a byte string of their own encoding; the same bytes whether the rules are
+/// borrowed or owned, in a map or in a delta.
 #[test]
 fn filters_encode_as_tuples() {
     let rule = |source: &str, protocols: Vec<u8>| FilterRule {
-        src_ips: vec![source.to_string(), "fd7a:115c:a1e0::/48".to_string()],
+        src_ips: vec![source.to_string(), "fd7a:115c:a1e0::/48".to_string()].into(),
         dst_ports: vec![crate::types::NetPortRange {
             ip: "100.64.0.1".to_string(),
             ports: crate::types::PortRange { first: 22, last: 443 },
@@ -236,15 +237,41 @@ fn filters_encode_as_tuples() {
         ip_proto: protocols,
     };
     let rules = vec![rule("*", Vec::new()), rule("100.64.0.0/10", vec![6, 17])];
-    type Wire = (Vec<String>, Vec<crate::types::NetPortRange>, Vec<u8>);
+    // A byte string and a `Vec<u8>` are the same bytes in postcard: a length, then the bytes.
+    type Wire = (Vec<u8>, Vec<crate::types::NetPortRange>, Vec<u8>);
     let tuples: Vec<Wire> = rules
         .iter()
-        .map(|rule| (rule.src_ips.clone(), rule.dst_ports.clone(), rule.ip_proto.clone()))
+        .map(|rule| {
+            let sources = postcard::to_allocvec(&rule.src_ips.to_vec()).expect("encodes");
+            (sources, rule.dst_ports.clone(), rule.ip_proto.clone())
+        })
         .collect();
     let delta = MapDelta { filter: Some(rules.clone()), ..MapDelta::default() };
     let expected = (0u64, 0u64, None::<Peer>, Vec::<Peer>::new(), Vec::<NodeId>::new());
-    let expected = (expected, Vec::<PeerPatch>::new(), Some(tuples), None::<DnsConfig>);
+    let expected = (expected, Vec::<PeerPatch>::new(), Some(tuples.clone()), None::<DnsConfig>);
     let bytes = postcard::to_allocvec(&delta).expect("encodes");
     assert_eq!(bytes, postcard::to_allocvec(&expected).expect("encodes"));
     assert_eq!(postcard::from_bytes::<MapDelta>(&bytes).expect("decodes"), delta);
+    // Sources whose byte string holds more than one list are refused, not truncated.
+    let mut padded = tuples;
+    padded[0].0.push(0);
+    let expected = (0u64, 0u64, None::<Peer>, Vec::<Peer>::new(), Vec::<NodeId>::new());
+    let expected = (expected, Vec::<PeerPatch>::new(), Some(padded), None::<DnsConfig>);
+    let bytes = postcard::to_allocvec(&expected).expect("encodes");
+    assert!(postcard::from_bytes::<MapDelta>(&bytes).is_err());
+}
+
+/// Rules that share one source list encode it once: every copy writes the cached bytes.
+#[test]
+fn shared_sources_encode_once() {
+    let sources = crate::types::Sources::new((0..100).map(|i| format!("100.64.0.{i}")).collect());
+    let copy = sources.clone();
+    assert!(copy.shares(&sources));
+    assert_eq!(copy.wire_bytes().as_ptr(), sources.wire_bytes().as_ptr());
+    let fresh = crate::types::Sources::new(sources.to_vec());
+    assert_eq!(fresh, sources);
+    assert!(!fresh.shares(&sources));
+    assert_eq!(fresh.wire_bytes(), sources.wire_bytes());
+    let json = serde_json::to_string(&sources).expect("encodes");
+    assert!(json.starts_with(r#"["100.64.0.0","#), "{json}");
 }

@@ -10,14 +10,13 @@
 //! destination entries that concern it (its addresses, its approved subnet routes, the internet
 //! if it is an exit node).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 
 use super::{Alias, IpRange, IpSet, Policy};
-use crate::types::{FilterRule, NetPortRange, NodeId, NodeInfo, PortRange, User, UserId};
+use crate::types::{FilterRule, NetPortRange, NodeId, NodeInfo, PortRange, Sources, User, UserId};
 
 /// Tailscale's strings for `*` as a source (the tailnet's CGNAT range minus 100.115.92.0/23,
 /// and its IPv6 ULA range), before the approved subnet routes.
@@ -225,7 +224,7 @@ pub(crate) struct CompiledAcl {
     pub(crate) src_set: IpSet,
     /// The rule's `SrcIPs`, sorted (empty: the entry gives no ordinary rule, for want of
     /// sources or of destinations).
-    pub(crate) src_strings: Vec<String>,
+    pub(crate) src_strings: Sources,
     /// The non-self destination entries, in policy order.
     pub(crate) entries: Vec<Entry>,
     /// Where each non-self destination's entries lie in `entries`, in policy order.
@@ -381,7 +380,7 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
     let mut compiled = CompiledAcl {
         src_wildcard,
         src_set,
-        src_strings: Vec::new(),
+        src_strings: Sources::default(),
         src_hash: strings_hash(&[]),
         entries: Vec::new(),
         runs: Vec::new(),
@@ -420,7 +419,7 @@ pub(crate) fn compile_acl(policy: &Policy, tailnet: &dyn Tailnet, acl_index: usi
         src_strings.extend(compiled.src_set.strings());
         src_strings.sort();
         compiled.src_hash = strings_hash(&src_strings);
-        compiled.src_strings = src_strings;
+        compiled.src_strings = Sources::new(src_strings);
     }
     compiled
 }
@@ -444,21 +443,20 @@ pub(crate) fn entry_concerns(range: Option<&IpRange>, node: &NodeInfo, internet:
 /// protocols, holding only the entries that concern the node. Sources are borrowed from the
 /// compiled entries until a rule survives, so a large policy costs no copies for the rules a
 /// node does not receive.
-struct Rules<'c, 'n> {
+struct Rules<'n> {
     node: &'n NodeInfo,
     internet: IpSet,
-    slots: BTreeMap<Cow<'c, [String]>, BTreeMap<Vec<u8>, usize>>,
-    rules: Vec<PendingRule<'c>>,
+    slots: BTreeMap<Sources, BTreeMap<Vec<u8>, usize>>,
+    rules: Vec<PendingRule>,
 }
 
 /// One rule in the making: sources, protocols, the destinations that concern the node.
-type PendingRule<'c> = (Cow<'c, [String]>, Vec<u8>, Vec<NetPortRange>);
+type PendingRule = (Sources, Vec<u8>, Vec<NetPortRange>);
 
-impl<'c> Rules<'c, '_> {
-    fn push(&mut self, src: Cow<'c, [String]>, protocols: &[u8], entries: &[Entry]) {
+impl Rules<'_> {
+    fn push(&mut self, src: Sources, protocols: &[u8], entries: &[Entry]) {
         debug_assert!(!src.is_empty() && !entries.is_empty());
-        let found =
-            self.slots.get(src.as_ref()).and_then(|by_protocols| by_protocols.get(protocols));
+        let found = self.slots.get(&src).and_then(|by_protocols| by_protocols.get(protocols));
         let slot = match found {
             Some(&slot) => slot,
             None => {
@@ -484,11 +482,7 @@ impl<'c> Rules<'c, '_> {
             .rules
             .into_iter()
             .filter(|(_, _, dst_ports)| !dst_ports.is_empty())
-            .map(|(src, ip_proto, dst_ports)| FilterRule {
-                src_ips: src.into_owned(),
-                dst_ports,
-                ip_proto,
-            })
+            .map(|(src, ip_proto, dst_ports)| FilterRule { src_ips: src, dst_ports, ip_proto })
             .collect();
         debug_assert!(rules.iter().all(|rule| !rule.src_ips.is_empty()));
         rules
@@ -496,15 +490,10 @@ impl<'c> Rules<'c, '_> {
 }
 
 /// The `autogroup:self` rule of one ACL for a device of `user`.
-fn push_self_rule(
-    rules: &mut Rules<'_, '_>,
-    acl: &CompiledAcl,
-    devices: &[&NodeInfo],
-    user: UserId,
-) {
+fn push_self_rule(rules: &mut Rules<'_>, acl: &CompiledAcl, devices: &[&NodeInfo], user: UserId) {
     debug_assert!(devices.iter().all(|device| device.user == Some(user)));
     if let Some((src, entries)) = self_rule(acl, devices) {
-        rules.push(Cow::Owned(src), &acl.protocols, &entries);
+        rules.push(Sources::new(src), &acl.protocols, &entries);
     }
 }
 
@@ -546,13 +535,13 @@ pub(crate) fn rules_for(
     for acl in compiled {
         let global = !acl.src_strings.is_empty() && !acl.entries.is_empty();
         if global && !acl.self_first {
-            rules.push(Cow::Borrowed(&acl.src_strings), &acl.protocols, &acl.entries);
+            rules.push(acl.src_strings.clone(), &acl.protocols, &acl.entries);
         }
         if let Some(user) = owner.filter(|_| !acl.self_ports.is_empty()) {
             push_self_rule(&mut rules, acl, devices, user);
         }
         if global && acl.self_first {
-            rules.push(Cow::Borrowed(&acl.src_strings), &acl.protocols, &acl.entries);
+            rules.push(acl.src_strings.clone(), &acl.protocols, &acl.entries);
         }
     }
     rules.finish()
@@ -634,7 +623,7 @@ mod tests {
             .map(|rule| {
                 let dsts =
                     rule.dst_ports.iter().map(|d| (d.ip.clone(), d.ports.first, d.ports.last));
-                (rule.src_ips, dsts.collect())
+                (rule.src_ips.to_vec(), dsts.collect())
             })
             .collect();
         let expected: Vec<Shown> = expected

@@ -27,7 +27,6 @@
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
@@ -38,7 +37,8 @@ use super::compile::{
 };
 use super::{Alias, IpRange, IpSet, Policy};
 use crate::types::{
-    Affected, FilterRule, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, User, UserId,
+    Affected, FilterRule, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, Sources, User,
+    UserId,
 };
 
 /// The most nodes an engine indexes.
@@ -116,7 +116,7 @@ impl Tailnet for Named<'_> {
 }
 
 /// Sources and protocols: what rules merge by.
-type RuleKey = (Vec<String>, Vec<u8>);
+type RuleKey = (Sources, Vec<u8>);
 
 /// The key an entry's ordinary rule merges by; `None` when it gives no such rule (no sources
 /// or no destinations), so that gaining or losing the rule counts as a change of key.
@@ -253,7 +253,7 @@ impl PolicyEngine {
         self.pending_rules(node, devices)
             .into_iter()
             .map(|slot| FilterRule {
-                src_ips: slot.src.into_owned(),
+                src_ips: slot.src,
                 dst_ports: slot.dst_ports,
                 ip_proto: slot.protocols,
             })
@@ -261,7 +261,7 @@ impl PolicyEngine {
     }
 
     /// What `relevant_rules` gives, in order, with the sources still borrowed where they can be.
-    fn pending_rules<'c>(&'c self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<PendingSlot<'c>> {
+    fn pending_rules(&self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<PendingSlot> {
         let membership = &self.memberships[&node.id];
         let mut entries: BTreeSet<usize> =
             membership.dst.iter().chain(&self.wildcard_destinations).copied().collect();
@@ -269,7 +269,7 @@ impl PolicyEngine {
         if owner.is_some() {
             entries.extend(&self.self_entries);
         }
-        let mut slots: BTreeMap<SlotKey, PendingSlot<'_>> = BTreeMap::new();
+        let mut slots: BTreeMap<SlotKey, PendingSlot> = BTreeMap::new();
         for index in entries {
             let with_self = owner.is_some() && !self.compiled[index].self_ports.is_empty();
             if with_self && self.compiled[index].self_first {
@@ -280,16 +280,16 @@ impl PolicyEngine {
                 self.push_self(&mut slots, index, node, devices);
             }
         }
-        let mut slots: Vec<PendingSlot<'_>> = slots.into_values().collect();
+        let mut slots: Vec<PendingSlot> = slots.into_values().collect();
         slots.sort_by_key(|slot| slot.position);
         slots.retain(|slot| !slot.dst_ports.is_empty());
         slots
     }
 
     /// Adds an entry's ordinary rule (if it gives one) to its slot.
-    fn push_global<'c>(
-        &'c self,
-        slots: &mut BTreeMap<SlotKey, PendingSlot<'c>>,
+    fn push_global(
+        &self,
+        slots: &mut BTreeMap<SlotKey, PendingSlot>,
         index: usize,
         node: &NodeInfo,
     ) {
@@ -302,7 +302,7 @@ impl PolicyEngine {
         let position = (first, u8::from(self.compiled[first].self_first));
         let slot = slots.entry(SlotKey::Global(first)).or_insert_with(|| PendingSlot {
             position,
-            src: Cow::Borrowed(&self.compiled[first].src_strings),
+            src: self.compiled[first].src_strings.clone(),
             src_hash: self.compiled[first].src_hash,
             protocols: compiled.protocols.clone(),
             dst_ports: Vec::new(),
@@ -321,9 +321,9 @@ impl PolicyEngine {
     }
 
     /// Adds an entry's `autogroup:self` rule for `node` (one of `devices`) to its slot.
-    fn push_self<'c>(
-        &'c self,
-        slots: &mut BTreeMap<SlotKey, PendingSlot<'c>>,
+    fn push_self(
+        &self,
+        slots: &mut BTreeMap<SlotKey, PendingSlot>,
         index: usize,
         node: &NodeInfo,
         devices: &[&NodeInfo],
@@ -331,7 +331,7 @@ impl PolicyEngine {
         let compiled = &self.compiled[index];
         let Some((src, self_entries)) = self_rule(compiled, devices) else { return };
         let position = (index, u8::from(!compiled.self_first));
-        let key = (src, compiled.protocols.clone());
+        let key = (Sources::new(src), compiled.protocols.clone());
         // A self rule whose key an ordinary rule has merges into that rule's place, which is
         // the first entry with the key whether or not that entry concerns this node.
         let (slot_key, initial) = match self.keys.get(&key).and_then(|found| found.first()) {
@@ -344,7 +344,7 @@ impl PolicyEngine {
         let slot = slots.entry(slot_key).or_insert_with(|| PendingSlot {
             position: initial,
             src_hash: strings_hash(&key.0),
-            src: Cow::Owned(key.0),
+            src: key.0,
             protocols: key.1,
             dst_ports: Vec::new(),
         });
@@ -806,7 +806,7 @@ impl PolicyView for PolicyEngine {
         if self.policy.is_none() {
             let everything = NetPortRange { ip: "*".into(), ports: PortRange::ANY };
             return vec![FilterRule {
-                src_ips: vec!["*".into()],
+                src_ips: Sources::new(vec!["*".into()]),
                 dst_ports: vec![everything],
                 ip_proto: Vec::new(),
             }];
@@ -868,17 +868,17 @@ enum SlotKey {
 }
 
 /// A rule in the making for one node.
-struct PendingSlot<'c> {
+struct PendingSlot {
     /// Where it sits: (entry, 0 for its first rule, 1 for its second).
     position: (usize, u8),
-    src: Cow<'c, [String]>,
+    src: Sources,
     /// `strings_hash(src)`, kept with the compiled entry for borrowed sources.
     src_hash: u64,
     protocols: Vec<u8>,
     dst_ports: Vec<NetPortRange>,
 }
 
-impl PendingSlot<'_> {
+impl PendingSlot {
     fn extend(&mut self, entries: &[Entry], node: &NodeInfo, internet: &IpSet) {
         PendingSlot::concerning(entries, node, internet, &mut self.dst_ports);
     }
