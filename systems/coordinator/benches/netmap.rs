@@ -338,6 +338,7 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
         costs.push(("policy", change_cost(engine, |engine| engine.replace_policy(edited))));
     }
     let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
+    let queries = peer_queries(engine);
     let mut lines = vec![format!(
         "{policy} {count} nodes: setup {setup:.2?}, engine ~{memory_mb:.0} MB; recompute all \
          {all_time:.2?} {:.1} MB{}",
@@ -352,7 +353,40 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
             cost.time, cost.step, cost.nodes, cost.bytes
         ));
     }
+    lines.push(queries);
     lines
+}
+
+/// Nodes sampled, evenly spaced, for the peer-query percentiles.
+const QUERY_SAMPLE_COUNT: u64 = 1000;
+
+/// A peer query: what the coordinator does when an agent asks for its peers from scratch (a
+/// first connection, or a reconnection from a version its log no longer holds): the node's
+/// full map built and postcard-encoded. Timed for `QUERY_SAMPLE_COUNT` nodes spread over
+/// the ids; the line gives the 50th and 99th percentiles, the slowest, and the largest map.
+fn peer_queries(engine: &MapEngine) -> String {
+    let count = engine.node_count() as u64;
+    let stride = (count / QUERY_SAMPLE_COUNT).max(1);
+    let mut times = Vec::new();
+    let mut bytes_max = 0;
+    for id in (1..=count).step_by(stride as usize) {
+        let (time, bytes) = timed(|| {
+            let map = engine.full_map(id).expect("known");
+            postcard::to_allocvec(&map).expect("encodes").len()
+        });
+        times.push(time);
+        bytes_max = bytes_max.max(bytes);
+    }
+    times.sort();
+    let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile).round() as usize];
+    format!(
+        "  peer query (full map built and encoded, {} nodes): p50 {:.2?} p99 {:.2?} max {:.2?}, \
+         largest {bytes_max} B",
+        times.len(),
+        at(0.5),
+        at(0.99),
+        times[times.len() - 1],
+    )
 }
 
 fn main() {
