@@ -314,7 +314,7 @@ mod tests {
         NetMap {
             version: 1,
             self_node: peer(me),
-            peers: peers.iter().map(|id| peer(*id)).collect(),
+            peers: peers.iter().map(|id| peer(*id).into()).collect(),
             filter: Vec::new(),
             dns: DnsConfig::default(),
         }

@@ -41,12 +41,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 use wireguard::IpNet;
 
 use super::adjacency::Adjacency;
 use super::delta::{Change, Fields, NodeLog, Pending, PushFaults};
-use super::{DnsConfig, MapDelta, NetMap, Peer, PeerPatch};
+use super::{DnsConfig, MapDelta, NetMap, Peer, PeerPatch, SharedPeer};
 use crate::routes::{ROUTES_PER_NODE_MAX, Routes, is_exit};
 use crate::types::{NodeId, NodeInfo, PolicyView, User, UserId};
 
@@ -155,6 +156,10 @@ struct Slot {
     info: NodeInfo,
     log: NodeLog,
     filter_digest: u64,
+    /// Its entry as its peers see it, made on first use and dropped whenever the entry may
+    /// have changed: every such change is announced to its peers (`announce`), or replaces
+    /// the slot. `check_invariants` compares it with a fresh one.
+    view: OnceLock<SharedPeer>,
 }
 
 /// What one step changed, per node, before it is logged.
@@ -360,10 +365,12 @@ impl MapEngine {
         self.nodes.get(&node).map(|slot| slot.log.version())
     }
 
-    /// The approximate heap bytes of the engine's own indexes (the adjacency dominates).
+    /// The approximate heap bytes of the engine's own indexes (the adjacency dominates), with
+    /// the cached peer entries counted as made (about 500 bytes each with their encoding).
     pub fn heap_bytes_estimate(&self) -> usize {
         let per_node = 400 + std::mem::size_of::<Slot>();
-        self.adjacency.heap_bytes() + self.nodes.len() * per_node
+        let entries = self.nodes.values().filter(|slot| slot.view.get().is_some()).count();
+        self.adjacency.heap_bytes() + self.nodes.len() * per_node + entries * 500
     }
 
     /// Adds or replaces a user.
@@ -518,7 +525,8 @@ impl MapEngine {
         if let Some(user) = info.user {
             self.user_nodes.entry(user).or_default().insert(info.id);
         }
-        let replaced = self.nodes.insert(info.id, Slot { info, log, filter_digest });
+        let view = OnceLock::new();
+        let replaced = self.nodes.insert(info.id, Slot { info, log, filter_digest, view });
         assert!(replaced.is_none(), "remove_info first");
     }
 
@@ -605,9 +613,8 @@ impl MapEngine {
 
     /// Logs `change` of `node`'s entry for every map holding it, and for its own map.
     fn announce(&mut self, node: NodeId, change: Change, step: &mut Step) {
-        if !self.nodes.contains_key(&node) {
-            return;
-        }
+        let Some(slot) = self.nodes.get_mut(&node) else { return };
+        slot.view.take();
         let change = match change {
             Change::Patch(_) if self.faults.fire("coordinator.netmap.patch_as_full") => {
                 Change::Full
@@ -636,7 +643,17 @@ impl MapEngine {
         changed
     }
 
-    /// `node` as its peers see it.
+    /// `node` as its peers see it, shared (`Slot::view`).
+    fn shared_view(&self, node: NodeId) -> Option<SharedPeer> {
+        let slot = self.nodes.get(&node)?;
+        let view = slot
+            .view
+            .get_or_init(|| SharedPeer::new(self.peer_view(node).expect("the slot is there")));
+        debug_assert_eq!(view.id, node);
+        Some(view.clone())
+    }
+
+    /// `node` as its peers see it, made afresh.
     fn peer_view(&self, node: NodeId) -> Option<Peer> {
         let info = &self.nodes.get(&node)?.info;
         let user_label = match info.user {
@@ -689,9 +706,10 @@ impl MapEngine {
     /// `node`'s whole map now.
     pub fn full_map(&self, node: NodeId) -> Result<NetMap, MapError> {
         let slot = self.nodes.get(&node).ok_or(MapError::UnknownNode(node))?;
-        let self_node = self.peer_view(node).ok_or(MapError::UnknownNode(node))?;
-        let peers: Vec<Peer> =
-            self.adjacency.row(node).into_iter().filter_map(|peer| self.peer_view(peer)).collect();
+        let self_node = self.shared_view(node).ok_or(MapError::UnknownNode(node))?;
+        let self_node = Peer::clone(&self_node);
+        let row = self.adjacency.row(node).into_iter();
+        let peers: Vec<SharedPeer> = row.filter_map(|peer| self.shared_view(peer)).collect();
         let map = NetMap {
             version: slot.log.version(),
             self_node,
@@ -715,7 +733,7 @@ impl MapEngine {
         };
         for (peer, change) in pending.peers {
             match change {
-                Change::Full => delta.peers_changed.extend(self.peer_view(peer)),
+                Change::Full => delta.peers_changed.extend(self.shared_view(peer)),
                 Change::Patch(fields) => delta.peers_patched.extend(self.patch_view(peer, fields)),
                 Change::Removed => delta.peers_removed.push(peer),
             }
@@ -755,6 +773,9 @@ impl MapEngine {
                 return Err(InvariantViolation(format!("node {id}: published filter is stale")));
             }
             let view = self.peer_view(*id).ok_or_else(|| format!("node {id} has no view"))?;
+            if slot.view.get().is_some_and(|cached| **cached != view) {
+                return Err(InvariantViolation(format!("node {id}: its cached entry is stale")));
+            }
             for net in view.allowed_ips.into_iter().filter(|net| !is_exit(*net)) {
                 if let Some(other) = owners.insert(net, *id) {
                     return Err(InvariantViolation(format!(

@@ -20,6 +20,7 @@ pub mod engine;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use wireguard::IpNet;
@@ -56,6 +57,107 @@ pub struct Peer {
     pub expiry: Option<u64>,
 }
 
+/// A peer entry shared by every map that holds it, with its encoding cached.
+///
+/// A node's entry is the same in each of its peers' maps: at 50,000 nodes a join puts one new
+/// entry into 1,000 deltas, and a full map is 1,000 entries that other maps hold too. The
+/// engine keeps each node's entry once (`Arc`) and maps put it on the wire from one cached
+/// postcard encoding, as a byte string (so a full map of 1,000 peers is 1,000 copies, not
+/// 1,000 entries formatted and encoded). In a human-readable format (JSON) it is the plain
+/// entry. Compares and prints as its `Peer`.
+#[derive(Clone)]
+pub struct SharedPeer(Arc<PeerEntry>);
+
+struct PeerEntry {
+    peer: Peer,
+    /// `postcard(peer)`, made on first use.
+    wire: OnceLock<Vec<u8>>,
+}
+
+impl SharedPeer {
+    /// `peer`, shareable.
+    pub fn new(peer: Peer) -> SharedPeer {
+        SharedPeer(Arc::new(PeerEntry { peer, wire: OnceLock::new() }))
+    }
+
+    /// The postcard encoding of the entry, made once per shared entry.
+    pub fn wire_bytes(&self) -> &[u8] {
+        self.0.wire.get_or_init(|| postcard::to_allocvec(&self.0.peer).expect("a peer encodes"))
+    }
+
+    /// Whether `self` and `other` are the same shared entry (not only equal ones).
+    pub fn shares(&self, other: &SharedPeer) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for SharedPeer {
+    type Target = Peer;
+
+    fn deref(&self) -> &Peer {
+        &self.0.peer
+    }
+}
+
+impl From<Peer> for SharedPeer {
+    fn from(peer: Peer) -> SharedPeer {
+        SharedPeer::new(peer)
+    }
+}
+
+impl PartialEq for SharedPeer {
+    fn eq(&self, other: &SharedPeer) -> bool {
+        self.shares(other) || self.0.peer == other.0.peer
+    }
+}
+
+impl Eq for SharedPeer {}
+
+impl fmt::Debug for SharedPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.peer.fmt(f)
+    }
+}
+
+impl Serialize for SharedPeer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            self.0.peer.serialize(serializer)
+        } else {
+            serializer.serialize_bytes(self.wire_bytes())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedPeer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SharedPeer, D::Error> {
+        if deserializer.is_human_readable() {
+            return Peer::deserialize(deserializer).map(SharedPeer::new);
+        }
+        deserializer.deserialize_bytes(PeerBytes)
+    }
+}
+
+/// Reads a peer entry from the byte string `SharedPeer` writes.
+struct PeerBytes;
+
+impl serde::de::Visitor<'_> for PeerBytes {
+    type Value = SharedPeer;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string holding an encoded peer entry")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<SharedPeer, E> {
+        let (peer, rest) = postcard::take_from_bytes::<Peer>(bytes)
+            .map_err(|e| E::custom(format_args!("a peer entry: {e}")))?;
+        if !rest.is_empty() {
+            return Err(E::custom(format_args!("{} bytes after a peer entry", rest.len())));
+        }
+        Ok(SharedPeer::new(peer))
+    }
+}
+
 /// A small change to one peer already in the map: only the fields that are `Some` changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerPatch {
@@ -88,7 +190,7 @@ pub struct NetMap {
     /// The node itself.
     pub self_node: Peer,
     /// Its peers, sorted by id.
-    pub peers: Vec<Peer>,
+    pub peers: Vec<SharedPeer>,
     /// The packet filter it enforces on what arrives.
     #[serde(with = "filter_wire")]
     pub filter: Vec<FilterRule>,
@@ -106,7 +208,7 @@ pub struct MapDelta {
     /// The node's own entry, if it changed.
     pub self_node: Option<Peer>,
     /// Peers added or replaced whole, sorted by id.
-    pub peers_changed: Vec<Peer>,
+    pub peers_changed: Vec<SharedPeer>,
     /// Peers removed, sorted (removing an absent id is allowed and does nothing).
     pub peers_removed: Vec<NodeId>,
     /// Patches to peers present in the map, sorted by id.
@@ -190,7 +292,9 @@ impl NetMap {
         for patch in &delta.peers_patched {
             let index = self.peers.binary_search_by_key(&patch.id, |p| p.id);
             let Ok(index) = index else { return Err(DeltaError::UnknownPeer(patch.id)) };
-            patch_peer(&mut self.peers[index], patch);
+            let mut peer = Peer::clone(&self.peers[index]);
+            patch_peer(&mut peer, patch);
+            self.peers[index] = SharedPeer::new(peer);
         }
         if let Some(self_node) = &delta.self_node {
             self.self_node = self_node.clone();

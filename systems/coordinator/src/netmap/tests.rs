@@ -275,3 +275,42 @@ fn shared_sources_encode_once() {
     let json = serde_json::to_string(&sources).expect("encodes");
     assert!(json.starts_with(r#"["100.64.0.0","#), "{json}");
 }
+
+/// Every map holding a node shares its one entry, encoded once; a change to the node gives
+/// its peers a new entry, and the old one stays as it was in the maps already handed out.
+#[test]
+fn peer_entries_are_shared_and_renewed_on_change() {
+    let mut engine = engine();
+    let (map_2, map_3) = (engine.full_map(2).expect("known"), engine.full_map(3).expect("known"));
+    assert!(map_2.peers[0].shares(&map_3.peers[0]), "node 1's entry is shared");
+    assert_eq!(map_2.peers[0].wire_bytes().as_ptr(), map_3.peers[0].wire_bytes().as_ptr());
+    let mut moved = node(1, Some(1));
+    moved.endpoints = vec![SocketAddr::from(([192, 0, 2, 1], 41641))];
+    check(engine.upsert_node(moved.clone()).expect("upsert"), &engine, &[1, 2, 3]);
+    let after = engine.full_map(2).expect("known");
+    assert_eq!(after.peers[0].endpoints, moved.endpoints);
+    assert!(map_2.peers[0].endpoints.is_empty(), "an entry handed out never changes");
+    // A rename reaches the entry through `announce`, which drops the cached one.
+    let renamed = User { id: 1, name: "Frigg".to_string(), email: None };
+    check(engine.upsert_user(renamed).expect("user"), &engine, &[1, 2, 3]);
+    assert_eq!(engine.full_map(2).expect("known").peers[0].name, "host-1.frigg.example.ts.net");
+}
+
+/// An entry goes on the wire as a byte string of its cached encoding; in JSON it is the
+/// plain entry; bytes after the entry inside its string are refused.
+#[test]
+fn shared_peers_encode_as_byte_strings() {
+    let map = engine().full_map(2).expect("known");
+    let peer = map.peers[0].clone();
+    let bytes = postcard::to_allocvec(&peer).expect("encodes");
+    let inner = postcard::to_allocvec(&Peer::clone(&peer)).expect("encodes");
+    assert_eq!(bytes, postcard::to_allocvec(&inner).expect("encodes"));
+    assert_eq!(postcard::from_bytes::<SharedPeer>(&bytes).expect("decodes"), peer);
+    let mut padded = inner.clone();
+    padded.push(0);
+    let padded = postcard::to_allocvec(&padded).expect("encodes");
+    assert!(postcard::from_bytes::<SharedPeer>(&padded).is_err());
+    let json = serde_json::to_string(&peer).expect("encodes");
+    assert_eq!(json, serde_json::to_string(&Peer::clone(&peer)).expect("encodes"));
+    assert_eq!(serde_json::from_str::<SharedPeer>(&json).expect("decodes"), peer);
+}
