@@ -761,11 +761,13 @@ fn apply_event(
             }
             // Checked before it was stored; a text that no longer parses keeps the old one.
             let Ok(parsed) = Policy::parse(&record.text) else { return };
-            let users: Vec<User> = state.users.values().cloned().collect();
-            let view = policy_view(Some(&parsed), &users);
+            let changed = state.engine.set_policy(Some(&parsed)).unwrap_or_else(|| {
+                let users: Vec<User> = state.users.values().cloned().collect();
+                state.engine.replace_policy(policy_view(Some(&parsed), &users))
+            });
             state.policy = Some(parsed);
             state.policy_version = record.version;
-            Some(state.engine.replace_policy(view))
+            Some(changed)
         }
         _ => None,
     };

@@ -292,6 +292,14 @@ pub trait PolicyView: Send + Sync {
         }
     }
 
+    /// Replaces the policy in place (`None`: no policy, everyone reaches everyone) and reports
+    /// the nodes whose peers or filter the edit may change. `None` if this view cannot: the
+    /// map engine is then handed a new view and checks every node
+    /// (`MapEngine::replace_policy`).
+    fn set_policy(&mut self, _policy: Option<&crate::policy::Policy>) -> Option<Affected> {
+        None
+    }
+
     /// A digest of `filter_for(node)`, to tell whether a node's filter changed without building
     /// it: equal filters give equal digests and different ones, but for hash collisions,
     /// different digests. Only comparable with digests of the same policy object.

@@ -8,7 +8,7 @@
 //!   final nodes (and against the one-shot compiler), with every answer that changed covered
 //!   by the reported `Affected`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use coordinator::policy::{
@@ -376,4 +376,98 @@ proptest! {
             }
         }
     }
+}
+
+/// A small edit of a policy: one entry removed, inserted or replaced.
+#[derive(Clone, Debug)]
+enum Edit {
+    Remove(usize),
+    Insert(usize, AclSpec),
+    Replace(usize, AclSpec),
+}
+
+fn edit_strategy() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        (0..6usize).prop_map(Edit::Remove),
+        (0..6usize, acl_strategy()).prop_map(|(at, acl)| Edit::Insert(at, acl)),
+        (0..6usize, acl_strategy()).prop_map(|(at, acl)| Edit::Replace(at, acl)),
+    ]
+}
+
+fn edited(acls: &[AclSpec], edit: Edit) -> Vec<AclSpec> {
+    let mut acls = acls.to_vec();
+    match edit {
+        Edit::Remove(at) if !acls.is_empty() => {
+            acls.remove(at % acls.len());
+        }
+        Edit::Remove(_) => {}
+        Edit::Insert(at, acl) => acls.insert(at % (acls.len() + 1), acl),
+        Edit::Replace(at, acl) if !acls.is_empty() => {
+            let at = at % acls.len();
+            acls[at] = acl;
+        }
+        Edit::Replace(_, acl) => acls.push(acl),
+    }
+    acls
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// `set_policy` reports every node whose peers or filter an edit changed (the map engine
+    /// compares only those again), and leaves the engine as a fresh one for the new policy.
+    #[test]
+    fn an_edit_reports_every_node_it_changes(
+        acls in prop::collection::vec(acl_strategy(), 1..5),
+        edit in edit_strategy(),
+        specs in prop::collection::vec(node_strategy(), 0..7),
+    ) {
+        let Ok(before_policy) = Policy::parse(&policy_text(&acls)) else { return Ok(()) };
+        let Ok(after_policy) = Policy::parse(&policy_text(&edited(&acls, edit))) else {
+            return Ok(());
+        };
+        let nodes = tailnet(&specs);
+        let mut engine = PolicyEngine::new(before_policy, users());
+        engine.load_nodes(&nodes.values().cloned().collect::<Vec<_>>());
+        let before = answers(&engine, 1..7);
+        let affected = engine.set_policy(after_policy.clone());
+        let after = answers(&engine, 1..7);
+        for id in 1..7 {
+            if before[&id].0 != after[&id].0 {
+                prop_assert!(affected.peers.contains(&id), "peers of {} unreported", id);
+            }
+            if before[&id].1 != after[&id].1 {
+                prop_assert!(affected.filters.contains(&id), "filter of {} unreported", id);
+            }
+        }
+        let mut fresh = PolicyEngine::new(after_policy, users());
+        fresh.load_nodes(&nodes.values().cloned().collect::<Vec<_>>());
+        prop_assert_eq!(after, answers(&fresh, 1..7));
+    }
+}
+
+/// An entry added between two tags reaches the nodes of those tags and no one else.
+#[test]
+fn an_edit_of_one_entry_reaches_only_its_nodes() {
+    let entry = |src: &str, dst: &str| json!({"action": "accept", "src": [src], "dst": [dst]});
+    let policy = |acls: Vec<serde_json::Value>| {
+        let text = json!({"tagOwners": {"tag:a": [], "tag:b": [], "tag:c": []}, "acls": acls});
+        Policy::parse(&text.to_string()).expect("a valid policy")
+    };
+    let kept = entry("tag:a", "tag:a:*");
+    // Two users' devices (1, 2), two tag:a nodes (3, 4), two tag:c nodes (5, 6).
+    let specs =
+        [(1, 0, 1, 0), (2, 1, 2, 0), (3, 3, 3, 0), (4, 3, 4, 0), (5, 5, 5, 0), (6, 5, 6, 0)];
+    let nodes: Vec<NodeInfo> = specs.into_iter().map(node_of).collect();
+    let mut engine = PolicyEngine::new(policy(vec![kept.clone()]), users());
+    engine.load_nodes(&nodes);
+    let affected = engine.set_policy(policy(vec![entry("tag:c", "tag:c:22"), kept.clone()]));
+    assert_eq!(affected.peers, BTreeSet::from([5, 6]));
+    assert_eq!(affected.filters, BTreeSet::from([5, 6]));
+    assert_eq!(engine.peers_of(5), vec![6]);
+    // The same policy again reaches no one; a `*` entry reaches everyone.
+    let again = engine.set_policy(policy(vec![entry("tag:c", "tag:c:22"), kept.clone()]));
+    assert!(again.peers.is_empty() && again.filters.is_empty());
+    let everyone = engine.set_policy(policy(vec![entry("*", "tag:c:22"), kept]));
+    assert_eq!(everyone.peers.len(), 6);
 }

@@ -482,6 +482,18 @@ impl MapEngine {
         self.commit(step)
     }
 
+    /// Replaces the policy in place when the policy view can say what the edit reaches
+    /// (`PolicyView::set_policy`): only those nodes' peers and filters are compared again, so
+    /// an edit costs the maps it may change. `None` if the view cannot (then use
+    /// `replace_policy`).
+    pub fn set_policy(&mut self, policy: Option<&crate::policy::Policy>) -> Option<Changed> {
+        let affected = self.policy.set_policy(policy)?;
+        let mut step = Step::default();
+        self.refresh_peers(affected.peers.iter().copied(), &mut step);
+        self.refresh_filters(affected.filters.iter().copied(), &mut step);
+        Some(self.commit(step))
+    }
+
     /// Sets the extra DNS records every node gets.
     pub fn set_dns_records(
         &mut self,

@@ -47,7 +47,7 @@ pub const NODES_MAX: usize = 1 << 20;
 pub const USERS_MAX: usize = 1 << 20;
 
 /// Who is in one ACL entry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct AclState {
     src_all: bool,
     dst_all: bool,
@@ -170,11 +170,56 @@ impl PolicyEngine {
         self.policy.as_ref()
     }
 
-    /// Replaces the policy. Every node may be affected (a full rebuild).
+    /// Replaces the policy (a full rebuild) and reports the nodes whose peers or filter the
+    /// edit may change (`edit_scope`): an edit of one entry reaches the nodes of that entry,
+    /// not the tailnet.
     pub fn set_policy(&mut self, policy: Policy) -> Affected {
+        let had_policy = self.policy.is_some();
+        let old_acls = std::mem::take(&mut self.acls);
+        let old_compiled = std::mem::take(&mut self.compiled);
+        let old_keys = std::mem::take(&mut self.keys);
         self.policy = Some(policy);
         self.rebuild();
-        self.everyone()
+        let old = Entries { acls: &old_acls, compiled: &old_compiled, keys: &old_keys };
+        let scope = had_policy.then(|| self.edit_scope(&old)).flatten();
+        scope.unwrap_or_else(|| self.everyone())
+    }
+
+    /// The nodes an edit from the `old` entries to the engine's may affect; `None` for "every
+    /// node". Entries are matched by content (compiled form and members), so an entry kept,
+    /// wherever it moved, changes no one; an entry only in one policy changes its sources'
+    /// and destinations' peers and its destinations' filters, and the filters of every entry
+    /// sharing its rule key (merged rules sit at the first entry with the key). Everyone when
+    /// such an entry holds `*` or `autogroup:self`, or when kept entries changed their order
+    /// (rules are ordered by entry).
+    fn edit_scope(&self, old: &Entries<'_>) -> Option<Affected> {
+        let new = Entries { acls: &self.acls, compiled: &self.compiled, keys: &self.keys };
+        let mut unmatched: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+        for index in 0..new.acls.len() {
+            unmatched.entry(new.digest(index)).or_default().push(index);
+        }
+        let (mut gone, mut last_kept) = (Vec::new(), None);
+        for index in 0..old.acls.len() {
+            let candidates = unmatched.get_mut(&old.digest(index));
+            let found =
+                candidates.as_ref().and_then(|c| c.iter().position(|&j| old.same(index, &new, j)));
+            let Some(position) = found else {
+                gone.push(index);
+                continue;
+            };
+            let kept = candidates.expect("found in it").remove(position);
+            if last_kept.is_some_and(|last| kept < last) {
+                return None;
+            }
+            last_kept = Some(kept);
+        }
+        let added: Vec<usize> = unmatched.into_values().flatten().collect();
+        let mut scope = Affected::default();
+        old.widen(&gone, &mut scope)?;
+        new.widen(&added, &mut scope)?;
+        scope.peers.retain(|id| self.nodes.contains_key(id));
+        scope.filters.retain(|id| self.nodes.contains_key(id));
+        Some(scope)
     }
 
     /// Drops the policy: everyone reaches everyone again. Every node may be affected.
@@ -751,6 +796,13 @@ impl PolicyView for PolicyEngine {
         self.everyone()
     }
 
+    fn set_policy(&mut self, policy: Option<&Policy>) -> Option<Affected> {
+        Some(match policy {
+            Some(policy) => PolicyEngine::set_policy(self, policy.clone()),
+            None => self.clear_policy(),
+        })
+    }
+
     fn load_nodes(&mut self, nodes: &[NodeInfo]) {
         for node in nodes {
             if let Some(old) = self.nodes.remove(&node.id) {
@@ -865,6 +917,51 @@ impl PolicyEngine {
 enum SlotKey {
     Global(usize),
     Own(RuleKey),
+}
+
+/// One policy's entries, as `edit_scope` compares them.
+struct Entries<'e> {
+    acls: &'e [AclState],
+    compiled: &'e [CompiledAcl],
+    keys: &'e BTreeMap<RuleKey, BTreeSet<usize>>,
+}
+
+impl Entries<'_> {
+    /// A digest that equal entries share (cheap: sizes and the sources' hash, not members).
+    fn digest(&self, index: usize) -> u64 {
+        let (state, compiled) = (&self.acls[index], &self.compiled[index]);
+        let mut hasher = DefaultHasher::new();
+        (state.src_all, state.dst_all, state.has_self, state.src_nodes.len()).hash(&mut hasher);
+        (state.dst_nodes.len(), compiled.src_hash, &compiled.protocols).hash(&mut hasher);
+        (&compiled.self_ports, compiled.entries.len(), compiled.self_first).hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Whether entry `index` here and entry `other` of `them` are the same entry.
+    fn same(&self, index: usize, them: &Entries<'_>, other: usize) -> bool {
+        self.acls[index] == them.acls[other] && self.compiled[index] == them.compiled[other]
+    }
+
+    /// Adds what `changed` entries may affect to `scope` (`PolicyEngine::edit_scope`);
+    /// `None` when that is everyone.
+    fn widen(&self, changed: &[usize], scope: &mut Affected) -> Option<()> {
+        for &index in changed {
+            let state = &self.acls[index];
+            if state.src_all || state.dst_all || state.has_self {
+                return None;
+            }
+            scope.peers.extend(state.src_nodes.iter().chain(&state.dst_nodes));
+            scope.filters.extend(&state.dst_nodes);
+            let Some(key) = key_of(&self.compiled[index]) else { continue };
+            for &sharing in self.keys.get(&key).into_iter().flatten() {
+                if self.acls[sharing].dst_all {
+                    return None;
+                }
+                scope.filters.extend(&self.acls[sharing].dst_nodes);
+            }
+        }
+        Some(())
+    }
 }
 
 /// A rule in the making for one node.
