@@ -1,6 +1,7 @@
 //! The store's counters as Prometheus samples for the production binaries (feature `tokio`):
-//! `lsm-server` and `docdb-server` report the same `lsm_*` families (README, "Metrics"). Pure
-//! data, no I/O: it maps `Stats` onto `service::Samples` at scrape time.
+//! `lsm-server` and `docdb-server` report the same `lsm_*` families (README, "Metrics") and
+//! log the same recovery line at start. Pure data, no I/O: it maps `Stats` and the
+//! `RecoveryReport` onto `service::Samples` at scrape time, and the report onto a log event.
 
 use service::Samples;
 
@@ -69,4 +70,18 @@ pub fn collect_recovery(report: &RecoveryReport, samples: &mut Samples) {
     for (name, help, value) in gauges {
         samples.gauge(name, help, value);
     }
+}
+
+/// Logs what the store's open found in `dir`, at info ("recovered the store").
+pub fn log_recovery(dir: &str, report: &RecoveryReport) {
+    service::tracing::info!(
+        %dir,
+        tables = report.table_count,
+        logs = report.log_count,
+        log_records = report.record_count,
+        torn_tail_bytes = report.torn_tail_bytes,
+        sequence = report.last_sequence,
+        clean_shutdown = report.clean_shutdown,
+        "recovered the store"
+    );
 }

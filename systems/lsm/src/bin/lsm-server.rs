@@ -54,17 +54,7 @@ async fn serve_store(args: Args, service: Service) -> anyhow::Result<()> {
         .concerning("opening the store in", &dir)?;
     let listener = env.listen_tcp(args.listen).await.concerning("listening on", args.listen)?;
     let addr = listener.local_addr().context("the listener's address")?;
-    let report = db.recovery_report().clone();
-    info!(
-        %dir,
-        tables = report.table_count,
-        logs = report.log_count,
-        log_records = report.record_count,
-        torn_tail_bytes = report.torn_tail_bytes,
-        sequence = report.last_sequence,
-        clean_shutdown = report.clean_shutdown,
-        "recovered the store"
-    );
+    lsm::metrics::log_recovery(&dir, db.recovery_report());
     let stats_db = db.clone();
     service.set_collector(move |samples| {
         lsm::metrics::collect(&stats_db.stats(), samples);
