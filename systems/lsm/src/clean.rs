@@ -55,19 +55,19 @@ pub fn decode(bytes: &[u8]) -> Option<u64> {
 }
 
 /// The last sequence the marker in `dir` names, if `names` (the directory's listing) holds a
-/// sound one. Only I/O errors are errors: a bad marker is "no clean close".
-pub(crate) async fn read<E: Env>(env: &E, dir: &str, names: &[String]) -> Result<Option<u64>> {
+/// sound one. Nothing about the marker fails an open: a bad or unreadable marker is only "no
+/// clean close".
+pub(crate) async fn read<E: Env>(env: &E, dir: &str, names: &[String]) -> Option<u64> {
     if !names.iter().any(|name| name == CLOSED_NAME) {
-        return Ok(None);
+        return None;
     }
-    let file = env.open(&join(dir, CLOSED_NAME), OpenOptions::EXISTING).await?;
-    let len = file.len().await?;
-    if len != CLOSED_LEN as u64 {
-        return Ok(None);
+    let file = env.open(&join(dir, CLOSED_NAME), OpenOptions::EXISTING).await.ok()?;
+    if file.len().await.ok()? != CLOSED_LEN as u64 {
+        return None;
     }
     let mut bytes = [0u8; CLOSED_LEN];
-    file.read_exact_at(0, &mut bytes).await?;
-    Ok(decode(&bytes))
+    file.read_exact_at(0, &mut bytes).await.ok()?;
+    decode(&bytes)
 }
 
 /// Writes the marker of a store closed at `last_sequence` and makes it durable.
@@ -79,12 +79,12 @@ pub(crate) async fn write<E: Env>(env: &E, dir: &str, last_sequence: u64) -> Res
     Ok(())
 }
 
-/// Removes the marker (the caller syncs the directory before the store takes a write).
-pub(crate) async fn remove<E: Env>(env: &E, dir: &str) -> Result<()> {
-    match env.remove(&join(dir, CLOSED_NAME)).await {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(error) => Err(error.into()),
+/// Removes the marker if `names` holds one (the caller syncs the directory before the store
+/// takes a write). A failed removal does not fail the open: the marker it leaves names the
+/// sequence of this open, so once this run writes anything it no longer matches.
+pub(crate) async fn remove<E: Env>(env: &E, dir: &str, names: &[String]) {
+    if names.iter().any(|name| name == CLOSED_NAME) {
+        let _ = env.remove(&join(dir, CLOSED_NAME)).await;
     }
 }
 

@@ -254,7 +254,7 @@ impl<E: Env> Db<E> {
         let names = env.list(dir).await?;
         let sealer = open_key(&env, dir, &names, &options).await?;
         let manifest = read_manifest(&env, dir, &names, sealer.as_ref()).await?;
-        let closed_at = clean::read(&env, dir, &names).await?;
+        let closed_at = clean::read(&env, dir, &names).await;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
         let keyed = (&options, sealer.as_ref());
         let mut version = open_tables(&env, dir, &manifest, keyed, &cache).await?;
@@ -281,7 +281,7 @@ impl<E: Env> Db<E> {
         let wal_file = env.open(&join(dir, &wal_name(wal_number)), OpenOptions::CREATE_NEW).await?;
         // The marker goes before the store takes a write, durably (the `sync_dir` below), so
         // a crash of this run is never reported as a clean close.
-        clean::remove(&env, dir).await?;
+        clean::remove(&env, dir, &names).await;
         env.sync_dir(dir).await?;
         if !replayed.memtable.is_empty() {
             let number = next_file_number;
