@@ -49,6 +49,8 @@ struct Family {
 #[derive(Clone, Copy, Debug)]
 enum Value {
     Counter(u64),
+    // A counter of a continuous quantity (seconds).
+    CounterFloat(f64),
     Gauge(f64),
 }
 
@@ -76,6 +78,16 @@ impl Samples {
         assert!(base.is_some(), "counter {name} must end in _total");
         let base = base.unwrap_or(name);
         self.add(base, help, MetricType::Counter, labels, Value::Counter(value));
+    }
+
+    /// A counter without labels of a continuous quantity (`_seconds_total`); `value` is
+    /// finite and never negative.
+    pub fn counter_float(&mut self, name: &str, help: &str, value: f64) {
+        assert!(value.is_finite() && value >= 0.0, "counter {name} at {value}");
+        let base = name.strip_suffix("_total");
+        assert!(base.is_some(), "counter {name} must end in _total");
+        let base = base.unwrap_or(name);
+        self.add(base, help, MetricType::Counter, &[], Value::CounterFloat(value));
     }
 
     /// A gauge without labels.
@@ -108,6 +120,7 @@ impl Samples {
                 let sample = metric.encode_family(labels)?;
                 match *value {
                     Value::Counter(count) => ConstCounter::new(count).encode(sample)?,
+                    Value::CounterFloat(amount) => ConstCounter::new(amount).encode(sample)?,
                     Value::Gauge(level) => ConstGauge::new(level).encode(sample)?,
                 }
             }
@@ -243,6 +256,7 @@ mod tests {
             samples.counter_with("b_drops_total", "Drops.", &[("reason", "x")], 1);
             samples.counter_with("b_drops_total", "Drops.", &[("reason", "y")], 2);
             samples.gauge("c_bytes", "Bytes.", 7.0);
+            samples.counter_float("d_wait_seconds_total", "Waits.", 1.5);
         }));
         let text = render(&slot).unwrap();
         for line in [
@@ -252,6 +266,8 @@ mod tests {
             "b_drops_total{reason=\"y\"} 2",
             "# TYPE c_bytes gauge",
             "c_bytes 7.0",
+            "# TYPE d_wait_seconds counter",
+            "d_wait_seconds_total 1.5",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");

@@ -44,8 +44,15 @@ fn version_metrics_stop_and_reopen() {
     assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
     assert!(server.log().contains("database closed"), "{}", server.log());
 
-    // The same directory opens again: the first process released its lock.
-    let (mut server, _) = start(dir.path());
+    // The same directory opens again: the first process released its lock, and its store
+    // closed cleanly.
+    let (mut server, metrics) = start(dir.path());
+    let log = server.log();
+    let recovered = log.lines().find(|line| line.contains("recovered the store"));
+    let line = recovered.unwrap_or_else(|| panic!("no recovery line in\n{log}"));
+    assert_eq!(field(line, "clean_shutdown").as_deref(), Some("true"), "{line}");
+    let (_, text) = http_get(metrics, "/metrics");
+    assert_eq!(sample(&text, "lsm_recovery_clean_shutdown"), Some(1.0), "{text}");
     server.signal("INT");
     assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
 }

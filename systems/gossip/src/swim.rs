@@ -242,6 +242,18 @@ pub struct SwimStats {
     pub refute_count: u64,
     /// Members not added because `MEMBERS_MAX` was reached.
     pub member_overflow_count: u64,
+    /// Changes of a member's state in this node's view, by the state entered (in the order
+    /// alive, suspect, dead, left): a member first heard of enters its state; a refutation at a
+    /// higher incarnation that keeps the state is no change. This node's own changes count.
+    #[serde(default)]
+    pub transition_counts: [u64; 4],
+}
+
+impl SwimStats {
+    /// Changes into `state` in this node's view.
+    pub fn transitions_to(&self, state: MemberState) -> u64 {
+        self.transition_counts[usize::from(state_rank(state))]
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -420,6 +432,9 @@ impl Swim {
     /// Records `member` (the one write path of `members`, keeping `own` and `live_count`).
     fn put_member(&mut self, member: Member) {
         let old = self.members.insert(member.id, member);
+        if old.is_none_or(|old| old.state != member.state) {
+            self.stats.transition_counts[usize::from(state_rank(member.state))] += 1;
+        }
         let was_live = old.is_some_and(|old| is_live(old.state));
         self.live_count =
             self.live_count + usize::from(is_live(member.state)) - usize::from(was_live);

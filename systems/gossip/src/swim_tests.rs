@@ -134,6 +134,10 @@ fn nodes_join_through_a_seed_and_agree() {
     }
     let failed: u64 = cluster.nodes.iter().map(|node| node.stats().probe_failed_count).sum();
     assert_eq!(failed, 0);
+    for node in &cluster.nodes {
+        // Seven others entered the view alive; nothing else happened.
+        assert_eq!(node.stats().transition_counts, [7, 0, 0, 0], "{:?}", node.stats());
+    }
 }
 
 #[test]
@@ -145,6 +149,10 @@ fn a_crashed_member_is_declared_dead_by_everyone() {
     cluster.run_for(Duration::from_secs(60));
     for index in 0..5 {
         assert_eq!(cluster.state(index, 5), Some(MemberState::Dead), "node {index}");
+        let stats = cluster.nodes[index].stats();
+        assert_eq!(stats.transitions_to(MemberState::Dead), 1, "node {index}: {stats:?}");
+        assert!(stats.transitions_to(MemberState::Suspect) >= 1, "node {index}: {stats:?}");
+        assert_eq!(stats.transitions_to(MemberState::Left), 0, "node {index}: {stats:?}");
     }
     let (_, maximum) = cluster.nodes[0].suspicion_bounds();
     let last = cluster
@@ -195,7 +203,11 @@ fn a_leaving_member_is_marked_left() {
     cluster.run_for(Duration::from_secs(5));
     for index in [0, 1, 3, 4] {
         assert_eq!(cluster.state(index, 2), Some(MemberState::Left), "node {index}");
+        let stats = cluster.nodes[index].stats();
+        assert_eq!(stats.transitions_to(MemberState::Left), 1, "node {index}: {stats:?}");
     }
+    // The leaver's own change counts in its own view.
+    assert_eq!(cluster.nodes[2].stats().transitions_to(MemberState::Left), 1);
 }
 
 #[test]

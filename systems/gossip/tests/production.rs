@@ -83,6 +83,14 @@ fn lock_flags_once_metrics_and_a_graceful_leave() {
     assert_eq!(second.wait_exit(STOP_MAX).0.code(), Some(0), "{}", second.log());
     let line = status_until(&mut status, r#""left":[2]"#);
     assert!(line.contains(r#""hits":5"#), "{line}");
+    let (_, text) = http_get(metrics, "/metrics");
+    check_exposition(&text);
+    let transitions =
+        |to: &str| sample(&text, &format!("gossip_member_transitions_total{{to=\"{to}\"}}"));
+    // A loaded machine may see a late probe as a suspicion (and its refutation as alive).
+    assert!(transitions("alive").is_some_and(|count| count >= 1.0), "{text}");
+    assert_eq!(transitions("left"), Some(1.0), "{text}");
+    assert!(transitions("suspect").is_some() && transitions("dead").is_some(), "{text}");
     first.signal("TERM");
     assert_eq!(first.wait_exit(STOP_MAX).0.code(), Some(0), "{}", first.log());
 

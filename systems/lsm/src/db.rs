@@ -139,6 +139,11 @@ pub(crate) struct Counters {
     pub seek_compaction_count: AtomicU64,
     pub flush_count: AtomicU64,
     pub wal_sync_count: AtomicU64,
+    pub wal_sync_nanos: AtomicU64,
+    pub group_commit_count: AtomicU64,
+    pub group_commit_write_count: AtomicU64,
+    pub write_stall_count: AtomicU64,
+    pub write_stall_nanos: AtomicU64,
 }
 
 /// A snapshot of the store's counters and shape.
@@ -159,8 +164,19 @@ pub struct Stats {
     pub seek_compaction_count: u64,
     /// Memtable flushes run.
     pub flush_count: u64,
-    /// Write-ahead-log fsyncs.
+    /// Write-ahead-log fsyncs of group commits.
     pub wal_sync_count: u64,
+    /// Time spent in those fsyncs, in nanoseconds (of the `Env`'s clock).
+    pub wal_sync_nanos: u64,
+    /// Group commits that logged writes (one log append each).
+    pub group_commit_count: u64,
+    /// Writes (batches) those group commits carried: the mean group is this over the count.
+    pub group_commit_write_count: u64,
+    /// Times a group-commit leader had to wait for the store to get under its limits (too many
+    /// level-0 tables, or too many memtables waiting for a flush).
+    pub write_stall_count: u64,
+    /// Time writes spent in those stalls, in nanoseconds (of the `Env`'s clock).
+    pub write_stall_nanos: u64,
     /// Tables per level.
     pub level_table_counts: Vec<usize>,
     /// Bytes per level.
@@ -213,6 +229,8 @@ pub(crate) struct Inner<E: Env> {
     pub background: Mutex<Option<TaskHandle<()>>>,
     pub snapshots: Mutex<BTreeMap<u64, usize>>,
     pub counters: Counters,
+    /// What `open` found (set once, before the store is shared).
+    pub recovery: crate::recovery::RecoveryReport,
     // The directory's `LOCK` file, locked while this store is open (released by `close`).
     pub lock_file: Mutex<Option<E::File>>,
     gate: Mutex<Gate>,
@@ -320,6 +338,7 @@ impl<E: Env> Inner<E> {
             background: Mutex::new(None),
             snapshots: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
+            recovery: crate::recovery::RecoveryReport::default(),
             lock_file: Mutex::new(None),
             gate: Mutex::new(Gate::default()),
             idle: Signal::default(),
@@ -635,9 +654,16 @@ impl<E: Env> Inner<E> {
         }
         appended?;
         self.counters.wal_bytes.fetch_add(buffer_len, Ordering::Relaxed);
+        let write_count = group.iter().filter(|pending| !pending.rotate).count() as u64;
+        assert!(write_count > 0, "a group that logs carries a write");
+        self.counters.group_commit_count.fetch_add(1, Ordering::Relaxed);
+        self.counters.group_commit_write_count.fetch_add(write_count, Ordering::Relaxed);
         if group.iter().any(|pending| pending.durability == Durability::Sync) {
+            let started = self.env.now();
             writer.file.sync().await?;
             writer.synced_len = writer.len;
+            let nanos = self.nanos_since(started);
+            self.counters.wal_sync_nanos.fetch_add(nanos, Ordering::Relaxed);
             self.counters.wal_sync_count.fetch_add(1, Ordering::Relaxed);
         }
         let mem = Arc::clone(&lock(&self.state).mem);
@@ -651,42 +677,59 @@ impl<E: Env> Inner<E> {
         Ok(())
     }
 
-    /// Waits while the store is over its limits; freezes a full memtable into a new log.
+    /// Nanoseconds of the `Env`'s clock since `started`.
+    fn nanos_since(&self, started: sim::Instant) -> u64 {
+        let elapsed = self.env.now().saturating_duration_since(started);
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Waits while the store is over its limits (a stall, counted and timed); freezes a full
+    /// memtable into a new log.
     async fn make_room(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
-        loop {
+        let mut stalled_at: Option<sim::Instant> = None;
+        let result = loop {
             // Fast path: room in the memtable, no stall, nothing to subscribe to.
             {
                 let state = lock(&self.state);
                 let healthy = !state.closed && state.poisoned.is_none();
                 let level0_full = state.version.levels[0].len() >= self.options.level0_stop_writes;
                 if healthy && !level0_full && state.mem.bytes() < self.options.memtable_bytes_max {
-                    return Ok(());
+                    break Ok(());
                 }
             }
             let changed = self.changed.subscribe();
             let stall = {
                 let state = lock(&self.state);
                 if state.closed {
-                    return Err(Error::Closed);
+                    break Err(Error::Closed);
                 }
                 if let Some(reason) = &state.poisoned {
-                    return Err(Error::Poisoned(reason.clone()));
+                    break Err(Error::Poisoned(reason.clone()));
                 }
                 let level0_full = state.version.levels[0].len() >= self.options.level0_stop_writes;
                 let mem_full = state.mem.bytes() >= self.options.memtable_bytes_max;
                 let imm_full = state.imm.len() >= self.options.immutable_memtable_count_max;
                 if !level0_full && !mem_full {
-                    return Ok(());
+                    break Ok(());
                 }
                 level0_full || imm_full
             };
             if stall {
+                if stalled_at.is_none() {
+                    stalled_at = Some(self.env.now());
+                    self.counters.write_stall_count.fetch_add(1, Ordering::Relaxed);
+                }
                 self.ring();
                 let _ = changed.await;
-            } else {
-                self.rotate(writer).await?;
+            } else if let Err(error) = self.rotate(writer).await {
+                break Err(error);
             }
+        };
+        if let Some(started) = stalled_at {
+            let nanos = self.nanos_since(started);
+            self.counters.write_stall_nanos.fetch_add(nanos, Ordering::Relaxed);
         }
+        result
     }
 
     /// Freezes the memtable and starts a new log (syncing the old one first, so a later log
@@ -869,6 +912,11 @@ impl<E: Env> Db<E> {
             seek_compaction_count: counters.seek_compaction_count.load(Ordering::Relaxed),
             flush_count: counters.flush_count.load(Ordering::Relaxed),
             wal_sync_count: counters.wal_sync_count.load(Ordering::Relaxed),
+            wal_sync_nanos: counters.wal_sync_nanos.load(Ordering::Relaxed),
+            group_commit_count: counters.group_commit_count.load(Ordering::Relaxed),
+            group_commit_write_count: counters.group_commit_write_count.load(Ordering::Relaxed),
+            write_stall_count: counters.write_stall_count.load(Ordering::Relaxed),
+            write_stall_nanos: counters.write_stall_nanos.load(Ordering::Relaxed),
             level_table_counts: version.levels.iter().map(Vec::len).collect(),
             level_bytes: (0..version.levels.len())
                 .map(|level| version.level_bytes(level))
@@ -877,6 +925,12 @@ impl<E: Env> Db<E> {
             bloom_negative_count,
             bloom_false_positive_count,
         }
+    }
+
+    /// What `open` found and did: tables, logs replayed, a torn tail dropped, and whether the
+    /// previous run closed cleanly.
+    pub fn recovery_report(&self) -> &crate::recovery::RecoveryReport {
+        &self.inner.recovery
     }
 
     /// Makes every write so far durable and moves the memtable into a level-0 table. Under any
@@ -944,14 +998,15 @@ impl<E: Env> Db<E> {
         if !self.inner.options.planted(PlantedBug::CloseIgnoresClonedWork) {
             self.inner.wait_idle().await;
         }
-        let synced = {
+        let (synced, last_sequence) = {
             let mut wal = self.inner.wal.lock().await;
             let synced = match wal.as_mut() {
                 Some(writer) if writer.len > 0 => close_log(writer).await,
                 _ => Ok(()),
             };
+            let last_sequence = wal.as_ref().map(|writer| writer.last_sequence);
             *wal = None;
-            synced
+            (synced, last_sequence)
         };
         lock(&self.inner.state).closed = true;
         self.inner.changed.notify();
@@ -961,6 +1016,14 @@ impl<E: Env> Db<E> {
             let _ = handle.await;
         }
         self.inner.delete_obsolete_tables().await;
+        // The clean-close marker, last of all writes, and only for a store whose every write
+        // is durable: a poisoned store, or one whose final sync failed, did not close cleanly.
+        // A marker that fails to be written is only a clean close reported as unclean (it
+        // names the sequence every write up to which is durable), so its error is not `close`'s.
+        let poisoned = lock(&self.inner.state).poisoned.is_some();
+        if let (Ok(()), Some(sequence), false) = (&synced, last_sequence, poisoned) {
+            let _ = crate::clean::write(&self.inner.env, &self.inner.dir, sequence).await;
+        }
         // Simulates a slow shutdown (a descheduled process, a slow final unlink) between the
         // last write of the store and the release of its lock, widening the window in which a
         // second opener must still find the directory locked.

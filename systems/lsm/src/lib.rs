@@ -8,7 +8,8 @@
 //!
 //! Map:
 //! - `db`: the `Db` handle, group-commit write path, reads, snapshots, flush, close.
-//! - `recovery`: `Db::open`: manifest, tables, write-ahead-log replay, cleanup.
+//! - `recovery`: `Db::open`: manifest, tables, write-ahead-log replay, cleanup, and the
+//!   `RecoveryReport`; `clean`: the clean-close marker `close` leaves and `open` reports.
 //! - `background`: memtable flushes, leveled compaction (size- and read-triggered), manifest
 //!   writes, file deletion.
 //! - `wal`: write-ahead-log record framing and the torn-tail / corruption rule.
@@ -35,6 +36,7 @@ pub mod batch;
 pub mod block;
 pub mod bloom;
 pub mod cache;
+pub mod clean;
 pub mod client;
 pub mod coding;
 pub mod crypto;
@@ -66,4 +68,5 @@ pub use error::{Error, Result};
 pub use iter::Iter;
 pub use keyfile::rotate_passphrase;
 pub use options::{Durability, Encryption, Options, PlantedBug};
+pub use recovery::RecoveryReport;
 pub use table::Compression;

@@ -16,6 +16,7 @@ use crate::background::{
 };
 use crate::batch::WriteBatch;
 use crate::cache::BlockCache;
+use crate::clean;
 use crate::crypto::Sealer;
 use crate::db::{Db, Inner, State, WalWriter, join, lock, table_name, wal_name};
 use crate::error::{Error, Result};
@@ -120,15 +121,24 @@ async fn open_tables<E: Env>(
     Ok(version)
 }
 
-/// Replays the logs numbered at least `log_number` into a memtable; returns it and the
-/// highest sequence seen.
+/// What replaying the logs found.
+struct Replayed {
+    memtable: Memtable,
+    // The highest sequence seen (the manifest's if the logs hold nothing newer).
+    last_sequence: u64,
+    log_count: usize,
+    record_count: u64,
+    torn_tail_bytes: u64,
+}
+
+/// Replays the logs numbered at least `log_number` into a memtable.
 async fn replay_logs<E: Env>(
     env: &E,
     dir: &str,
     names: &[String],
     (options, sealer): (&Options, Option<&Sealer>),
     (log_number, mut last_sequence): (u64, u64),
-) -> Result<(Memtable, u64)> {
+) -> Result<Replayed> {
     let mut numbers: Vec<u64> = names
         .iter()
         .filter_map(|name| parse_number(name, ".log"))
@@ -137,6 +147,7 @@ async fn replay_logs<E: Env>(
     numbers.sort_unstable();
     let memtable = Memtable::new(0);
     let mut torn: Option<(String, u64)> = None;
+    let (log_count, mut record_count, mut torn_tail_bytes) = (numbers.len(), 0u64, 0u64);
     for number in numbers {
         let name = wal_name(number);
         let file = env.open(&join(dir, &name), OpenOptions::EXISTING).await?;
@@ -155,13 +166,16 @@ async fn replay_logs<E: Env>(
                 .map_err(|reason| Error::corruption(&name, record.offset, reason))?;
             memtable.apply(first, &batch);
             last_sequence = last_sequence.max(first + batch.len() as u64 - 1);
+            record_count += 1;
         }
         if let Some(offset) = contents.bad_offset {
             check_bad_region(&name, offset, &contents, options)?;
+            assert!(offset <= bytes.len() as u64, "a bad region starts inside its log");
+            torn_tail_bytes += bytes.len() as u64 - offset;
             torn = Some((name, offset));
         }
     }
-    Ok((memtable, last_sequence))
+    Ok(Replayed { memtable, last_sequence, log_count, record_count, torn_tail_bytes })
 }
 
 /// The encoded batch a batch record of log `name` (number `number`) holds: its payload, opened
@@ -210,6 +224,26 @@ fn check_bad_region(
     Err(Error::corruption(name, misplaced.found_at, reason))
 }
 
+/// What `Db::open` found: the store's shape on disk and what recovery had to do. Logged by
+/// the production server at start and exposed as its `lsm_recovery_*` metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Tables the manifest listed.
+    pub table_count: usize,
+    /// Write-ahead logs read (those the manifest's tables did not yet cover).
+    pub log_count: usize,
+    /// Log records (write batches) replayed from them.
+    pub record_count: u64,
+    /// Bytes dropped as a torn tail: the unsynced end of the last log, cut by a crash.
+    pub torn_tail_bytes: u64,
+    /// The last sequence number recovered.
+    pub last_sequence: u64,
+    /// Whether the previous run ended with a clean `close` (the `CLOSED` marker was there,
+    /// sound, and named the sequence recovery found). Informational: recovery is the same.
+    pub clean_shutdown: bool,
+}
+
 impl<E: Env> Db<E> {
     /// Opens (creating if needed) the store in directory `dir` of `env`, recovering from the
     /// manifest and write-ahead logs.
@@ -220,11 +254,21 @@ impl<E: Env> Db<E> {
         let names = env.list(dir).await?;
         let sealer = open_key(&env, dir, &names, &options).await?;
         let manifest = read_manifest(&env, dir, &names, sealer.as_ref()).await?;
+        let closed_at = clean::read(&env, dir, &names).await;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
         let keyed = (&options, sealer.as_ref());
         let mut version = open_tables(&env, dir, &manifest, keyed, &cache).await?;
         let logs_from = (manifest.log_number, manifest.last_sequence);
-        let (memtable, last_sequence) = replay_logs(&env, dir, &names, keyed, logs_from).await?;
+        let replayed = replay_logs(&env, dir, &names, keyed, logs_from).await?;
+        let last_sequence = replayed.last_sequence;
+        let report = RecoveryReport {
+            table_count: manifest.tables.len(),
+            log_count: replayed.log_count,
+            record_count: replayed.record_count,
+            torn_tail_bytes: replayed.torn_tail_bytes,
+            last_sequence,
+            clean_shutdown: closed_at == Some(last_sequence),
+        };
         // Everything was read; from here on the directory changes.
         let highest = names
             .iter()
@@ -235,11 +279,15 @@ impl<E: Env> Db<E> {
         let wal_number = next_file_number;
         next_file_number += 1;
         let wal_file = env.open(&join(dir, &wal_name(wal_number)), OpenOptions::CREATE_NEW).await?;
+        // The marker goes before the store takes a write, durably (the `sync_dir` below), so
+        // a crash of this run is never reported as a clean close.
+        clean::remove(&env, dir, &names).await;
         env.sync_dir(dir).await?;
-        if !memtable.is_empty() {
+        if !replayed.memtable.is_empty() {
             let number = next_file_number;
             next_file_number += 1;
-            let file = write_recovered_table(&env, dir, keyed, &cache, &memtable, number).await?;
+            let memtable = &replayed.memtable;
+            let file = write_recovered_table(&env, dir, keyed, &cache, memtable, number).await?;
             version.add(file);
         }
         let state = ManifestState {
@@ -251,30 +299,51 @@ impl<E: Env> Db<E> {
         write_manifest_file(&env, dir, &state, sealer.as_ref()).await?;
         delete_unreferenced(&env, dir, &version, wal_number).await;
         let writer = WalWriter::new(wal_file, wal_number, Vec::new(), last_sequence);
-        let state = State {
-            mem: Arc::new(Memtable::new(wal_number)),
-            imm: Vec::new(),
-            version: Arc::new(version),
-            next_file_number,
-            poisoned: None,
-            closed: false,
-            obsolete: Vec::new(),
-            compact_cursor: vec![Vec::new(); options.level_count],
-        };
-        let mut inner = Inner::new(env.clone(), dir.to_string(), options, state);
-        inner.cache = cache;
-        inner.sealer = sealer;
-        inner.visible_sequence.store(last_sequence, Ordering::Release);
-        *inner.wal.get_mut() = Some(writer);
-        *inner.lock_file.get_mut().unwrap_or_else(|poison| poison.into_inner()) = Some(lock_file);
-        let (sender, receiver) = futures::channel::mpsc::channel(1);
-        inner.doorbell = Mutex::new(Some(sender));
-        let inner = Arc::new(inner);
-        let handle = env.spawn(background_loop(Arc::downgrade(&inner), receiver));
-        *lock(&inner.background) = Some(handle);
-        inner.ring();
-        Ok(Db { inner })
+        let opened = Opened { version, next_file_number, cache, sealer, writer, lock_file, report };
+        Ok(start(env, dir, options, opened))
     }
+}
+
+/// What a recovered store starts from.
+struct Opened<E: Env> {
+    version: Version<E::File>,
+    next_file_number: u64,
+    cache: Arc<BlockCache>,
+    sealer: Option<Sealer>,
+    writer: WalWriter<E::File>,
+    lock_file: E::File,
+    report: RecoveryReport,
+}
+
+/// Builds the open store from what recovery found and starts its background task.
+fn start<E: Env>(env: E, dir: &str, options: Options, opened: Opened<E>) -> Db<E> {
+    let last_sequence = opened.writer.last_sequence;
+    assert_eq!(last_sequence, opened.report.last_sequence, "the log starts after recovery");
+    let state = State {
+        mem: Arc::new(Memtable::new(opened.writer.number)),
+        imm: Vec::new(),
+        version: Arc::new(opened.version),
+        next_file_number: opened.next_file_number,
+        poisoned: None,
+        closed: false,
+        obsolete: Vec::new(),
+        compact_cursor: vec![Vec::new(); options.level_count],
+    };
+    let mut inner = Inner::new(env.clone(), dir.to_string(), options, state);
+    inner.cache = opened.cache;
+    inner.sealer = opened.sealer;
+    inner.recovery = opened.report;
+    inner.visible_sequence.store(last_sequence, Ordering::Release);
+    *inner.wal.get_mut() = Some(opened.writer);
+    let lock_file = Some(opened.lock_file);
+    *inner.lock_file.get_mut().unwrap_or_else(|poison| poison.into_inner()) = lock_file;
+    let (sender, receiver) = futures::channel::mpsc::channel(1);
+    inner.doorbell = Mutex::new(Some(sender));
+    let inner = Arc::new(inner);
+    let handle = env.spawn(background_loop(Arc::downgrade(&inner), receiver));
+    *lock(&inner.background) = Some(handle);
+    inner.ring();
+    Db { inner }
 }
 
 /// Writes the replayed writes as a level-0 table.

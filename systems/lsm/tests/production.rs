@@ -1,7 +1,8 @@
 //! The production binaries end to end (feature `tokio`): `lsm-server` and `ghostmesh-kv` as
 //! child processes on loopback. `--version`, exit codes a script can use, a quiet broken pipe,
-//! `/metrics` that moves with traffic, and SIGTERM leading to a clean close that the next open
-//! of the same directory accepts.
+//! `/metrics` that moves with traffic, SIGTERM leading to a clean close that the next open
+//! of the same directory accepts and reports, and kill -9 leading to an open that reports no
+//! clean close but keeps every acknowledged write.
 
 #![allow(
     clippy::disallowed_methods,
@@ -26,12 +27,27 @@ fn kv(args: &[&str]) -> Output {
 }
 
 fn start(dir: &std::path::Path) -> (Process, String, SocketAddr) {
+    let (server, addr, metrics, _) = start_recovered(dir);
+    (server, addr, metrics)
+}
+
+/// Starts the server on `dir`; also returns its "recovered the store" log line.
+fn start_recovered(dir: &std::path::Path) -> (Process, String, SocketAddr, String) {
     let dir = dir.to_str().expect("utf-8 temp dir");
     let args = ["--dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"];
     let mut server = Process::start(SERVER, &args);
     let metrics = field(&server.wait_for("metrics on"), "addr").expect("metrics addr");
+    let recovered = server.wait_for("recovered the store");
     let addr = field(&server.wait_for("serving the store"), "addr").expect("listen addr");
-    (server, addr, metrics.parse().expect("metrics addr"))
+    (server, addr, metrics.parse().expect("metrics addr"), recovered)
+}
+
+/// The recovery report's `key` from its log line, and its metric `name` from a scrape.
+fn recovered(line: &str, key: &str, metrics: SocketAddr, name: &str) -> (String, f64) {
+    let logged = field(line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
+    let (_, text) = http_get(metrics, "/metrics");
+    check_exposition(&text);
+    (logged, sample(&text, name).unwrap_or_else(|| panic!("no {name} in {text}")))
 }
 
 #[test]
@@ -144,6 +160,48 @@ fn scan_pages_and_a_closed_pipe_ends_quietly() {
     assert!(first.starts_with("key00000\t"), "{first}");
     let (status, _) = scan.wait_exit(STOP_MAX);
     assert_eq!(status.code(), Some(0), "{}", scan.log());
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
+}
+
+#[test]
+fn the_next_open_reports_a_clean_close_after_sigterm_and_not_after_kill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clean = |line: &str, metrics| {
+        recovered(line, "clean_shutdown", metrics, "lsm_recovery_clean_shutdown")
+    };
+    // A new store: nothing closed it before.
+    let (mut server, addr, metrics, line) = start_recovered(dir.path());
+    assert_eq!(clean(&line, metrics), ("false".to_string(), 0.0), "{line}");
+    assert_eq!(kv(&["put", "k", "v", "--addr", &addr]).status.code(), Some(0));
+    let (_, text) = http_get(metrics, "/metrics");
+    assert!(sample(&text, "lsm_group_commits_total").is_some_and(|count| count >= 1.0), "{text}");
+    assert!(sample(&text, "lsm_group_commit_writes_total").is_some_and(|n| n >= 1.0), "{text}");
+    for name in ["lsm_write_stalls_total", "lsm_write_stall_seconds_total"] {
+        assert!(sample(&text, name).is_some(), "no {name} in {text}");
+    }
+    assert!(sample(&text, "lsm_wal_sync_seconds_total").is_some_and(|s| s > 0.0), "{text}");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
+
+    // After SIGTERM: a clean close, and the write replayed from the log.
+    let (mut server, addr, metrics, line) = start_recovered(dir.path());
+    assert_eq!(clean(&line, metrics), ("true".to_string(), 1.0), "{line}");
+    let (records, replayed) = recovered(&line, "log_records", metrics, "lsm_recovery_log_records");
+    assert!(records.parse::<u64>().is_ok_and(|n| n >= 1) && replayed >= 1.0, "{line}");
+    assert_eq!(kv(&["put", "k2", "v2", "--addr", &addr]).status.code(), Some(0));
+    server.signal("KILL");
+    assert!(!server.wait_exit(STOP_MAX).0.success());
+
+    // After kill -9: no clean close, and still every acknowledged write.
+    let (mut server, addr, metrics, line) = start_recovered(dir.path());
+    assert_eq!(clean(&line, metrics), ("false".to_string(), 0.0), "{line}");
+    let (tables, _) = recovered(&line, "tables", metrics, "lsm_recovery_tables");
+    assert!(tables.parse::<u64>().is_ok_and(|n| n >= 1), "{line}");
+    for (key, value) in [("k", &b"v\n"[..]), ("k2", &b"v2\n"[..])] {
+        let found = kv(&["get", key, "--addr", &addr]);
+        assert_eq!((found.status.code(), found.stdout.as_slice()), (Some(0), value));
+    }
     server.signal("TERM");
     assert_eq!(server.wait_exit(STOP_MAX).0.code(), Some(0), "{}", server.log());
 }

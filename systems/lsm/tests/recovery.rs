@@ -88,6 +88,11 @@ fn a_torn_log_tail_is_dropped_and_earlier_writes_survive() {
             assert_eq!(got, Some(format!("value-{index}").into_bytes()));
         }
         assert_eq!(db.get(b"unsynced").await.expect("get"), None);
+        let report = db.recovery_report();
+        assert_eq!((report.record_count, report.last_sequence), (5, 5), "{report:?}");
+        // What is left of the 3000-byte record after 1000 bytes were cut.
+        assert!((1000..3100).contains(&report.torn_tail_bytes), "{report:?}");
+        assert!(!report.clean_shutdown, "{report:?}");
     });
 }
 
@@ -169,6 +174,10 @@ fn concurrent_writers_stall_instead_of_growing_level_zero_without_bound() {
             let level0_peak = writer.await.expect("writer");
             assert!(level0_peak <= level0_max, "level 0 reached {level0_peak}");
         }
+        let stats = db.stats();
+        assert!(stats.write_stall_count >= 1 && stats.write_stall_nanos > 0, "{stats:?}");
+        assert_eq!(stats.group_commit_write_count, 1600, "{stats:?}");
+        assert!((1..=1600).contains(&stats.group_commit_count), "{stats:?}");
         let all = db.iter().await.expect("iter").collect_max(10_000).await.expect("scan");
         assert_eq!(all.len(), 1600);
     });
@@ -221,4 +230,38 @@ fn a_misdirected_sync_write_is_corruption_never_a_silent_loss() {
         }
     }
     assert!(corruption_count > 0, "no seed misdirected the record");
+}
+
+/// Goal: the recovery report says what open found, and `clean_shutdown` is true exactly after
+/// a clean `close`: not for a new store, not after a crash, and not after a crash of a run
+/// that itself began after a clean close (open removes the marker durably).
+#[test]
+fn the_recovery_report_tells_a_clean_close_from_a_crash() {
+    let (world, node) = world(16);
+    run(&world, node, |env| async move {
+        let db = write_keys(&env, 5, big_memtable()).await;
+        assert_eq!(*db.recovery_report(), lsm::RecoveryReport::default());
+        db.close().await.expect("close");
+        let names = env.list("db").await.expect("list");
+        assert!(names.iter().any(|name| name == lsm::clean::CLOSED_NAME), "{names:?}");
+        let db = Db::open(env.clone(), "db", big_memtable()).await.expect("open");
+        let report = db.recovery_report().clone();
+        assert!(report.clean_shutdown, "{report:?}");
+        assert_eq!((report.record_count, report.last_sequence), (5, 5), "{report:?}");
+        assert_eq!((report.table_count, report.torn_tail_bytes), (0, 0), "{report:?}");
+        let names = env.list("db").await.expect("list");
+        assert!(!names.iter().any(|name| name == lsm::clean::CLOSED_NAME), "{names:?}");
+        db.put(b"after", b"reopen", Durability::Sync).await.expect("put");
+    });
+    world.crash(node);
+    world.restart(node);
+    run(&world, node, |env| async move {
+        let db = Db::open(env.clone(), "db", big_memtable()).await.expect("open");
+        let report = db.recovery_report().clone();
+        assert!(!report.clean_shutdown, "{report:?}");
+        // The replayed writes went to a table at the previous open.
+        assert_eq!((report.table_count, report.last_sequence), (1, 6), "{report:?}");
+        assert_eq!(db.get(b"after").await.expect("get"), Some(b"reopen".to_vec()));
+        db.close().await.expect("close");
+    });
 }

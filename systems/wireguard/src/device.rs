@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 use crate::allowed_ips::{AllowedIps, IpNet};
 use crate::cookie::{CookieGenerator, LoadMeter};
 use crate::crypto::{self, KEY_LEN};
+use crate::drops::{DropLedger, DropOrigin};
 use crate::error::ReconfigureError;
 use crate::faults::{BuggifyHook, Faults, PlantedBug};
 use crate::messages::{self, COOKIE_REPLY_LEN, Message};
@@ -226,7 +227,11 @@ pub struct DeviceCore {
     peer_count_max: usize,
     counts: ReconfigureCounts,
     scratch: Vec<u8>,
-    drops: BTreeMap<&'static str, u64>,
+    drops: DropLedger,
+    // While a datagram is processed: the peer it was attributed to, or the unknown key its
+    // handshake offered, for the origin of a drop (cleared per datagram).
+    receive_slot: Option<usize>,
+    unknown_key: Option<[u8; KEY_LEN]>,
     faults: Faults,
 }
 
@@ -257,7 +262,9 @@ impl DeviceCore {
             peer_count_max: PEER_COUNT_MAX,
             counts: ReconfigureCounts::default(),
             scratch: vec![0u8; DATAGRAM_LEN_MAX + 64],
-            drops: BTreeMap::new(),
+            drops: DropLedger::default(),
+            receive_slot: None,
+            unknown_key: None,
             faults: Faults::default(),
         };
         for peer in &config.peers {
@@ -330,11 +337,22 @@ impl DeviceCore {
 
     /// Dropped datagrams and packets, by reason.
     pub fn drops(&self) -> &BTreeMap<&'static str, u64> {
-        &self.drops
+        self.drops.by_reason()
     }
 
-    fn drop_one(&mut self, reason: &'static str) {
-        *self.drops.entry(reason).or_insert(0) += 1;
+    /// Dropped datagrams and packets, by reason and origin (bounded: `drops::DropLedger`).
+    pub fn drop_origins(&self) -> &BTreeMap<(&'static str, DropOrigin), u64> {
+        self.drops.by_origin()
+    }
+
+    fn drop_one(&mut self, reason: &'static str, origin: DropOrigin) {
+        self.drops.count(reason, origin, 1);
+    }
+
+    /// The origin of the peer in `slot` (`Unnamed` if it is gone).
+    fn peer_origin(&self, slot: usize) -> DropOrigin {
+        self.peer(slot)
+            .map_or(DropOrigin::Unnamed, |tunnel| DropOrigin::Peer(*tunnel.peer_public()))
     }
 
     fn tunnel_mut(&mut self, slot: usize) -> &mut Tunnel {
@@ -343,9 +361,11 @@ impl DeviceCore {
 
     /// Routes the IP `packet` by destination and encapsulates it for that peer.
     pub fn send_packet(&mut self, now: Instant, packet: &[u8], outbox: &mut Outbox) {
-        let Some(header) = ip::header(packet) else { return self.drop_one("tx_not_ip") };
+        let Some(header) = ip::header(packet) else {
+            return self.drop_one("tx_not_ip", DropOrigin::Unnamed);
+        };
         let Some(&peer) = self.routes.lookup(header.destination) else {
-            return self.drop_one("tx_no_route");
+            return self.drop_one("tx_no_route", DropOrigin::Destination(header.destination));
         };
         let packet = &packet[..header.total_len];
         let tunnel = &mut self.slots[peer].as_mut().expect("routes name live slots").tunnel;
@@ -355,7 +375,7 @@ impl DeviceCore {
                 outbox.sends.push((to, range));
             }
             Ok(_) => {}
-            Err(_) => self.drop_one("tx_no_endpoint"),
+            Err(_) => self.drop_one("tx_no_endpoint", self.peer_origin(peer)),
         }
         self.tick_peer(now, peer, outbox);
     }
@@ -368,10 +388,19 @@ impl DeviceCore {
         datagram: &mut [u8],
         outbox: &mut Outbox,
     ) {
+        self.receive_slot = None;
+        self.unknown_key = None;
         match self.receive_inner(now, from, datagram, outbox) {
             Ok(Some(peer)) => self.tick_peer(now, peer, outbox),
             Ok(None) => {}
-            Err(error) => self.drop_one(error.name()),
+            Err(error) => {
+                let origin = match (self.unknown_key.take(), self.receive_slot.take()) {
+                    (Some(key), _) => DropOrigin::UnknownKey(key, from),
+                    (None, Some(slot)) => self.peer_origin(slot),
+                    (None, None) => DropOrigin::Endpoint(from),
+                };
+                self.drop_one(error.name(), origin);
+            }
         }
     }
 
@@ -387,9 +416,11 @@ impl DeviceCore {
         if is_data {
             // The hot path: opened in place in the receive buffer, no copy.
             let peer = self.peer_of_index(messages::read_u32(datagram, 4))?;
+            self.receive_slot = Some(peer);
             let tunnel = &mut self.slots[peer].as_mut().expect("a live slot").tunnel;
             let action = tunnel.decapsulate_in_place(now, from, datagram, &mut self.scratch)?;
-            Self::emit(&self.routes, &mut self.drops, peer, action, outbox);
+            let allowed = Self::emit(&self.routes, peer, action, outbox);
+            self.count_refused(peer, allowed);
             return Ok(Some(peer));
         }
         let message = messages::parse(datagram)?;
@@ -401,13 +432,16 @@ impl DeviceCore {
                 let opened =
                     open_initiation(&self.local_private, &self.responder_start, initiation)?;
                 let Some(&peer) = self.by_key.get(opened.initiator_static()) else {
+                    self.unknown_key = Some(*opened.initiator_static());
                     return Err(DecapsulateError::UnknownPeer);
                 };
+                self.receive_slot = Some(peer);
                 let tunnel = &mut self.slots[peer].as_mut().expect("a live slot").tunnel;
                 let scratch = &mut self.scratch;
                 let action =
                     tunnel.decapsulate_initiation(now, from, initiation, opened, scratch)?;
-                Self::emit(&self.routes, &mut self.drops, peer, action, outbox);
+                let allowed = Self::emit(&self.routes, peer, action, outbox);
+                self.count_refused(peer, allowed);
                 return Ok(Some(peer));
             }
             Message::Response(response) => {
@@ -419,20 +453,29 @@ impl DeviceCore {
             Message::CookieReply(reply) => self.peer_of_index(messages::read_u32(reply, 4))?,
             Message::Data { receiver_index, .. } => self.peer_of_index(receiver_index)?,
         };
+        self.receive_slot = Some(peer);
         let tunnel = &mut self.slots[peer].as_mut().expect("a live slot").tunnel;
         let action = tunnel.decapsulate_verified(now, from, message, &mut self.scratch)?;
-        Self::emit(&self.routes, &mut self.drops, peer, action, outbox);
+        let allowed = Self::emit(&self.routes, peer, action, outbox);
+        self.count_refused(peer, allowed);
         Ok(Some(peer))
     }
 
+    /// Counts a packet `emit` refused because `peer` may not send from its source.
+    fn count_refused(&mut self, peer: usize, allowed: bool) {
+        if !allowed {
+            self.drop_one("rx_source_not_allowed", self.peer_origin(peer));
+        }
+    }
+
     /// Queues what a tunnel answered; a delivered packet only if `peer` owns its source.
+    /// Returns false for a packet refused so (the caller counts it).
     fn emit(
         routes: &AllowedIps<usize>,
-        drops: &mut BTreeMap<&'static str, u64>,
         peer: usize,
         action: Action<'_>,
         outbox: &mut Outbox,
-    ) {
+    ) -> bool {
         match action {
             Action::Send { datagram, to } => {
                 let range = outbox.push_bytes(datagram);
@@ -440,14 +483,14 @@ impl DeviceCore {
             }
             Action::Deliver { packet, source } => {
                 if routes.lookup(source) != Some(&peer) {
-                    *drops.entry("rx_source_not_allowed").or_insert(0) += 1;
-                    return;
+                    return false;
                 }
                 let range = outbox.push_bytes(packet);
                 outbox.delivers.push((peer, range));
             }
             Action::None => {}
         }
+        true
     }
 
     /// Checks mac1, and under load mac2 (answering with a cookie reply when it is missing);
@@ -471,7 +514,7 @@ impl DeviceCore {
         self.generator.write_reply(now, &mut self.rng, datagram, from, &mut reply);
         let range = outbox.push_bytes(&reply);
         outbox.sends.push((from, range));
-        self.drop_one("rx_cookie_reply_sent");
+        self.drop_one("rx_cookie_reply_sent", DropOrigin::Endpoint(from));
         Ok(false)
     }
 
@@ -551,7 +594,8 @@ impl DeviceCore {
         let peer = self.slots[slot].take().expect("by_key names live slots");
         let staged = peer.tunnel.staged_count() as u64;
         if staged > 0 {
-            *self.drops.entry("tx_staged_peer_removed").or_insert(0) += staged;
+            let origin = DropOrigin::Peer(*public_key);
+            self.drops.count("tx_staged_peer_removed", origin, staged);
         }
         self.free_slots.push_back((slot, now));
         self.counts.removed_count += 1;
@@ -783,6 +827,8 @@ pub struct Received {
 pub struct DeviceStats {
     /// Dropped datagrams and packets, by reason.
     pub drops: BTreeMap<&'static str, u64>,
+    /// The same drops by reason and origin (bounded: `drops::DROP_ORIGINS_MAX`).
+    pub drop_origins: BTreeMap<(&'static str, DropOrigin), u64>,
     /// The live peers' counters, by public key (a removed peer's go with it).
     pub peers: BTreeMap<[u8; KEY_LEN], TunnelStats>,
     /// Peer changes since the device started.
@@ -1039,6 +1085,7 @@ impl<E: Env> Driver<E> {
         self.events_since_stats = 0;
         let mut stats = self.stats.lock().expect("stats lock");
         stats.drops.clone_from(self.core.drops());
+        stats.drop_origins.clone_from(self.core.drop_origins());
         stats.peers.retain(|key, _| self.core.peer_slot(key).is_some());
         for (_, tunnel) in self.core.peers() {
             let snapshot = stats.peers.entry(*tunnel.peer_public()).or_default();

@@ -20,6 +20,7 @@
 //! - `device`: `DeviceCore` (many peers, one socket, sans-IO; peers added, updated and
 //!   removed at run time) and `Device`, its driver over an `Env` with a packet interface a
 //!   simulated TUN feeds and a handle that reconfigures it.
+//! - `drops`: what a device dropped, by reason and by origin (bounded), for counters and logs.
 //!
 //! Invariants: nothing here reads a clock or OS randomness (time is a `now` argument and
 //! randomness a seeded stream); secrets are zeroized on drop; MACs and keys are compared in
@@ -31,6 +32,7 @@ pub mod config;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
+pub mod drops;
 pub mod error;
 pub mod faults;
 pub mod ip;
@@ -45,6 +47,7 @@ pub mod tunnel;
 pub use allowed_ips::{AllowedIps, IpNet};
 pub use device::{Device, DeviceConfig, DeviceCore, DeviceHandle, PeerConfig, Received};
 pub use device::{PeerChange, PeersChanged, ReconfigureCounts};
+pub use drops::{DropLedger, DropOrigin};
 pub use error::{DecapsulateError, EncapsulateError, ReconfigureError};
 pub use faults::{Faults, PlantedBug};
 pub use tunnel::{Action, Tunnel, TunnelConfig, TunnelStats};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sim::Instant;
 use wireguard::device::{DeviceCore, Outbox};
 use wireguard::ip::{ipv4_packet, ipv6_packet};
-use wireguard::{DeviceConfig, IpNet, PeerConfig};
+use wireguard::{DeviceConfig, DropOrigin, IpNet, PeerConfig};
 use zeroize::Zeroizing;
 
 const NODE_COUNT: usize = 3;
@@ -146,6 +146,10 @@ fn routes_by_longest_prefix_in_both_families() {
     assert_eq!(mesh.drops(0, "tx_no_route"), 1);
     mesh.send(0, b"not an IP packet");
     assert_eq!(mesh.drops(0, "tx_not_ip"), 1);
+    let nowhere = DropOrigin::Destination(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)));
+    let origins = mesh.devices[0].drop_origins();
+    assert_eq!(origins.get(&("tx_no_route", nowhere)), Some(&1), "{origins:?}");
+    assert_eq!(origins.get(&("tx_not_ip", DropOrigin::Unnamed)), Some(&1), "{origins:?}");
 }
 
 #[test]
@@ -159,6 +163,10 @@ fn receiver_drops_sources_the_sending_peer_does_not_own() {
     mesh.pump();
     assert_eq!(mesh.delivered.len(), 1);
     assert_eq!(mesh.drops(0, "rx_source_not_allowed"), 2);
+    // The drops name the peer that sent them.
+    let sender = DropOrigin::Peer(*mesh.devices[1].local_public());
+    let origins = mesh.devices[0].drop_origins();
+    assert_eq!(origins.get(&("rx_source_not_allowed", sender)), Some(&2), "{origins:?}");
 }
 
 #[test]
@@ -179,6 +187,12 @@ fn initiations_from_unknown_keys_are_dropped() {
     assert_eq!(mesh.drops(0, "unknown_peer"), 1);
     mesh.devices[0].receive_datagram(mesh.now, addr(1), &mut initiation[..100], &mut sink);
     assert_eq!(mesh.drops(0, "parse"), 1);
+    // The drops name the stranger's key and address, and the address of the garbage.
+    let key = *stranger.local_public();
+    let origins = mesh.devices[0].drop_origins();
+    let unknown = ("unknown_peer", DropOrigin::UnknownKey(key, addr(1)));
+    assert_eq!(origins.get(&unknown), Some(&1), "{origins:?}");
+    assert_eq!(origins.get(&("parse", DropOrigin::Endpoint(addr(1)))), Some(&1), "{origins:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `wireguard-device` end to end (feature `tokio`): keys made by `genkey`/`pubkey`, two devices
 //! as child processes on loopback pinging through the tunnel, `/metrics` moving with the
-//! traffic, a quiet broken pipe, and SIGTERM leading to exit 0.
+//! traffic, a quiet broken pipe, a stranger's handshake logged and counted as a drop, and
+//! SIGTERM leading to exit 0.
 
 #![allow(
     clippy::disallowed_methods,
@@ -97,6 +98,24 @@ fn two_devices_ping_scrape_and_stop() {
     // `... | head -1`: b's reader goes away; b ends quietly.
     drop(lines);
     assert_eq!(b.wait_exit(STOP_MAX).0.code(), Some(0), "{}", b.log());
+
+    // A stranger who knows a's key but is not its peer: a logs the handshake it drops, naming
+    // the stranger's key, and counts it by reason.
+    let key_c = key_tool("genkey", "");
+    let public_c = key_tool("pubkey", &key_c);
+    let conf_c = write("c.conf", &key_c, free_port(), "10.9.0.3", &public_a, port_a);
+    let mut c = Process::start(DEVICE, &[&conf_c, ping[0], ping[1], ping[2], ping[3]]);
+    let line = a.wait_for("unknown_peer");
+    assert!(line.contains("WARN") && line.contains(&public_c), "{line}");
+    assert!(line.contains("dropped=") && line.contains("suppressed="), "{line}");
+    let series = r#"wireguard_drops_total{reason="unknown_peer"}"#;
+    let started = Instant::now();
+    while !sample(&http_get(metrics, "/metrics").1, series).is_some_and(|count| count >= 1.0) {
+        assert!(started.elapsed() < WAIT_MAX, "{series} never moved");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.signal("TERM");
+    assert_eq!(c.wait_exit(STOP_MAX).0.code(), Some(0), "{}", c.log());
     a.signal("TERM");
     assert_eq!(a.wait_exit(STOP_MAX).0.code(), Some(0), "{}", a.log());
     assert!(a.log().contains("stopping the device"), "{}", a.log());

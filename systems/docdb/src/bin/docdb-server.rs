@@ -129,9 +129,11 @@ async fn serve_database(args: Args, service: Service) -> anyhow::Result<()> {
         .concerning("opening the database in", &dir)?;
     let listener = env.listen_tcp(args.listen).await.concerning("listening on", args.listen)?;
     let addr = listener.local_addr().context("the listener's address")?;
+    lsm::metrics::log_recovery(&dir, db.storage().recovery_report());
     let stats_db = db.clone();
     service.set_collector(move |samples| {
         lsm::metrics::collect(&stats_db.storage_stats(), samples);
+        lsm::metrics::collect_recovery(stats_db.storage().recovery_report(), samples);
         let help = "The last commit number.";
         samples.gauge("docdb_last_commit", help, stats_db.last_commit() as f64);
     });

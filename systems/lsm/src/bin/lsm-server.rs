@@ -54,8 +54,12 @@ async fn serve_store(args: Args, service: Service) -> anyhow::Result<()> {
         .concerning("opening the store in", &dir)?;
     let listener = env.listen_tcp(args.listen).await.concerning("listening on", args.listen)?;
     let addr = listener.local_addr().context("the listener's address")?;
+    lsm::metrics::log_recovery(&dir, db.recovery_report());
     let stats_db = db.clone();
-    service.set_collector(move |samples| lsm::metrics::collect(&stats_db.stats(), samples));
+    service.set_collector(move |samples| {
+        lsm::metrics::collect(&stats_db.stats(), samples);
+        lsm::metrics::collect_recovery(stats_db.recovery_report(), samples);
+    });
     let tables: usize = db.stats().level_table_counts.iter().sum();
     let sequence = db.snapshot().sequence();
     info!(%dir, %addr, tables, sequence, "serving the store");

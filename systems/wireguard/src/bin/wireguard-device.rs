@@ -34,7 +34,7 @@ use sim::tokio_env::TokioEnv;
 use wireguard::config::{self, decode_key, encode_key};
 use wireguard::device::DeviceStats;
 use wireguard::ip::{self, ipv4_packet};
-use wireguard::{Device, DeviceHandle, Received};
+use wireguard::{Device, DeviceHandle, DropOrigin, Received};
 
 /// The payload tag of test packets.
 const PING: &[u8] = b"wireguard-device ping";
@@ -176,7 +176,7 @@ async fn run(
     let mut drops = DropLog::default();
     loop {
         let current = device.stats();
-        drops.report(&env, &current);
+        drops.report(env.now(), &current);
         *stats.lock().unwrap_or_else(|poison| poison.into_inner()) = current;
         let expired = deadline.is_some_and(|deadline| env.now() >= deadline);
         if expired || shutdown.is_requested() {
@@ -240,39 +240,75 @@ fn resolve_endpoints(text: &str) -> anyhow::Result<String> {
     Ok(resolved)
 }
 
-/// Logs drops that were silent before: each reason whose count grew, at most once per
-/// `DROP_LOG_INTERVAL` (a flood of bad datagrams must not flood the log too).
+/// Logs drops that were silent before: one line per reason and origin (a peer, a stranger's
+/// key, an address, a destination) at most every `DROP_LOG_INTERVAL`, the first at once and
+/// later ones folded into the next line with how many lines were suppressed, so a flood of
+/// bad datagrams cannot flood the log (the device bounds the origins it tells apart). What the
+/// network sent (`rx_*`, decapsulation errors) is a warning; what this host tried to send
+/// (`tx_*`: no route, no endpoint) is info.
 #[derive(Default)]
 struct DropLog {
-    reported: BTreeMap<&'static str, u64>,
-    last: Option<sim::Instant>,
+    // The counts by reason when the origins were last walked.
+    seen: BTreeMap<&'static str, u64>,
+    // Per reason and origin: the count at its last line and when that line was written.
+    logged: BTreeMap<(&'static str, DropOrigin), (u64, sim::Instant)>,
+    // When a suppressed line may next be written, if one waits.
+    next_due: Option<sim::Instant>,
 }
 
-/// The least time between two drop reports.
+/// The least time between two lines for one reason and origin.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// One drop line: reason and origin, drops since the last line for them (all but one of which
+/// had their line suppressed), and the total.
+#[derive(Debug, PartialEq)]
+struct DropLine {
+    reason: &'static str,
+    origin: DropOrigin,
+    dropped: u64,
+    total: u64,
+}
+
 impl DropLog {
-    fn report(&mut self, env: &TokioEnv, stats: &DeviceStats) {
-        if stats.drops == self.reported {
-            return;
-        }
-        let now = env.now();
-        if self.last.is_some_and(|last| now.saturating_duration_since(last) < DROP_LOG_INTERVAL) {
-            return;
-        }
-        for (reason, count) in &stats.drops {
-            let before = self.reported.get(reason).copied().unwrap_or(0);
-            if *count > before {
-                warn!(
-                    reason,
-                    dropped = count - before,
-                    total = count,
-                    "dropped datagrams or packets"
-                );
+    /// Logs the lines due at `now`.
+    fn report(&mut self, now: sim::Instant, stats: &DeviceStats) {
+        for line in self.due(now, stats) {
+            let DropLine { reason, origin, dropped, total } = line;
+            let suppressed = dropped - 1;
+            if reason.starts_with("tx_") {
+                info!(reason, %origin, dropped, suppressed, total, "dropped packets");
+            } else {
+                warn!(reason, %origin, dropped, suppressed, total, "dropped datagrams or packets");
             }
         }
-        self.reported.clone_from(&stats.drops);
-        self.last = Some(now);
+    }
+
+    /// The lines due at `now` (recorded as written).
+    fn due(&mut self, now: sim::Instant, stats: &DeviceStats) -> Vec<DropLine> {
+        let due = self.next_due.is_some_and(|due| now >= due);
+        if stats.drops == self.seen && !due {
+            return Vec::new();
+        }
+        self.seen.clone_from(&stats.drops);
+        self.next_due = None;
+        let mut lines = Vec::new();
+        for (key, count) in &stats.drop_origins {
+            let (before, at) = self.logged.get(key).map_or((0, None), |(n, at)| (*n, Some(*at)));
+            if *count <= before {
+                continue;
+            }
+            if let Some(at) = at.filter(|at| now.saturating_duration_since(*at) < DROP_LOG_INTERVAL)
+            {
+                let due = at + DROP_LOG_INTERVAL;
+                self.next_due = Some(self.next_due.map_or(due, |next| next.min(due)));
+                continue;
+            }
+            let (reason, origin) = *key;
+            lines.push(DropLine { reason, origin, dropped: count - before, total: *count });
+            self.logged.insert(*key, (*count, now));
+        }
+        assert!(lines.iter().all(|line| line.dropped >= 1 && line.dropped <= line.total));
+        lines
     }
 }
 
@@ -334,6 +370,34 @@ fn collect(stats: &DeviceStats, samples: &mut Samples) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_lines_are_one_per_reason_and_origin_per_interval() {
+        let stranger = DropOrigin::UnknownKey([7; 32], "127.0.0.1:9".parse().unwrap());
+        let unrouted = DropOrigin::Destination("10.1.2.3".parse().unwrap());
+        let mut stats = DeviceStats::default();
+        let set = |stats: &mut DeviceStats, unknown: u64, no_route: u64| {
+            stats.drops = BTreeMap::from([("unknown_peer", unknown), ("tx_no_route", no_route)]);
+            stats.drop_origins = BTreeMap::from([
+                (("unknown_peer", stranger), unknown),
+                (("tx_no_route", unrouted), no_route),
+            ]);
+        };
+        let mut log = DropLog::default();
+        let at = |secs: u64| sim::Instant::ZERO + Duration::from_secs(secs);
+        let line = |reason, origin, dropped, total| DropLine { reason, origin, dropped, total };
+        set(&mut stats, 2, 0);
+        assert_eq!(log.due(at(1), &stats), vec![line("unknown_peer", stranger, 2, 2)]);
+        // Within the interval: the stranger's next drops wait; another origin does not.
+        set(&mut stats, 5, 1);
+        assert_eq!(log.due(at(2), &stats), vec![line("tx_no_route", unrouted, 1, 1)]);
+        assert_eq!(log.due(at(10), &stats), vec![]);
+        // Due with no new drop: the suppressed ones come out in one line.
+        assert_eq!(log.due(at(11), &stats), vec![line("unknown_peer", stranger, 3, 5)]);
+        assert_eq!(log.due(at(30), &stats), vec![]);
+        set(&mut stats, 6, 1);
+        assert_eq!(log.due(at(31), &stats), vec![line("unknown_peer", stranger, 1, 6)]);
+    }
 
     #[test]
     fn endpoints_resolve_and_failures_name_the_peer() {

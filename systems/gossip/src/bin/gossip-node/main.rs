@@ -221,6 +221,12 @@ fn collect(node: &mut Node, samples: &mut Samples) {
         let count = node.swim().members().filter(|member| member.state == state).count();
         samples.gauge_with("gossip_members", help, &[("state", name)], count as f64);
     }
+    let help = "Changes of a member's state in this node's view, by the state entered.";
+    let swim = node.swim().stats();
+    for (state, name) in STATES {
+        let count = swim.transitions_to(state);
+        samples.counter_with("gossip_member_transitions_total", help, &[("to", name)], count);
+    }
     samples.gauge(
         "gossip_store_entries",
         "Keys in the replicated store.",
