@@ -19,7 +19,9 @@
 //! the Headscale estimate (for profiling). Each summary change is made 5 times (the median
 //! is shown), and its time is split into the step and the building and encoding of its deltas.
 //! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`;
-//! `NETMAP_BENCH_EDIT=0` skips it).
+//! `NETMAP_BENCH_EDIT=0` skips it): `policy` edits the policy engine in place as the
+//! coordinator does (`engine-groups` only), `policy*` hands the map engine a new view, which
+//! compares every node again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -334,8 +336,18 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
     assert_eq!(engine.node_count() as u64, count);
     let mut costs = vec![("endpoint", endpoint), ("join", join), ("removal", leave)];
     let edit = std::env::var("NETMAP_BENCH_EDIT").map_or(true, |value| value != "0");
+    if edit && policy == "engine-groups" {
+        // What the coordinator does: the policy engine edited in place (`MapEngine::set_policy`).
+        let edited = groups_policy(true);
+        let in_place = |engine: &mut MapEngine| engine.set_policy(Some(&edited)).expect("in place");
+        costs.push(("policy", change_cost(engine, in_place)));
+        let restored = groups_policy(false);
+        let back = |engine: &mut MapEngine| engine.set_policy(Some(&restored)).expect("in place");
+        change_cost(engine, back);
+    }
     if let Some(edited) = edited_policy(policy).filter(|_| edit) {
-        costs.push(("policy", change_cost(engine, |engine| engine.replace_policy(edited))));
+        // A new policy view: every node's peers and filter compared again.
+        costs.push(("policy*", change_cost(engine, |engine| engine.replace_policy(edited))));
     }
     let memory_mb = engine.heap_bytes_estimate() as f64 / 1e6;
     let queries = peer_queries(engine);
