@@ -35,7 +35,7 @@ use super::compile::{
     compile_acl, entry_concerns, for_each_concerning, internet, is_node_level, node_ranges,
     push_literal, rules_for, self_rule, strings_hash, subnet_routes,
 };
-use super::{Alias, IpRange, IpSet, Policy};
+use super::{Acl, Alias, IpRange, IpSet, Policy};
 use crate::types::{
     Affected, FilterRule, NetPortRange, NodeId, NodeInfo, PolicyView, PortRange, Sources, User,
     UserId,
@@ -174,12 +174,13 @@ impl PolicyEngine {
     /// edit may change (`edit_scope`): an edit of one entry reaches the nodes of that entry,
     /// not the tailnet.
     pub fn set_policy(&mut self, policy: Policy) -> Affected {
-        let had_policy = self.policy.is_some();
         let old_acls = std::mem::take(&mut self.acls);
         let old_compiled = std::mem::take(&mut self.compiled);
         let old_keys = std::mem::take(&mut self.keys);
-        self.policy = Some(policy);
-        self.rebuild();
+        let old_policy = self.policy.replace(policy);
+        let had_policy = old_policy.is_some();
+        let reuse = old_policy.as_ref().map(|policy| Reuse::new(policy, &old_acls, &old_compiled));
+        self.rebuild_reusing(reuse.as_ref());
         let old = Entries { acls: &old_acls, compiled: &old_compiled, keys: &old_keys };
         let scope = had_policy.then(|| self.edit_scope(&old)).flatten();
         scope.unwrap_or_else(|| self.everyone())
@@ -236,6 +237,14 @@ impl PolicyEngine {
 
     /// Recomputes every index and every compiled entry from the nodes, users and policy.
     fn rebuild(&mut self) {
+        self.rebuild_reusing(None);
+    }
+
+    /// `rebuild`, taking the compiled form of an entry from `reuse` (the previous policy's)
+    /// when that policy had the same entry with the same members and the same names for
+    /// them (groups, tag owners, hosts): compiling formats every member's addresses, most of
+    /// what an edit of one entry among many would cost.
+    fn rebuild_reusing(&mut self, reuse: Option<&Reuse<'_>>) {
         let Some(policy) = self.policy.as_ref() else {
             self.wildcard_sources.clear();
             self.wildcard_destinations.clear();
@@ -267,8 +276,16 @@ impl PolicyEngine {
         self.rebuild_memberships();
         self.keys.clear();
         self.compiled.clear();
+        let reuse = reuse.filter(|reuse| reuse.names_match(policy_of(&self.policy)));
         for index in 0..self.acls.len() {
-            let compiled = self.compile(index);
+            let acl = &policy_of(&self.policy).acls[index];
+            let compiled = match reuse.and_then(|reuse| reuse.find(acl, &self.acls[index])) {
+                Some(kept) => {
+                    debug_assert!(self.nodes.len() > 64 || *kept == self.compile(index));
+                    kept.clone()
+                }
+                None => self.compile(index),
+            };
             if let Some(key) = key_of(&compiled) {
                 self.keys.entry(key).or_default().insert(index);
             }
@@ -917,6 +934,53 @@ impl PolicyEngine {
 enum SlotKey {
     Global(usize),
     Own(RuleKey),
+}
+
+/// The policy an engine held, with its entries, for `rebuild_reusing`.
+struct Reuse<'p> {
+    policy: &'p Policy,
+    acls: &'p [AclState],
+    compiled: &'p [CompiledAcl],
+    /// Entries by what they say (sources, destinations, protocols; not their line).
+    by_text: BTreeMap<AclText<'p>, Vec<usize>>,
+}
+
+/// An entry's text without its position: sources, destinations with ports, protocols.
+type AclText<'p> = (&'p [Alias], Vec<(&'p Alias, &'p [PortRange])>, &'p [u8]);
+
+fn acl_text(acl: &Acl) -> AclText<'_> {
+    let destinations = acl.destinations.iter().map(|d| (&d.alias, d.ports.as_slice())).collect();
+    (&acl.sources, destinations, &acl.protocols)
+}
+
+impl<'p> Reuse<'p> {
+    fn new(policy: &'p Policy, acls: &'p [AclState], compiled: &'p [CompiledAcl]) -> Reuse<'p> {
+        assert_eq!(policy.acls.len(), compiled.len(), "a policy's entries are all compiled");
+        let mut by_text: BTreeMap<AclText<'p>, Vec<usize>> = BTreeMap::new();
+        for (index, acl) in policy.acls.iter().enumerate() {
+            by_text.entry(acl_text(acl)).or_default().push(index);
+        }
+        Reuse { policy, acls, compiled, by_text }
+    }
+
+    /// Whether `policy` gives every name the meaning the old one gave it.
+    fn names_match(&self, policy: &Policy) -> bool {
+        let old = self.policy;
+        old.groups == policy.groups
+            && old.tag_owners == policy.tag_owners
+            && old.hosts == policy.hosts
+    }
+
+    /// The old compiled form of an entry saying what `acl` says, with `state`'s members.
+    fn find(&self, acl: &Acl, state: &AclState) -> Option<&'p CompiledAcl> {
+        let candidates = self.by_text.get(&acl_text(acl))?;
+        let found = candidates.iter().find(|&&old| self.acls[old] == *state)?;
+        Some(&self.compiled[*found])
+    }
+}
+
+fn policy_of(policy: &Option<Policy>) -> &Policy {
+    policy.as_ref().expect("entries exist only under a policy")
 }
 
 /// One policy's entries, as `edit_scope` compares them.
