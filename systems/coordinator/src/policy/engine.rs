@@ -256,15 +256,24 @@ impl PolicyEngine {
             self.memberships.clear();
             return;
         };
+        let reuse = reuse.filter(|reuse| reuse.names_match(policy));
+        let kept = match reuse {
+            Some(reuse) => reuse.match_texts(&policy.acls),
+            None => vec![None; policy.acls.len()],
+        };
         self.acls = policy
             .acls
             .iter()
-            .map(|acl| AclState {
-                src_all: acl.sources.contains(&Alias::Wildcard),
-                dst_all: acl.destinations.iter().any(|dst| dst.alias == Alias::Wildcard),
-                has_self: acl.destinations.iter().any(|dst| dst.alias == Alias::SelfDevices),
-                dst_named: vec![BTreeSet::new(); acl.destinations.len()],
-                ..AclState::default()
+            .zip(&kept)
+            .map(|(acl, kept)| match (reuse, kept) {
+                (Some(reuse), Some(old)) => reuse.acls[*old].clone(),
+                _ => AclState {
+                    src_all: acl.sources.contains(&Alias::Wildcard),
+                    dst_all: acl.destinations.iter().any(|dst| dst.alias == Alias::Wildcard),
+                    has_self: acl.destinations.iter().any(|dst| dst.alias == Alias::SelfDevices),
+                    dst_named: vec![BTreeSet::new(); acl.destinations.len()],
+                    ..AclState::default()
+                },
             })
             .collect();
         let flagged = |flag: fn(&AclState) -> bool| -> Vec<usize> {
@@ -273,16 +282,15 @@ impl PolicyEngine {
         self.wildcard_sources = flagged(|state| state.src_all);
         self.wildcard_destinations = flagged(|state| state.dst_all);
         self.self_entries = flagged(|state| state.has_self);
-        self.rebuild_memberships();
+        self.rebuild_memberships(&kept);
         self.keys.clear();
         self.compiled.clear();
-        let reuse = reuse.filter(|reuse| reuse.names_match(policy_of(&self.policy)));
-        for index in 0..self.acls.len() {
-            let acl = &policy_of(&self.policy).acls[index];
-            let compiled = match reuse.and_then(|reuse| reuse.find(acl, &self.acls[index])) {
-                Some(kept) => {
-                    debug_assert!(self.nodes.len() > 64 || *kept == self.compile(index));
-                    kept.clone()
+        for (index, kept) in kept.iter().enumerate() {
+            let compiled = match reuse.zip(*kept) {
+                Some((reuse, old)) => {
+                    let reused = &reuse.compiled[old];
+                    debug_assert!(self.nodes.len() > 64 || *reused == self.compile(index));
+                    reused.clone()
                 }
                 None => self.compile(index),
             };
@@ -417,7 +425,9 @@ impl PolicyEngine {
     /// Fills every entry's member sets from a node index (a cost of the policy's size plus the
     /// members, not of entries times nodes), then each node's `Membership` from them. Gives
     /// what `membership_of` gives node by node.
-    fn rebuild_memberships(&mut self) {
+    /// Finds the members of every entry not kept (`kept[index]` is `None`); with `verify`,
+    /// checks those of kept entries too.
+    fn fill_states(&mut self, kept: &[Option<usize>], verify: bool) {
         let policy = self.policy.as_ref().expect("entries exist only under a policy");
         let index = Index::new(self.nodes.values(), &self.users);
         let mut by_addr: BTreeMap<(bool, u128), NodeId> = BTreeMap::new();
@@ -433,7 +443,18 @@ impl PolicyEngine {
                 by_addr.range((range.v6, range.first)..=(range.v6, range.last)).map(|e| *e.1),
             );
         };
-        for (state, acl) in self.acls.iter_mut().zip(&policy.acls) {
+        for ((current, acl), kept) in self.acls.iter_mut().zip(&policy.acls).zip(kept) {
+            if kept.is_some() && !verify {
+                continue;
+            }
+            let mut fresh = AclState {
+                src_all: current.src_all,
+                dst_all: current.dst_all,
+                has_self: current.has_self,
+                dst_named: vec![BTreeSet::new(); acl.destinations.len()],
+                ..AclState::default()
+            };
+            let state = &mut fresh;
             for alias in &acl.sources {
                 index.for_each_named(policy, alias, |node| {
                     state.src_named.insert(node.id);
@@ -459,6 +480,19 @@ impl PolicyEngine {
                     state.dst_nodes.extend(concerned.map(|router| router.id));
                 }
             }
+            if kept.is_some() {
+                assert_eq!(fresh, *current, "a kept entry's members changed");
+            } else {
+                *current = fresh;
+            }
+        }
+    }
+
+    fn rebuild_memberships(&mut self, kept: &[Option<usize>]) {
+        // Kept entries come with their members; small tailnets check them in debug builds.
+        let verify = cfg!(debug_assertions) && self.nodes.len() <= 64;
+        if verify || kept.iter().any(Option::is_none) {
+            self.fill_states(kept, verify);
         }
         let mut memberships: BTreeMap<NodeId, Membership> =
             self.nodes.keys().map(|&id| (id, Membership::default())).collect();
@@ -971,16 +1005,18 @@ impl<'p> Reuse<'p> {
             && old.hosts == policy.hosts
     }
 
-    /// The old compiled form of an entry saying what `acl` says, with `state`'s members.
-    fn find(&self, acl: &Acl, state: &AclState) -> Option<&'p CompiledAcl> {
-        let candidates = self.by_text.get(&acl_text(acl))?;
-        let found = candidates.iter().find(|&&old| self.acls[old] == *state)?;
-        Some(&self.compiled[*found])
+    /// Per entry of `acls`, an unused old entry saying the same: its members and compiled
+    /// form are the new entry's (the same nodes, and names that mean the same).
+    fn match_texts(&self, acls: &[Acl]) -> Vec<Option<usize>> {
+        let mut taken = vec![false; self.compiled.len()];
+        let take = |acl: &Acl| {
+            let candidates = self.by_text.get(&acl_text(acl))?;
+            let old = *candidates.iter().find(|&&old| !taken[old])?;
+            taken[old] = true;
+            Some(old)
+        };
+        acls.iter().map(take).collect()
     }
-}
-
-fn policy_of(policy: &Option<Policy>) -> &Policy {
-    policy.as_ref().expect("entries exist only under a policy")
 }
 
 /// One policy's entries, as `edit_scope` compares them.
