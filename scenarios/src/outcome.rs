@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use invariants::Violation;
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::Coverage;
 use crate::plan::PlanFile;
 
 /// How a run ended.
@@ -123,6 +124,9 @@ pub struct Outcome {
     /// The BUGGIFY sites the run reached, with their fire counts.
     #[serde(default)]
     pub buggify: BuggifyFires,
+    /// The kinds of fault the nemesis began, and the situations of the nodes they hit.
+    #[serde(default)]
+    pub coverage: Coverage,
 }
 
 impl Outcome {
