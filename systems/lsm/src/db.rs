@@ -14,6 +14,7 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use sim::{Env, File, OpenOptions, TaskHandle};
 
+use crate::activity::{self, Work};
 use crate::batch::WriteBatch;
 use crate::bloom;
 use crate::cache::BlockCache;
@@ -636,6 +637,7 @@ impl<E: Env> Inner<E> {
         appended?;
         self.counters.wal_bytes.fetch_add(buffer_len, Ordering::Relaxed);
         if group.iter().any(|pending| pending.durability == Durability::Sync) {
+            let _sync = activity::begin(self.options.activity.as_ref(), Work::LogSync);
             writer.file.sync().await?;
             writer.synced_len = writer.len;
             self.counters.wal_sync_count.fetch_add(1, Ordering::Relaxed);
@@ -701,6 +703,7 @@ impl<E: Env> Inner<E> {
 
     async fn rotate_inner(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
         if writer.synced_len < writer.len {
+            let _sync = activity::begin(self.options.activity.as_ref(), Work::LogSync);
             writer.file.sync().await?;
             writer.synced_len = writer.len;
         }
