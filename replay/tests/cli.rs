@@ -196,6 +196,7 @@ fn replay_writes_trace_history_and_plan() {
     assert_eq!(output.status.code(), Some(0));
     let text = stdout(&output);
     assert!(text.starts_with("seed 0x1\n"), "the seed comes first: {text}");
+    assert!(text.contains("situations (fault kind (faults): node state hits)\n"), "{text}");
     let trace = std::fs::read_to_string(dir.path().join("target/ghostmesh/register-abd-0x1.trace"))
         .expect("trace written");
     assert!(trace.lines().count() > 1_000);

@@ -184,4 +184,22 @@ impl Outcome {
         }
         text
     }
+
+    /// The faults the run began and the situations they hit: one line per fault kind, with
+    /// the faults of that kind begun and, per state of a node such a fault hit, how often.
+    pub fn coverage_report(&self) -> String {
+        let coverage = &self.coverage;
+        let mut text = format!(
+            "faults: {} begun, {} situations (fault kind (faults): node state hits)\n",
+            coverage.fault_count(),
+            coverage.situation_count()
+        );
+        for (kind, states) in &coverage.situations {
+            let count = coverage.faults.get(kind).copied().unwrap_or(0);
+            let hits: Vec<String> =
+                states.iter().map(|(state, hits)| format!("{state} {hits}")).collect();
+            text.push_str(&format!("  {kind} ({count}): {}\n", hits.join(", ")));
+        }
+        text
+    }
 }
