@@ -16,6 +16,7 @@
 //! Every run prints its seed first. Exit codes: 0 pass, 1 error, 2 usage, 3 safety violation,
 //! 4 liveness failure, 5 panic, 6 no progress (for a sweep, the most important failure's code).
 
+mod coverage;
 mod determinism;
 mod html;
 mod merge;

@@ -5,9 +5,10 @@
 //! of a scenario are exactly shards 0..K of one range (same start, same K, same range size) and
 //! every run's seed belongs to the shard that reported it. The merged report is the report the
 //! unsharded sweep would have written, timing aside: runs sorted by seed, counts per verdict and
-//! simulated time recomputed from the runs in seed order, requested seeds and per-site BUGGIFY
-//! counts added up. Only the wall-clock figures differ: the merged wall time is the longest
-//! shard's (the shards ran side by side) and the jobs are every shard's together.
+//! simulated time recomputed from the runs in seed order, requested seeds, per-site BUGGIFY
+//! counts and the coverage counts (fault kinds, situations) added up. Only the wall-clock
+//! figures differ: the merged wall time is the longest shard's (the shards ran side by side)
+//! and the jobs are every shard's together.
 
 #![allow(clippy::disallowed_methods, reason = "a CLI: it reads the report files it is given")]
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 
+use crate::coverage::{self, FaultCounts, SituationCounts};
 use crate::sweep::{Shard, SiteCounts, SweepReport, render, summarize};
 
 /// Reads the reports, merges them per scenario, prints the summaries and returns the exit code.
@@ -145,6 +147,7 @@ fn combine(group: Vec<SweepReport>, range_seed_count: u64) -> anyhow::Result<Swe
     let wall = group.iter().map(|report| report.wall_secs).fold(0.0, f64::max);
     let mut added = vec![0; group[0].counts.len()];
     let mut sites = SiteCounts::new();
+    let (mut faults, mut situations) = (FaultCounts::new(), SituationCounts::new());
     let group_no_buggify: Vec<bool> = group.iter().map(|report| report.no_buggify).collect();
     for report in &group {
         for (slot, (_, count)) in added.iter_mut().zip(&report.counts) {
@@ -153,12 +156,15 @@ fn combine(group: Vec<SweepReport>, range_seed_count: u64) -> anyhow::Result<Swe
         for (name, site) in &report.buggify {
             sites.entry(name.clone()).or_default().add(*site);
         }
+        coverage::add(&mut faults, &mut situations, (&report.faults, &report.situations));
     }
     let runs = group.into_iter().flat_map(|report| report.runs).collect();
     let wall = Duration::try_from_secs_f64(wall).unwrap_or(Duration::ZERO);
     let mut merged = summarize(&scenario, start, None, runs, jobs, wall);
     merged.seed_count_requested = requested;
     merged.buggify = sites;
+    merged.faults = faults;
+    merged.situations = situations;
     ensure!(
         group_no_buggify.iter().all(|off| *off == group_no_buggify[0]),
         "some shards ran with BUGGIFY and some without"

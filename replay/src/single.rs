@@ -90,6 +90,7 @@ pub fn replay(
         println!("\nviolated: {violation}");
     }
     print!("\n{}", outcome.buggify_report());
+    print!("{}", outcome.coverage_report());
     println!("\ntrace   {} ({event_count} events)", trace_path.display());
     println!("history {}", history_path.display());
     println!("plan    {}", plan_path.display());

@@ -17,8 +17,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use scenarios::{BuggifyFires, Outcome, RunOptions, Scenario, Verdict, run_seed};
+use scenarios::{BuggifyFires, Coverage, Outcome, RunOptions, Scenario, Verdict, run_seed};
 use serde::{Deserialize, Serialize};
+
+use crate::coverage::{self, FaultCounts, SituationCounts};
 
 /// One run in the report (the history is left out: replay the seed to see it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +181,14 @@ pub struct SweepReport {
     /// Whether the sweep ran with every BUGGIFY site off (`run --no-buggify`).
     #[serde(default)]
     pub no_buggify: bool,
+    /// Per fault kind the scenario allows or a plan applied, the seeds that began one and the
+    /// faults begun; a kind no seed applied shows `seeds_applied: 0`.
+    #[serde(default)]
+    pub faults: FaultCounts,
+    /// Per fault kind, per state of a node such a fault hit (`up/syncing`, `down`), the seeds
+    /// that met that situation and how often.
+    #[serde(default)]
+    pub situations: SituationCounts,
 }
 
 impl SweepReport {
@@ -246,9 +256,13 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
     bar.set_prefix(scenario.name().to_string());
     bar.enable_steady_tick(Duration::from_millis(200));
     let next = AtomicU64::new(0);
-    let (sender, receiver) = mpsc::channel::<(RunRecord, BuggifyFires)>();
+    let (sender, receiver) = mpsc::channel::<Finished>();
     let mut runs = Vec::new();
-    let mut sites = SiteCounts::new();
+    let mut tally = Tally {
+        sites: SiteCounts::new(),
+        faults: coverage::allowed(scenario.bounds().fault_classes),
+        situations: SituationCounts::new(),
+    };
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             let sender = sender.clone();
@@ -262,7 +276,8 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
                     }
                     let seed = start + shard.offset(position);
                     let outcome = run_seed(scenario, seed, run_options);
-                    let sent = (record(scenario, &outcome, no_buggify), outcome.buggify);
+                    let run = record(scenario, &outcome, no_buggify);
+                    let sent = (run, outcome.buggify, outcome.coverage);
                     if sender.send(sent).is_err() {
                         break;
                     }
@@ -270,7 +285,7 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
             });
         }
         drop(sender);
-        collect(&bar, receiver, &mut runs, &mut sites);
+        collect(&bar, receiver, &mut runs, &mut tally);
     });
     bar.finish_and_clear();
     let shard = (shard != Shard::WHOLE).then_some(ShardRecord {
@@ -280,21 +295,34 @@ pub fn sweep(scenario: &dyn Scenario, options: SweepOptions) -> SweepReport {
     });
     let mut report = summarize(scenario.name(), start, shard, runs, jobs, begun.elapsed());
     report.seed_count_requested = shard_count;
-    report.buggify = sites;
+    report.buggify = tally.sites;
     report.no_buggify = no_buggify;
+    report.faults = tally.faults;
+    report.situations = tally.situations;
     report
+}
+
+/// What a worker sends back per run: its record, the sites it reached, what it explored.
+type Finished = (RunRecord, BuggifyFires, Coverage);
+
+/// The per-seed counts of a sweep so far.
+struct Tally {
+    sites: SiteCounts,
+    faults: FaultCounts,
+    situations: SituationCounts,
 }
 
 /// Receives the workers' records, drawing progress and printing failures as they come.
 fn collect(
     bar: &ProgressBar,
-    receiver: mpsc::Receiver<(RunRecord, BuggifyFires)>,
+    receiver: mpsc::Receiver<Finished>,
     runs: &mut Vec<RunRecord>,
-    sites: &mut SiteCounts,
+    tally: &mut Tally,
 ) {
     let mut failed = 0;
-    for (run, fires) in receiver {
-        count_sites(sites, &fires);
+    for (run, fires, explored) in receiver {
+        count_sites(&mut tally.sites, &fires);
+        coverage::add_run(&mut tally.faults, &mut tally.situations, &explored);
         failed += u64::from(run.verdict.is_failure());
         bar.set_message(format!("{failed} failed"));
         if run.verdict.is_failure() {
@@ -339,6 +367,8 @@ pub fn summarize(
         runs,
         buggify: SiteCounts::new(),
         no_buggify: false,
+        faults: FaultCounts::new(),
+        situations: SituationCounts::new(),
     }
 }
 
@@ -384,6 +414,7 @@ pub fn render(report: &SweepReport, color: bool) -> String {
         "seeds/minute", report.seeds_per_minute, "sim-s/wall-s", report.sim_secs_per_wall_sec
     ));
     text.push_str(&render_sites(&report.buggify, report.seed_count));
+    text.push_str(&coverage::render(&report.faults, &report.situations, report.seed_count));
     for run in report.failures() {
         let violation = run.violation.as_deref().unwrap_or("").lines().next().unwrap_or("");
         let headline = format!("seed {:#x}: {}: {violation}", run.seed, run.verdict.label());

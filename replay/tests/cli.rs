@@ -3,8 +3,9 @@
 //! Goal: help texts, the scenario list and the sweep report are pinned (insta snapshots, so a
 //! change is reviewed), exit codes are distinct per verdict, and replay, shrink and
 //! check-determinism work end to end from a fresh directory, and the shards of a sweep merge to
-//! the unsharded sweep's report. Method: run the built binary in a temp dir; wall-clock figures
-//! are masked before snapshotting and left out of report comparisons.
+//! the unsharded sweep's report (BUGGIFY, fault kind and situation counts included). Method:
+//! run the built binary in a temp dir; wall-clock figures are masked before snapshotting and
+//! left out of report comparisons.
 
 #![allow(clippy::disallowed_methods, reason = "drives the real binary, reads its real files")]
 
@@ -71,6 +72,15 @@ fn sweep_report_and_json() {
     let report: serde_json::Value = serde_json::from_str(&json).expect("report is json");
     assert_eq!(report[0]["runs"].as_array().map(Vec::len), Some(3));
     assert_eq!(report[0]["counts"][0], serde_json::json!(["pass", 3]));
+    // Coverage: every kind the scenario allows is listed, and the seeds applied some of them,
+    // hitting the replica in states it reported.
+    let faults = report[0]["faults"].as_object().expect("per-kind counts");
+    assert_eq!(faults.len(), 4, "{faults:?}");
+    assert!(faults.values().any(|kind| kind["seeds_applied"].as_u64() > Some(0)), "{faults:?}");
+    let situations = report[0]["situations"].as_object().expect("per-kind situations");
+    let states: Vec<&String> =
+        situations.values().flat_map(|s| s.as_object().unwrap().keys()).collect();
+    assert!(states.iter().any(|state| state.starts_with("up/")), "{states:?}");
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -123,6 +133,11 @@ fn sharded_sweeps_merge_to_the_unsharded_report() {
     // The register's BUGGIFY sites are counted per seed, so the merge must add them up.
     let sites = whole[0]["buggify"].as_object().expect("per-site counts");
     assert!(sites.values().any(|site| site["seeds_fired"].as_u64() > Some(0)), "{sites:?}");
+    // So are the fault kinds and the situations.
+    let faults = whole[0]["faults"].as_object().expect("per-kind counts");
+    assert!(faults.values().any(|kind| kind["seeds_applied"].as_u64() > Some(1)), "{faults:?}");
+    let situations = whole[0]["situations"].as_object().expect("per-kind situations");
+    assert!(!situations.is_empty());
     // 13 shards of 12 seeds: one shard is empty.
     for count in [3, 5, 13] {
         let output = sharded_sweep(dir.path(), count);
@@ -181,6 +196,7 @@ fn replay_writes_trace_history_and_plan() {
     assert_eq!(output.status.code(), Some(0));
     let text = stdout(&output);
     assert!(text.starts_with("seed 0x1\n"), "the seed comes first: {text}");
+    assert!(text.contains("situations (fault kind (faults): node state hits)\n"), "{text}");
     let trace = std::fs::read_to_string(dir.path().join("target/ghostmesh/register-abd-0x1.trace"))
         .expect("trace written");
     assert!(trace.lines().count() > 1_000);

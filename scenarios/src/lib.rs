@@ -6,6 +6,8 @@
 //! - `swarm`: the run's shape (node counts, phase lengths, network, workload mix), drawn from
 //!   the seed within a scenario's `Bounds`.
 //! - `plan`: faults as serde data (`PlanFile`): drawn from the seed, written, read, replayed.
+//! - `coverage`: what a run explored: fault kinds begun, and (fault kind, node state)
+//!   situations, with `NodeState`, the cell a scenario's nodes report their state through.
 //! - `nemesis`: plays a plan on a `sim::world::World`, overlapping faults included.
 //! - `runner`: the `Scenario` and `Workload` traits and `run_plan`: faulty phase, heal, healed
 //!   phase, safety and liveness checks, `Outcome`.
@@ -28,6 +30,7 @@
 //! Invariant: a run is a pure function of its `PlanFile`; only `Metrics::wall_nanos` varies.
 
 pub mod coordinator;
+pub mod coverage;
 pub mod docdb;
 pub mod gossip;
 pub mod lsm;
@@ -42,6 +45,7 @@ pub mod swarm;
 pub mod testing;
 pub mod wireguard;
 
+pub use coverage::{Coverage, NodeState};
 pub use outcome::{BuggifyFires, Metrics, Outcome, SiteFires, Verdict};
 pub use plan::{Fault, FaultClass, FaultKind, PlanFile};
 pub use runner::{RunOptions, Scenario, Workload, draw_plan, run_plan, run_seed};

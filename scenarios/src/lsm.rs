@@ -40,6 +40,7 @@ use sim::world::trace::splitmix64;
 use sim::world::{DiskConfig, NodeId, SimConfig, SimEnv, SimError, World};
 use sim::{Env, Instant};
 
+use crate::coverage::{NodeState, StateGuard};
 use crate::nemesis::at;
 use crate::plan::{FaultClass, Topology};
 use crate::runner::{Scenario, Workload};
@@ -148,6 +149,8 @@ struct History {
     user_work_slowest: Option<(Duration, String)>,
     /// The final reads after the last recovery (None until done).
     final_reads: Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// What the node says it does, for the coverage of a run (`NODE_STATES`).
+    state: Option<NodeState>,
 }
 
 impl History {
@@ -158,6 +161,41 @@ impl History {
 }
 
 type Shared = Arc<Mutex<History>>;
+
+/// What the node running the store reports doing (`NodeState`): the activities, the one
+/// listed first winning when several run (closing the store, a flush or a compaction a user
+/// asked for, a `Sync` write, any write, a read); with none running, the base state:
+/// `opening` (recovery, retried on errors), `idle` (open, between operations), `final-reads`.
+const NODE_STATES: &[&str] =
+    &["closing", "user-flush", "user-compaction", "writing-sync", "writing", "reading"];
+
+/// The activity of an operation `tracked` runs, by its description.
+fn activity(what: &str) -> &'static str {
+    if what.contains("close") {
+        "closing"
+    } else if what.contains("flush") {
+        "user-flush"
+    } else if what.contains("compaction") {
+        "user-compaction"
+    } else if what.contains("write") {
+        "writing"
+    } else {
+        assert!(what.contains("read"), "{what}");
+        "reading"
+    }
+}
+
+/// Sets the node's base state.
+fn set_state(shared: &Shared, base: &'static str) {
+    if let Some(state) = &lock(shared).state {
+        state.set(base);
+    }
+}
+
+/// Counts `activity` as running on the node until the guard drops.
+fn doing(shared: &Shared, activity: &'static str) -> Option<StateGuard> {
+    lock(shared).state.as_ref().map(|state| state.during(activity))
+}
 
 fn lock(shared: &Shared) -> MutexGuard<'_, History> {
     shared.lock().unwrap_or_else(|poison| poison.into_inner())
@@ -191,7 +229,9 @@ async fn tracked<T>(
     operation: impl Future<Output = lsm::Result<T>>,
 ) -> lsm::Result<T> {
     let started = lock(shared).next_tick();
+    let running = doing(shared, activity(what));
     let result = operation.await;
+    drop(running);
     let mut history = lock(shared);
     let ended = history.next_tick();
     assert!(started < ended);
@@ -214,9 +254,13 @@ async fn tracked<T>(
 /// writes) if it reports corruption: then the store is lost, and said so.
 async fn open(env: &SimEnv, config: &Config, shared: &Shared) -> Option<Db<SimEnv>> {
     let mut last_error = None;
+    set_state(shared, "opening");
     for _ in 0..OPEN_ATTEMPTS_MAX {
         match Db::open(env.clone(), DB_DIR, config.options.clone()).await {
-            Ok(db) => return Some(db),
+            Ok(db) => {
+                set_state(shared, "idle");
+                return Some(db);
+            }
             Err(error) if error.is_corruption() && config.drawn.misdirects() => {
                 let mut history = lock(shared);
                 history.corruption.get_or_insert(error.to_string());
@@ -237,8 +281,12 @@ async fn open(env: &SimEnv, config: &Config, shared: &Shared) -> Option<Db<SimEn
 /// The node's main task. A boot after the workload stopped (the final crash) reads every key
 /// for the final check; any other runs openings of the store until the workload stops.
 async fn db_main(env: SimEnv, config: Config, shared: Shared) {
+    if let Some(state) = &lock(&shared).state {
+        state.boot("opening");
+    }
     if env.now() >= config.stop_at {
         let Some(db) = open(&env, &config, &shared).await else { return };
+        set_state(&shared, "final-reads");
         final_reads(&db, &config, &shared).await;
         let _ = db.close().await;
         return;
@@ -338,7 +386,9 @@ async fn close_race(
     }
     env.sleep(Duration::from_micros(rng.random_range(0..=300))).await;
     let opener = env.spawn(race_open(env.clone(), config, epoch, shared.clone()));
+    let closing = doing(&shared, "closing");
     let _ = db.close().await;
+    drop(closing);
     {
         let mut history = lock(&shared);
         let tick = history.next_tick();
@@ -474,8 +524,10 @@ impl Writer {
             }
             global
         };
+        let sync = (durability == Durability::Sync).then(|| doing(&self.shared, "writing-sync"));
         let result =
             tracked(&self.shared, self.epoch, "write", self.db.write(batch, durability)).await;
+        drop(sync);
         let mut history = lock(&self.shared);
         let entry = &mut history.statuses[global];
         entry.status = match (&result, durability) {
@@ -683,6 +735,7 @@ impl Scenario for LsmCrash {
 
     fn start(&self, world: &World, swarm: &Swarm) -> Box<dyn Workload> {
         let drawn = Drawn::draw(world.seed());
+        let activity = lsm::Activity::new();
         let burst = drawn.burst_ms.map(|(start_ms, length_ms)| {
             let start = swarm.faulty_ms + start_ms;
             (at(start), at((start + length_ms).min(swarm.total_ms())))
@@ -694,14 +747,15 @@ impl Scenario for LsmCrash {
             stop_at: at(swarm.total_ms()),
             drawn,
             burst,
-            options: self.options(),
+            options: lsm::Options { activity: Some(activity.clone()), ..self.options() },
         };
         let shared: Shared = Arc::default();
+        lock(&shared).state = Some(NodeState::new("opening", NODE_STATES));
         let (boot_config, boot_shared) = (config.clone(), shared.clone());
         let node = world.add_node_with("db", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |env| {
             db_main(env, boot_config.clone(), boot_shared.clone())
         });
-        Box::new(LsmRun { node, config, shared })
+        Box::new(LsmRun { node, config, shared, activity })
     }
 }
 
@@ -709,6 +763,8 @@ struct LsmRun {
     node: NodeId,
     config: Config,
     shared: Shared,
+    /// The store's own work running now (`lsm::activity`), shared by every opening.
+    activity: lsm::Activity,
 }
 
 impl LsmRun {
@@ -884,5 +940,13 @@ impl Workload for LsmRun {
         let history = lock(&self.shared);
         let acked = history.statuses.iter().filter(|w| w.acked_nanos.is_some()).count();
         (history.statuses.len() as u64 + history.read_count, acked as u64 + history.read_count)
+    }
+
+    /// The store's own work if any runs (`manifest`, `flush`, `compaction`, `log-sync`,
+    /// `recovery`), else what the node's tasks do (`NODE_STATES`, or the base state).
+    fn node_state(&self, node: &str) -> Option<&'static str> {
+        assert_eq!(node, "db", "the store's one node");
+        let tasks = lock(&self.shared).state.as_ref().map(NodeState::get);
+        self.activity.label().or(tasks)
     }
 }

@@ -5,6 +5,9 @@
 //! ask for (cut links, crashed, paused and clogged nodes, link quality, clocks, disks) and moves
 //! the world from the state it is in to that one. Ending a fault therefore restores exactly what
 //! no other active fault still wants, and the final heal is "no fault active".
+//!
+//! As each fault begins, the nemesis records its kind and the situation of every node it hits
+//! (`coverage`): what the world knows of the node, and what the node's system says it does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,7 +15,11 @@ use std::time::Duration;
 use sim::Instant;
 use sim::world::{DiskConfig, LinkConfig, NodeId, SimError, World};
 
+use crate::coverage::{Coverage, WorldState, situation_label};
 use crate::plan::{Fault, FaultKind};
+
+/// What a node's system says it does, by node name (`Workload::node_state`).
+pub type StateProbe<'p> = &'p dyn Fn(&str) -> Option<&'static str>;
 
 /// One begin or end of a fault, at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -46,6 +53,7 @@ pub struct Nemesis<'a> {
     active: Vec<bool>,
     current: Desired,
     applied_count: u64,
+    coverage: Coverage,
 }
 
 impl<'a> Nemesis<'a> {
@@ -67,11 +75,13 @@ impl<'a> Nemesis<'a> {
             active: vec![false; faults.len()],
             current: Desired::default(),
             applied_count: 0,
+            coverage: Coverage::default(),
         }
     }
 
-    /// Runs the world from its start to `faulty_ms`, beginning and ending faults on time.
-    pub fn run_faulty_phase(&mut self, faulty_ms: u64) -> Result<(), SimError> {
+    /// Runs the world from its start to `faulty_ms`, beginning and ending faults on time; as a
+    /// fault begins, asks `probe` what the nodes it hits do (see `coverage`).
+    pub fn run_faulty_phase(&mut self, faulty_ms: u64, probe: StateProbe) -> Result<(), SimError> {
         let mut edges = Vec::new();
         for (index, fault) in self.faults.iter().enumerate() {
             if fault.at_ms >= faulty_ms {
@@ -87,6 +97,8 @@ impl<'a> Nemesis<'a> {
             self.active[edge.index] = edge.begin;
             if edge.begin {
                 self.applied_count += 1;
+                let faults = self.faults;
+                self.observe(&faults[edge.index].kind, probe);
                 tracing::info!(target: "nemesis", fault = ?self.faults[edge.index], "begin");
             }
             self.reconcile();
@@ -106,6 +118,49 @@ impl<'a> Nemesis<'a> {
     /// Faults begun so far.
     pub fn applied_count(&self) -> u64 {
         self.applied_count
+    }
+
+    /// What the run explored so far: the kinds of fault begun and the situations they hit.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    /// Records a fault of `kind` beginning, before it changes the world. Reads only the
+    /// nemesis's own state, the world's node status and `probe`: no randomness, no trace.
+    fn observe(&mut self, kind: &FaultKind, probe: StateProbe) {
+        let hit: Vec<&str> = match kind {
+            // Both sides of a split lose links, and a spike worsens every link.
+            FaultKind::Split { .. } | FaultKind::LinkSpike { .. } => {
+                self.ids.keys().map(String::as_str).collect()
+            }
+            FaultKind::Oneway { source, target } if source == target => vec![source],
+            FaultKind::Oneway { source, target } => vec![source, target],
+            FaultKind::Crash { node }
+            | FaultKind::Pause { node }
+            | FaultKind::Clog { node }
+            | FaultKind::ClockJump { node, .. }
+            | FaultKind::DiskFaults { node, .. } => vec![node],
+        };
+        let labels: Vec<String> =
+            hit.iter().map(|name| situation_label(self.world_state(name), probe(name))).collect();
+        assert_eq!(labels.len(), hit.len());
+        self.coverage.record(kind.class().name(), &labels);
+    }
+
+    /// What the world knows of `name` now.
+    fn world_state(&self, name: &str) -> WorldState {
+        let id = self.id(name);
+        if self.world.is_crashed(id) {
+            WorldState::Down
+        } else if self.current.paused.contains(&id) {
+            WorldState::Paused
+        } else if self.current.clogged.contains(&id) {
+            WorldState::Clogged
+        } else if self.current.cuts.iter().any(|(a, b)| *a == id || *b == id) {
+            WorldState::Cut
+        } else {
+            WorldState::Up
+        }
     }
 
     fn id(&self, name: &str) -> NodeId {

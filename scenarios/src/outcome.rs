@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use invariants::Violation;
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::Coverage;
 use crate::plan::PlanFile;
 
 /// How a run ended.
@@ -123,6 +124,9 @@ pub struct Outcome {
     /// The BUGGIFY sites the run reached, with their fire counts.
     #[serde(default)]
     pub buggify: BuggifyFires,
+    /// The kinds of fault the nemesis began, and the situations of the nodes they hit.
+    #[serde(default)]
+    pub coverage: Coverage,
 }
 
 impl Outcome {
@@ -177,6 +181,24 @@ impl Outcome {
                 (true, count) => format!("fired {count} times"),
             };
             text.push_str(&format!("  {name:<width$}  {what}\n"));
+        }
+        text
+    }
+
+    /// The faults the run began and the situations they hit: one line per fault kind, with
+    /// the faults of that kind begun and, per state of a node such a fault hit, how often.
+    pub fn coverage_report(&self) -> String {
+        let coverage = &self.coverage;
+        let mut text = format!(
+            "faults: {} begun, {} situations (fault kind (faults): node state hits)\n",
+            coverage.fault_count(),
+            coverage.situation_count()
+        );
+        for (kind, states) in &coverage.situations {
+            let count = coverage.faults.get(kind).copied().unwrap_or(0);
+            let hits: Vec<String> =
+                states.iter().map(|(state, hits)| format!("{state} {hits}")).collect();
+            text.push_str(&format!("  {kind} ({count}): {}\n", hits.join(", ")));
         }
         text
     }

@@ -70,6 +70,22 @@ impl FaultClass {
         FaultClass::LinkSpike,
         FaultClass::ClockJump,
     ];
+
+    /// The class's name in reports (`snake_case`, as a plan file's `kind`, with disk faults
+    /// split into errors and corruption).
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultClass::Split => "split",
+            FaultClass::Oneway => "oneway",
+            FaultClass::Crash => "crash",
+            FaultClass::Pause => "pause",
+            FaultClass::Clog => "clog",
+            FaultClass::LinkSpike => "link_spike",
+            FaultClass::ClockJump => "clock_jump",
+            FaultClass::DiskFaults => "disk_faults",
+            FaultClass::DiskCorruption => "disk_corruption",
+        }
+    }
 }
 
 /// What one fault does while it lasts.
@@ -128,6 +144,28 @@ pub enum FaultKind {
         /// Fault probabilities.
         faults: DiskFaults,
     },
+}
+
+impl FaultKind {
+    /// The class of fault this is: disk faults that only flip bits on read are
+    /// `DiskCorruption`, any other disk faults `DiskFaults`.
+    pub fn class(&self) -> FaultClass {
+        match self {
+            FaultKind::Split { .. } => FaultClass::Split,
+            FaultKind::Oneway { .. } => FaultClass::Oneway,
+            FaultKind::Crash { .. } => FaultClass::Crash,
+            FaultKind::Pause { .. } => FaultClass::Pause,
+            FaultKind::Clog { .. } => FaultClass::Clog,
+            FaultKind::LinkSpike { .. } => FaultClass::LinkSpike,
+            FaultKind::ClockJump { .. } => FaultClass::ClockJump,
+            FaultKind::DiskFaults { faults, .. } => {
+                let only_flips = faults.read_corruption > 0.0
+                    && DiskFaults { read_corruption: 0.0, ..faults.clone() }
+                        == DiskFaults::default();
+                if only_flips { FaultClass::DiskCorruption } else { FaultClass::DiskFaults }
+            }
+        }
+    }
 }
 
 /// One fault of a plan.
@@ -384,6 +422,20 @@ mod tests {
             assert!(plan.faults.iter().all(|fault| fault.at_ms < plan.swarm.faulty_ms));
             plan.validate(&topology(&plan.swarm)).expect("drawn plans are valid");
         }
+    }
+
+    /// A drawn fault's kind names the class it was drawn as.
+    #[test]
+    fn kinds_know_their_class() {
+        let all = bounds();
+        for class in FaultClass::ALL {
+            let bounds = Bounds { fault_classes: std::slice::from_ref(class), ..all.clone() };
+            let plan = PlanFile::draw("test", 3, &bounds, topology);
+            assert!(plan.faults.iter().all(|fault| fault.kind.class() == *class), "{class:?}");
+        }
+        let names: std::collections::BTreeSet<_> =
+            FaultClass::ALL.iter().map(|class| class.name()).collect();
+        assert_eq!(names.len(), FaultClass::ALL.len());
     }
 
     #[test]

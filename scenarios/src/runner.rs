@@ -11,6 +11,7 @@ use std::time::Duration;
 use invariants::{InvariantKind, Subject, Violation};
 use sim::world::{DiskConfig, SimConfig, SimError, SimErrorKind, TraceSink, World};
 
+use crate::coverage::Coverage;
 use crate::nemesis::{Nemesis, at};
 use crate::outcome::{BuggifyFires, Metrics, Outcome, SiteFires, Verdict};
 use crate::plan::{PlanFile, Topology};
@@ -54,6 +55,12 @@ pub trait Workload {
     fn history(&self) -> serde_json::Value;
     /// Operations issued and acknowledged.
     fn op_counts(&self) -> (u64, u64);
+    /// What node `node`'s system does now, as a short label (`syncing`, `flushing`), for the
+    /// coverage of a run; `None` (the default) leaves only what the world knows of the node.
+    /// Called as a fault begins; it must draw no randomness and touch no part of the world.
+    fn node_state(&self, _node: &str) -> Option<&'static str> {
+        None
+    }
 }
 
 /// How to run.
@@ -110,7 +117,8 @@ pub fn run_plan_with_sink(
     }
     let _span = tracing::info_span!("run", scenario = scenario.name(), seed = plan.seed).entered();
     let mut workload = scenario.start(&world, &plan.swarm);
-    let (failure, fault_count) = run_phases(&world, plan, base_disk, workload.as_mut());
+    let (failure, coverage) = run_phases(&world, plan, base_disk, workload.as_mut());
+    let fault_count = coverage.fault_count();
     let (verdict, violation) = match failure {
         Some(error) => sim_failure(&error),
         None => judge(workload.as_ref(), &plan.swarm),
@@ -137,6 +145,7 @@ pub fn run_plan_with_sink(
         plan: plan.clone(),
         history: workload.history(),
         buggify: buggify_fires(&world),
+        coverage,
     };
     (outcome, world)
 }
@@ -160,15 +169,17 @@ fn run_phases(
     plan: &PlanFile,
     base_disk: DiskConfig,
     workload: &mut dyn Workload,
-) -> (Option<SimError>, u64) {
+) -> (Option<SimError>, Coverage) {
     let mut nemesis = Nemesis::new(world, &plan.faults, plan.swarm.link.clone(), base_disk);
-    let faulty = nemesis.run_faulty_phase(plan.swarm.faulty_ms);
+    let probe = |node: &str| workload.node_state(node);
+    let faulty = nemesis.run_faulty_phase(plan.swarm.faulty_ms, &probe);
     nemesis.heal();
-    let fault_count = nemesis.applied_count();
+    let coverage = nemesis.coverage().clone();
+    assert_eq!(coverage.fault_count(), nemesis.applied_count());
     let result = faulty
         .and_then(|()| world.run_until(at(plan.swarm.total_ms())))
         .and_then(|()| workload.finish(world));
-    (result.err(), fault_count)
+    (result.err(), coverage)
 }
 
 fn judge(workload: &dyn Workload, swarm: &Swarm) -> (Verdict, Option<Violation>) {

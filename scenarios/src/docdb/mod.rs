@@ -206,17 +206,20 @@ impl Scenario for DocdbTxn {
             planted: self.planted,
         };
         let shared: Shared = Arc::default();
-        let boot_shared = shared.clone();
+        let activity = lsm::Activity::new();
+        let (boot_shared, boot_activity) = (shared.clone(), activity.clone());
         let node = world.add_node_with("db", IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), move |env| {
-            node::db_main(env, config, boot_shared.clone())
+            node::db_main(env, config, boot_shared.clone(), boot_activity.clone())
         });
-        Box::new(DocdbRun { node, shared })
+        Box::new(DocdbRun { node, shared, activity })
     }
 }
 
 struct DocdbRun {
     node: NodeId,
     shared: Shared,
+    /// The store's own work running now, under every opening of the database.
+    activity: lsm::Activity,
 }
 
 impl Workload for DocdbRun {
@@ -274,5 +277,12 @@ impl Workload for DocdbRun {
         let acked_logs = history.logs.iter().filter(|log| **log == LogStatus::Acked).count();
         let issued = history.txns.len() + history.logs.len();
         (issued as u64, (done.count() + acked_logs) as u64)
+    }
+
+    /// The LSM store's own work under the database, if any runs (`manifest`, `flush`,
+    /// `compaction`, `log-sync`, `recovery`); otherwise only the world's view.
+    fn node_state(&self, node: &str) -> Option<&'static str> {
+        assert_eq!(node, "db", "the database's one node");
+        self.activity.label()
     }
 }

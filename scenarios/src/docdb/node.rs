@@ -51,8 +51,10 @@ pub(super) fn key_name(key: u32) -> String {
     format!("{collection}/{id}")
 }
 
-fn options() -> Options {
-    Options { lsm: lsm::Options::tiny(), ..Options::default() }
+/// The database's options; its store counts its work in `activity` (for the run's coverage).
+fn options(activity: &lsm::Activity) -> Options {
+    let lsm = lsm::Options { activity: Some(activity.clone()), ..lsm::Options::tiny() };
+    Options { lsm, ..Options::default() }
 }
 
 /// The `v` of a stored document; a document without one reads as a value nobody wrote.
@@ -76,9 +78,9 @@ fn stop(shared: &Shared, epoch: u32) {
     history.stopped = history.stopped.max(epoch);
 }
 
-async fn open(env: &SimEnv) -> Option<DocDb<SimEnv>> {
+async fn open(env: &SimEnv, activity: &lsm::Activity) -> Option<DocDb<SimEnv>> {
     for _ in 0..OPEN_ATTEMPTS_MAX {
-        match DocDb::open(env.clone(), DB_DIR, options()).await {
+        match DocDb::open(env.clone(), DB_DIR, options(activity)).await {
             Ok(db) => return Some(db),
             Err(error) => {
                 tracing::debug!(target: "docdb", %error, "open failed, retrying");
@@ -91,9 +93,10 @@ async fn open(env: &SimEnv) -> Option<DocDb<SimEnv>> {
 
 /// The node's main task: open (a recovery: check the indexes), run the tasks until a commit
 /// fails or time is up, close, reopen. Once the run is over, a boot does the final reads.
-pub(super) async fn db_main(env: SimEnv, config: Config, shared: Shared) {
+/// The store counts its work in `activity`.
+pub(super) async fn db_main(env: SimEnv, config: Config, shared: Shared, activity: lsm::Activity) {
     for _ in 0..REOPEN_COUNT_MAX {
-        let Some(db) = open(&env).await else { return };
+        let Some(db) = open(&env, &activity).await else { return };
         if env.now() >= config.stop_at {
             final_reads(&db, &config, &shared).await;
             let _ = db.close().await;

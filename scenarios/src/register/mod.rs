@@ -22,6 +22,7 @@ use sim::world::{NodeId, SimError, World};
 pub use client::{Client, ClientConfig, History, OP_TIMEOUT};
 pub use protocol::{PlantedBug, REPLICA_PORT, Tag};
 
+use crate::coverage::NodeState;
 use crate::nemesis::at;
 use crate::plan::{FaultClass, Topology};
 use crate::runner::{Scenario, Workload};
@@ -134,10 +135,16 @@ impl Scenario for RegisterScenario {
         let replicas: Vec<_> = (1..=swarm.node_count)
             .map(|i| protocol::replica_addr(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8))))
             .collect();
+        let mut states = BTreeMap::new();
         for (index, addr) in replicas.iter().enumerate() {
             let bug = self.bug;
             let name = format!("r{}", index + 1);
-            world.add_node_with(&name, addr.ip(), move |env| protocol::replica_main(env, bug));
+            let state = NodeState::new("recovering", &[]);
+            let boot_state = state.clone();
+            world.add_node_with(&name, addr.ip(), move |env| {
+                protocol::replica_main(env, bug, boot_state.clone())
+            });
+            states.insert(name, state);
         }
         let history: History = Arc::new(Mutex::new(Vec::new()));
         let mut clients = Vec::new();
@@ -156,7 +163,8 @@ impl Scenario for RegisterScenario {
             let main = client::client_main(world.env(node), config.clone(), history.clone());
             clients.push(ClientHandle { node, config, main: Some(world.spawn(node, main)) });
         }
-        Box::new(RegisterRun { mode: self.mode, history, clients, final_reads: BTreeMap::new() })
+        let final_reads = BTreeMap::new();
+        Box::new(RegisterRun { mode: self.mode, history, clients, final_reads, states })
     }
 }
 
@@ -184,6 +192,8 @@ struct RegisterRun {
     clients: Vec<ClientHandle>,
     /// Per key, what the final read returned (`None` inside: absent; missing: unreadable).
     final_reads: BTreeMap<String, Option<u64>>,
+    /// Per replica, what it says it does (`protocol::REPLICA_STATES`).
+    states: BTreeMap<String, NodeState>,
 }
 
 impl Workload for RegisterRun {
@@ -257,6 +267,12 @@ impl Workload for RegisterRun {
         let history = self.history.lock().expect("history lock");
         let ok = history.iter().filter(|op| op.output != Output::Unknown).count();
         (history.len() as u64, ok as u64)
+    }
+
+    fn node_state(&self, node: &str) -> Option<&'static str> {
+        let state = self.states.get(node)?.get();
+        assert!(protocol::REPLICA_STATES.contains(&state), "{state}");
+        Some(state)
     }
 }
 

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use sim::world::SimEnv;
 use sim::{Env, File, OpenOptions, UdpSocket};
 
+use crate::coverage::NodeState;
+
 /// The UDP port replicas listen on.
 pub const REPLICA_PORT: u16 = 7000;
 /// Version byte of datagrams and log records.
@@ -160,15 +162,24 @@ fn parse_log(bytes: &[u8]) -> (Vec<Record>, u64) {
     (records, offset as u64)
 }
 
+/// What a replica reports doing, for the coverage of a run (`NodeState`): reading its log at
+/// boot, waiting for a datagram, appending a record, syncing it.
+pub const REPLICA_STATES: &[&str] = &["recovering", "idle", "appending", "syncing"];
+
 /// A replica's state: the highest-tagged value of every key, and its log.
 struct Replica {
     entries: BTreeMap<String, (Tag, Option<u64>)>,
     log: <SimEnv as Env>::File,
     bug: Option<PlantedBug>,
+    state: NodeState,
 }
 
 impl Replica {
-    async fn recover(env: &SimEnv, bug: Option<PlantedBug>) -> io::Result<Replica> {
+    async fn recover(
+        env: &SimEnv,
+        bug: Option<PlantedBug>,
+        state: &NodeState,
+    ) -> io::Result<Replica> {
         let log = env.open(LOG_PATH, OpenOptions::CREATE).await?;
         env.sync_dir("").await?;
         let length = log.len().await?;
@@ -188,7 +199,7 @@ impl Replica {
                 *entry = (record.tag, record.value);
             }
         }
-        Ok(Replica { entries, log, bug })
+        Ok(Replica { entries, log, bug, state: state.clone() })
     }
 
     async fn store(
@@ -203,8 +214,10 @@ impl Replica {
             return Ok(());
         }
         let record = Record { key, tag, value };
+        self.state.set("appending");
         self.log.append(&encode_record(&record)).await?;
         if self.bug != Some(PlantedBug::SkipFsync) {
+            self.state.set("syncing");
             // Simulates a sync that takes very long (a disk busy with another tenant's writes):
             // the client resends meanwhile, and this replica's answer comes late or not at all.
             if env.buggify("register.replica.sync_slow") {
@@ -223,7 +236,9 @@ impl Replica {
                 Some(Message::QueryReply { request, tag, value })
             }
             Message::Store { request, key, tag, value } => {
-                match self.store(env, key, tag, value).await {
+                let stored = self.store(env, key, tag, value).await;
+                self.state.set("idle");
+                match stored {
                     Ok(()) => Some(Message::StoreAck { request }),
                     // Not durable, so not acknowledged: the client retries or gives up.
                     Err(error) => {
@@ -237,11 +252,13 @@ impl Replica {
     }
 }
 
-/// A replica node's main task: recover from the log, then serve queries and stores.
-pub async fn replica_main(env: SimEnv, bug: Option<PlantedBug>) {
+/// A replica node's main task: recover from the log, then serve queries and stores, telling
+/// `state` what it does.
+pub async fn replica_main(env: SimEnv, bug: Option<PlantedBug>, state: NodeState) {
+    state.boot("recovering");
     let mut replica = None;
     for _ in 0..RECOVER_ATTEMPTS_MAX {
-        match Replica::recover(&env, bug).await {
+        match Replica::recover(&env, bug, &state).await {
             Ok(recovered) => {
                 replica = Some(recovered);
                 break;
@@ -253,6 +270,7 @@ pub async fn replica_main(env: SimEnv, bug: Option<PlantedBug>) {
         }
     }
     let Some(mut replica) = replica else { return };
+    state.set("idle");
     let any = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), REPLICA_PORT);
     let Ok(socket) = env.bind_udp(any).await else { return };
     let mut buffer = [0u8; DATAGRAM_BYTES_MAX];

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 use futures::StreamExt;
 use sim::{Env, OpenOptions};
 
+use crate::activity::{self, Work};
 use crate::db::{Inner, join, lock, table_name};
 use crate::error::{Error, Result};
 use crate::key::Entry;
@@ -161,6 +162,7 @@ impl<E: Env> Inner<E> {
 
     /// Flushes the oldest frozen memtable, if any. Caller holds `work`.
     async fn flush_oldest(&self) -> Result<bool> {
+        let _flush = activity::begin(self.options.activity.as_ref(), Work::Flush);
         let (memtable, number) = {
             let mut state = lock(&self.state);
             let Some(memtable) = state.imm.first().cloned() else { return Ok(false) };
@@ -224,6 +226,7 @@ impl<E: Env> Inner<E> {
         version: &Version<E::File>,
         log_number: u64,
     ) -> Result<()> {
+        let _manifest = activity::begin(self.options.activity.as_ref(), Work::Manifest);
         let state = ManifestState {
             next_file_number: lock(&self.state).next_file_number,
             last_sequence: self.visible_sequence.load(Ordering::Acquire),
@@ -357,6 +360,7 @@ impl<E: Env> Inner<E> {
     /// Merges the inputs into new tables at `level + 1` and installs the result. Caller holds
     /// `work`.
     async fn run_compaction(&self, compaction: Compaction<E::File>) -> Result<()> {
+        let _compaction = activity::begin(self.options.activity.as_ref(), Work::Compaction);
         let output_level = compaction.level + 1;
         let mut version = (*lock(&self.state).version).clone();
         let single = compaction.inputs.len() == 1 && compaction.next_inputs.is_empty();

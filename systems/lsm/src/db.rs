@@ -14,6 +14,7 @@ use futures::channel::oneshot;
 use futures::future::Either;
 use sim::{Env, File, OpenOptions, TaskHandle};
 
+use crate::activity::{self, Work};
 use crate::batch::WriteBatch;
 use crate::bloom;
 use crate::cache::BlockCache;
@@ -659,6 +660,7 @@ impl<E: Env> Inner<E> {
         self.counters.group_commit_count.fetch_add(1, Ordering::Relaxed);
         self.counters.group_commit_write_count.fetch_add(write_count, Ordering::Relaxed);
         if group.iter().any(|pending| pending.durability == Durability::Sync) {
+            let _sync = activity::begin(self.options.activity.as_ref(), Work::LogSync);
             let started = self.env.now();
             writer.file.sync().await?;
             writer.synced_len = writer.len;
@@ -744,6 +746,7 @@ impl<E: Env> Inner<E> {
 
     async fn rotate_inner(&self, writer: &mut WalWriter<E::File>) -> Result<()> {
         if writer.synced_len < writer.len {
+            let _sync = activity::begin(self.options.activity.as_ref(), Work::LogSync);
             writer.file.sync().await?;
             writer.synced_len = writer.len;
         }

@@ -20,6 +20,8 @@
 //! - `manifest`: the persisted set of tables; `version`: the in-memory one.
 //! - `iter`: merging iterators; `key`: internal keys; `coding`: byte encodings.
 //! - `options`, `error`, `signal`: configuration, the error type, a wake-up primitive.
+//! - `activity`: what the store is doing now (flush, compaction, log sync...), for a test
+//!   harness's record of the state faults find it in.
 //! - `protocol`, `server`, `client`: the key-value server's wire format, the server loop (on
 //!   any `Env` listener) and a client; `src/bin/` holds the production binaries.
 //!
@@ -32,6 +34,7 @@
 
 #![deny(missing_docs)]
 
+pub mod activity;
 pub mod batch;
 pub mod block;
 pub mod bloom;
@@ -61,6 +64,7 @@ mod recovery;
 
 mod version;
 
+pub use activity::Activity;
 pub use batch::WriteBatch;
 pub use crypto::KdfParams;
 pub use db::{Db, Snapshot, Stats};

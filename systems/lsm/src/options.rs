@@ -2,6 +2,7 @@
 
 use zeroize::Zeroizing;
 
+use crate::activity::Activity;
 use crate::crypto::KdfParams;
 use crate::table::{Compression, TableOptions};
 
@@ -89,6 +90,10 @@ pub struct Options {
     /// Encryption at rest (see `Encryption`); `None` stores everything in the clear. A store
     /// created with it must always be opened with it, and one created without it never.
     pub encryption: Option<Encryption>,
+    /// Where the store counts the work it is doing (flush, compaction, log sync...), for a
+    /// test harness that records in which state faults find it; `None` counts nothing.
+    /// Counting changes nothing the store does.
+    pub activity: Option<Activity>,
     /// A known bug to plant (feature `planted-bugs` only): the simulation harness proves with
     /// it that its sweeps find each bug this store once had.
     #[cfg(feature = "planted-bugs")]
@@ -131,6 +136,7 @@ impl Default for Options {
             level_count: 7,
             seek_compaction_bytes: 16 << 10,
             encryption: None,
+            activity: None,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use sim::{Env, File, OpenOptions};
 
+use crate::activity::{self, Work};
 use crate::background::{
     MANIFEST_NAME, MANIFEST_TEMP_NAME, background_loop, parse_number, write_manifest_file,
 };
@@ -249,6 +250,7 @@ impl<E: Env> Db<E> {
     /// manifest and write-ahead logs.
     pub async fn open(env: E, dir: &str, options: Options) -> Result<Db<E>> {
         options.check().map_err(Error::InvalidArgument)?;
+        let _recovery = activity::begin(options.activity.as_ref(), Work::Recovery);
         env.create_dir_all(dir).await?;
         let lock_file = lock_directory(&env, dir).await?;
         let names = env.list(dir).await?;
