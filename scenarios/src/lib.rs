@@ -63,11 +63,13 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(coordinator::CoordinatorChurn::MESH));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
+        list.push(Box::new(docdb::DocdbTxn::PLANTED_LOST_UPDATE));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_SLIDE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_STALE_REFUTE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_PURGE_TTL));
         list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_STALE_REMOVAL));
+        list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_ADDRESS_REUSE));
     }
     list
 }
