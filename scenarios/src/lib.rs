@@ -83,15 +83,17 @@ fn feature_flag(scenario: &dyn Scenario) -> String {
     scenario.feature().map(|feature| format!(" --features scenarios/{feature}")).unwrap_or_default()
 }
 
-/// The paste-able command that replays `seed` of `scenario` with a full trace.
+/// The paste-able command that replays `seed` of `scenario` with a full trace. It builds with
+/// `--profile sim`, as `ci/sweep` does, so a failure only a debug assertion catches replays.
 pub fn replay_command(scenario: &dyn Scenario, seed: u64) -> String {
     let features = feature_flag(scenario);
-    format!("cargo run --release{features} -- replay {} --seed {seed:#x}", scenario.name())
+    format!("cargo run --profile sim{features} -- replay {} --seed {seed:#x}", scenario.name())
 }
 
-/// The paste-able command that reruns `seed` of `scenario` as a test.
+/// The paste-able command that reruns `seed` of `scenario` as a test (`--profile sim`, as
+/// `replay_command`).
 pub fn test_command(scenario: &dyn Scenario, seed: u64) -> String {
     let features = feature_flag(scenario);
     let test = scenario.name().replace('-', "_");
-    format!("SIM_SEED={seed:#x} cargo test --release -p scenarios{features} {test}")
+    format!("SIM_SEED={seed:#x} cargo test --profile sim -p scenarios{features} {test}")
 }
