@@ -171,20 +171,38 @@ fn agent_ip(index: usize) -> IpAddr {
 #[derive(Clone, Copy, Debug)]
 pub struct CoordinatorChurn {
     name: &'static str,
-    planted: bool,
+    planted: Option<Planted>,
     mesh: bool,
+}
+
+/// The bug planted in the coordinator (feature `planted-bugs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planted {
+    /// The map engine does not tell a removed node's peers (`plant_stale_removal`).
+    StaleRemoval,
+    /// The registry hands out a deleted node's address again
+    /// (`RegistryOptions::planted_reuse_freed_addresses`).
+    ReuseFreedAddresses,
 }
 
 impl CoordinatorChurn {
     /// The correct coordinator.
     pub const CORRECT: CoordinatorChurn =
-        CoordinatorChurn { name: "coordinator-churn", planted: false, mesh: false };
+        CoordinatorChurn { name: "coordinator-churn", planted: None, mesh: false };
     /// The map engine that forgets to tell a removed node's peers (`planted-bugs`).
-    pub const PLANTED_STALE_REMOVAL: CoordinatorChurn =
-        CoordinatorChurn { name: "planted-coord-stale-peer", planted: true, mesh: false };
+    pub const PLANTED_STALE_REMOVAL: CoordinatorChurn = CoordinatorChurn {
+        name: "planted-coord-stale-peer",
+        planted: Some(Planted::StaleRemoval),
+        mesh: false,
+    };
+    /// The registry whose allocator hands a deleted node's address out again (`planted-bugs`).
+    pub const PLANTED_ADDRESS_REUSE: CoordinatorChurn = CoordinatorChurn {
+        name: "planted-coord-address-reuse",
+        planted: Some(Planted::ReuseFreedAddresses),
+        mesh: false,
+    };
     /// The whole mesh: `coordinator-churn` plus gossip and traffic through the tunnels.
-    pub const MESH: CoordinatorChurn =
-        CoordinatorChurn { name: "mesh", planted: false, mesh: true };
+    pub const MESH: CoordinatorChurn = CoordinatorChurn { name: "mesh", planted: None, mesh: true };
 }
 
 impl Scenario for CoordinatorChurn {
@@ -193,8 +211,14 @@ impl Scenario for CoordinatorChurn {
     }
 
     fn summary(&self) -> &'static str {
-        if self.planted {
-            return "planted bug: a deleted node stays in its peers' maps";
+        match self.planted {
+            Some(Planted::StaleRemoval) => {
+                return "planted bug: a deleted node stays in its peers' maps";
+            }
+            Some(Planted::ReuseFreedAddresses) => {
+                return "planted bug: a new node gets the address of a deleted one";
+            }
+            None => {}
         }
         if self.mesh {
             return "the whole mesh from one seed: coordinator on docdb on the LSM store, 3-6 \
@@ -208,7 +232,7 @@ impl Scenario for CoordinatorChurn {
     }
 
     fn feature(&self) -> Option<&'static str> {
-        self.planted.then_some("planted-bugs")
+        self.planted.map(|_| "planted-bugs")
     }
 
     fn checks(&self) -> &'static [&'static str] {
@@ -276,25 +300,29 @@ impl Scenario for CoordinatorChurn {
     }
 }
 
-fn config(seed: u64, planted: bool) -> CoordinatorConfig {
+fn config(seed: u64, planted: Option<Planted>) -> CoordinatorConfig {
     let (private, _) = coordinator_keys(seed);
     CoordinatorConfig {
         private_key: Zeroizing::new(private),
         data_dir: "coordinator".to_string(),
         domain: "mesh.test".to_string(),
-        registry: RegistryOptions { node_key_expiry_secs: None, ..RegistryOptions::default() },
+        registry: RegistryOptions {
+            node_key_expiry_secs: None,
+            planted_reuse_freed_addresses: planted == Some(Planted::ReuseFreedAddresses),
+            ..RegistryOptions::default()
+        },
         db: docdb::Options { lsm: lsm::Options::tiny(), ..docdb::Options::default() },
         request_rate: RateLimit { per_second: 50, burst: 100 },
         keepalive: Duration::from_millis(500),
         agent_silence_max: Duration::from_secs(3),
-        planted_stale_removal: planted,
+        planted_stale_removal: planted == Some(Planted::StaleRemoval),
     }
 }
 
 async fn coordinator_main(
     env: SimEnv,
     seed: u64,
-    planted: bool,
+    planted: Option<Planted>,
     stop_at: sim::Instant,
     shared: Shared,
 ) {

@@ -67,11 +67,13 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
     list.push(Box::new(coordinator::CoordinatorChurn::MESH));
     if cfg!(feature = "planted-bugs") {
         list.push(Box::new(docdb::DocdbTxn::PLANTED));
+        list.push(Box::new(docdb::DocdbTxn::PLANTED_LOST_UPDATE));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_REPLAY));
         list.push(Box::new(wireguard::WireguardMesh::PLANTED_SLIDE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_STALE_REFUTE));
         list.push(Box::new(gossip::GossipCluster::PLANTED_PURGE_TTL));
         list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_STALE_REMOVAL));
+        list.push(Box::new(coordinator::CoordinatorChurn::PLANTED_ADDRESS_REUSE));
     }
     list
 }
@@ -85,15 +87,17 @@ fn feature_flag(scenario: &dyn Scenario) -> String {
     scenario.feature().map(|feature| format!(" --features scenarios/{feature}")).unwrap_or_default()
 }
 
-/// The paste-able command that replays `seed` of `scenario` with a full trace.
+/// The paste-able command that replays `seed` of `scenario` with a full trace. It builds with
+/// `--profile sim`, as `ci/sweep` does, so a failure only a debug assertion catches replays.
 pub fn replay_command(scenario: &dyn Scenario, seed: u64) -> String {
     let features = feature_flag(scenario);
-    format!("cargo run --release{features} -- replay {} --seed {seed:#x}", scenario.name())
+    format!("cargo run --profile sim{features} -- replay {} --seed {seed:#x}", scenario.name())
 }
 
-/// The paste-able command that reruns `seed` of `scenario` as a test.
+/// The paste-able command that reruns `seed` of `scenario` as a test (`--profile sim`, as
+/// `replay_command`).
 pub fn test_command(scenario: &dyn Scenario, seed: u64) -> String {
     let features = feature_flag(scenario);
     let test = scenario.name().replace('-', "_");
-    format!("SIM_SEED={seed:#x} cargo test --release -p scenarios{features} {test}")
+    format!("SIM_SEED={seed:#x} cargo test --profile sim -p scenarios{features} {test}")
 }

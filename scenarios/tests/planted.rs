@@ -1,10 +1,11 @@
 //! The harness's proof that it finds real bugs.
 //!
-//! Goal: with a known bug planted in the test register, lsm, docdb, wireguard or gossip, a sweep
-//! finds a failing seed, replaying that seed reproduces the failure identically (same verdict,
-//! violation and trace hash), and shrinking reduces its fault plan to the faults that matter
-//! (for the register one or two; for the lsm bugs, which the seed's own draws expose, possibly
-//! none; for docdb at most three), a plan that fails again on its own.
+//! Goal: with a known bug planted in the test register, lsm, docdb, wireguard, gossip or the
+//! coordinator, a sweep finds a failing seed, replaying that seed reproduces the failure
+//! identically (same verdict, violation and trace hash), and shrinking reduces its fault plan
+//! to the faults that matter (for the register one or two; for the lsm bugs, which the seed's
+//! own draws expose, possibly none; for docdb at most three), a plan that fails again on its
+//! own.
 //! Method: the `planted-*` scenarios (feature `planted-bugs`).
 
 use scenarios::shrink::shrink;
@@ -108,6 +109,15 @@ fn docdb_index_outside_batch_is_found_replayed_and_shrunk() {
     find_replay_shrink_to("planted-docdb-index-outside-batch", 0..=3);
 }
 
+/// Issue 17: docdb's commit decides before its write, not after, that no open transaction can
+/// conflict with it, and so records no conflict entries; a transaction begun during the write
+/// overwrites its writes without a conflict: a lost update. The index check after a recovery
+/// sees a stale entry, or the snapshot isolation check a G-single cycle in Adya's graph.
+#[test]
+fn docdb_alone_decided_before_the_write_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-docdb-lost-update", Verdict::SafetyViolation);
+}
+
 /// Issue 17: wireguard's replay window accepts a copy of its greatest counter (`>=` for `>`),
 /// so a datagram the network duplicates is delivered twice.
 #[test]
@@ -144,6 +154,14 @@ fn coordinator_stale_peer_after_removal_is_found_replayed_and_shrunk() {
     find_replay_shrink_as("planted-coord-stale-peer", Verdict::SafetyViolation);
 }
 
+/// Issue 17: the registry allocates the lowest address no live node holds, so a deleted node's
+/// address goes to the next registration (its own agent's, registering again as a new node),
+/// and the unique-addresses check sees two nodes given one address.
+#[test]
+fn coordinator_address_of_a_deleted_node_reused_is_found_replayed_and_shrunk() {
+    find_replay_shrink_as("planted-coord-address-reuse", Verdict::SafetyViolation);
+}
+
 /// Without the planted bugs the same seeds pass: the failures above are the bugs' doing.
 #[test]
 fn the_same_seeds_pass_without_the_bugs() {
@@ -154,11 +172,13 @@ fn the_same_seeds_pass_without_the_bugs() {
         ("planted-lsm-close", "lsm-crash"),
         ("planted-lsm-starve", "lsm-crash"),
         ("planted-docdb-index-outside-batch", "docdb-txn"),
+        ("planted-docdb-lost-update", "docdb-txn"),
         ("planted-wg-replay-greatest", "wireguard-mesh"),
         ("planted-wg-replay-slide", "wireguard-mesh"),
         ("planted-gossip-stale-refute", "gossip-cluster"),
         ("planted-gossip-purge-ttl", "gossip-cluster"),
         ("planted-coord-stale-peer", "coordinator-churn"),
+        ("planted-coord-address-reuse", "coordinator-churn"),
     ] {
         let found = first_failure(planted);
         let scenario = scenarios::find(correct).expect("scenario exists");

@@ -20,7 +20,10 @@
 //! Liveness: commits resume within the bound after the heal.
 //!
 //! With feature `planted-bugs`, `planted-docdb-index-outside-batch` runs the same workload on a
-//! commit that writes index entries outside the transaction's batch (`docdb::planted`).
+//! commit that writes index entries outside the transaction's batch, and
+//! `planted-docdb-lost-update` on a commit that skips recording its writes for conflict checks
+//! when it was the only open transaction before its write, though one may begin during it
+//! (`docdb::planted`).
 
 mod check;
 mod node;
@@ -125,22 +128,34 @@ struct Config {
     read_only_percent: u32,
     index_at: sim::Instant,
     stop_at: sim::Instant,
-    planted: bool,
+    planted: Option<Planted>,
+}
+
+/// The bug planted in docdb's commit (feature `planted-bugs`; `docdb::planted::PlantedBug`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planted {
+    IndexOutsideBatch,
+    AloneBeforeWrite,
 }
 
 /// The `docdb-txn` scenario (and its planted-bug twin).
 #[derive(Clone, Copy, Debug)]
 pub struct DocdbTxn {
     name: &'static str,
-    planted: bool,
+    planted: Option<Planted>,
 }
 
 impl DocdbTxn {
     /// The correct database.
-    pub const CORRECT: DocdbTxn = DocdbTxn { name: "docdb-txn", planted: false };
+    pub const CORRECT: DocdbTxn = DocdbTxn { name: "docdb-txn", planted: None };
     /// The commit that writes index entries outside its batch.
-    pub const PLANTED: DocdbTxn =
-        DocdbTxn { name: "planted-docdb-index-outside-batch", planted: true };
+    pub const PLANTED: DocdbTxn = DocdbTxn {
+        name: "planted-docdb-index-outside-batch",
+        planted: Some(Planted::IndexOutsideBatch),
+    };
+    /// The commit that decides it is alone before its write (a lost update).
+    pub const PLANTED_LOST_UPDATE: DocdbTxn =
+        DocdbTxn { name: "planted-docdb-lost-update", planted: Some(Planted::AloneBeforeWrite) };
 }
 
 impl Scenario for DocdbTxn {
@@ -149,8 +164,15 @@ impl Scenario for DocdbTxn {
     }
 
     fn summary(&self) -> &'static str {
-        if self.planted {
-            return "planted bug: docdb commits index entries outside the transaction's batch";
+        match self.planted {
+            Some(Planted::IndexOutsideBatch) => {
+                return "planted bug: docdb commits index entries outside the transaction's batch";
+            }
+            Some(Planted::AloneBeforeWrite) => {
+                return "planted bug: docdb's commit decides no transaction can conflict with \
+                        it before its write, not after (lost updates)";
+            }
+            None => {}
         }
         "docdb on one node: concurrent multi-document transactions over two collections, an \
          index built mid-run, a resuming change-stream consumer, under crashes, pauses, disk \
@@ -169,7 +191,7 @@ impl Scenario for DocdbTxn {
     }
 
     fn feature(&self) -> Option<&'static str> {
-        self.planted.then_some("planted-bugs")
+        self.planted.map(|_| "planted-bugs")
     }
 
     fn bounds(&self) -> Bounds {

@@ -289,17 +289,25 @@ async fn transaction(
 }
 
 #[cfg(feature = "planted-bugs")]
-async fn commit(txn: Transaction<SimEnv>, planted: bool) -> ::docdb::Result<::docdb::CommitInfo> {
-    if planted {
-        let bug = ::docdb::planted::PlantedBug::IndexOutsideBatch;
-        return txn.commit_with_planted_bug(bug).await;
-    }
-    txn.commit().await
+async fn commit(
+    txn: Transaction<SimEnv>,
+    planted: Option<super::Planted>,
+) -> ::docdb::Result<::docdb::CommitInfo> {
+    use ::docdb::planted::PlantedBug;
+    let bug = match planted {
+        None => return txn.commit().await,
+        Some(super::Planted::IndexOutsideBatch) => PlantedBug::IndexOutsideBatch,
+        Some(super::Planted::AloneBeforeWrite) => PlantedBug::AloneBeforeWrite,
+    };
+    txn.commit_with_planted_bug(bug).await
 }
 
 #[cfg(not(feature = "planted-bugs"))]
-async fn commit(txn: Transaction<SimEnv>, planted: bool) -> ::docdb::Result<::docdb::CommitInfo> {
-    assert!(!planted, "planted scenarios need feature planted-bugs");
+async fn commit(
+    txn: Transaction<SimEnv>,
+    planted: Option<super::Planted>,
+) -> ::docdb::Result<::docdb::CommitInfo> {
+    assert!(planted.is_none(), "planted scenarios need feature planted-bugs");
     txn.commit().await
 }
 

@@ -303,14 +303,25 @@ impl<E: Env> DocDb<E> {
         snapshot_sequence: u64,
         writes: TxnWrites,
     ) -> Result<u64> {
+        self.commit_writes_planted(snapshot_sequence, writes, false).await
+    }
+
+    /// `commit_writes`; `alone_before_write` is the planted bug `PlantedBug::AloneBeforeWrite`
+    /// (module `planted`), false otherwise.
+    pub(crate) async fn commit_writes_planted(
+        &self,
+        snapshot_sequence: u64,
+        writes: TxnWrites,
+        alone_before_write: bool,
+    ) -> Result<u64> {
         if writes.is_empty() {
             return Ok(0);
         }
         let _commits = self.inner.commit_lock.lock().await;
-        let commit = {
+        let (commit, alone_early) = {
             let shared = lock(&self.inner.shared);
             check_conflicts(&shared, snapshot_sequence, &writes)?;
-            shared.last_commit + 1
+            (shared.last_commit + 1, is_alone(&shared, snapshot_sequence))
         };
         let batch = self.commit_batch(commit, &writes).await?;
         if self.inner.env.buggify("docdb.commit.slow_write") {
@@ -324,8 +335,10 @@ impl<E: Env> DocDb<E> {
         let event_count = u32::try_from(writes.events.len()).expect("events per commit fit u32");
         shared.event_counts.record(commit, event_count, history);
         // With no other transaction open, none can conflict with these writes: every later
-        // transaction's snapshot includes them.
-        let alone = shared.active.len() == 1 && shared.active.get(&snapshot_sequence) == Some(&1);
+        // transaction's snapshot includes them. Asked now, after the write: one begun while
+        // it went on has a snapshot without them.
+        let alone =
+            if alone_before_write { alone_early } else { is_alone(&shared, snapshot_sequence) };
         publish_commit(&mut shared, commit, sequence, writes, alone);
         drop(shared);
         self.inner.committed.notify();
@@ -395,6 +408,11 @@ fn check_conflicts(shared: &Shared, snapshot_sequence: u64, writes: &TxnWrites) 
         }
     }
     Ok(())
+}
+
+/// Whether the transaction on `snapshot_sequence` is the only open one.
+fn is_alone(shared: &Shared, snapshot_sequence: u64) -> bool {
+    shared.active.len() == 1 && shared.active.get(&snapshot_sequence) == Some(&1)
 }
 
 fn describe_key(key: &[u8]) -> String {

@@ -24,7 +24,7 @@
 //! - `error`: the one error type, with MongoDB's error codes.
 //! - `wire`: the MongoDB wire protocol server (OP_MSG, commands, cursors, sessions, SCRAM).
 //! - `verify`: `DocDb::verify_indexes`, every index checked against a rebuild from documents.
-//! - `planted` (feature `planted-bugs`): a deliberately broken commit for the harness to catch.
+//! - `planted` (feature `planted-bugs`): deliberately broken commits for the harness to catch.
 //!
 //! Invariant: nothing here reads the OS clock, OS randomness or the file system directly.
 

@@ -159,6 +159,82 @@ impl Mst {
         self.root = root;
         self.dirty.clear();
         assert_eq!(self.root == Digest::ZERO, self.items.is_empty());
+        if cfg!(debug_assertions) {
+            self.check_refreshed();
+        }
+    }
+
+    /// Refreshes, then checks the tree against its invariants, panicking on a violation (a
+    /// bug): the nodes reachable from the root hold exactly `items`, in key order, each key at
+    /// its level and within its node's separators; each node's level is above its children's
+    /// and is the highest level among the keys of its range, all of which it holds (so the
+    /// shape is the pure function of the keys); every digest matches its node; and the index
+    /// holds exactly the reachable nodes, each counted once per parent (and once as the root).
+    /// `refresh` runs it in builds with debug assertions (the `sim` profile). O(nodes x depth).
+    pub fn check_invariants(&mut self) {
+        self.refresh();
+        self.check_refreshed();
+    }
+
+    fn check_refreshed(&self) {
+        assert!(self.dirty.is_empty(), "checked only when refreshed");
+        let mut entries = Vec::with_capacity(self.items.len());
+        let mut references: BTreeMap<Digest, u32> = BTreeMap::new();
+        if self.root != Digest::ZERO {
+            references.insert(self.root, 1);
+        }
+        self.check_subtree(self.root, Bounds::default(), None, &mut entries, &mut references);
+        assert_eq!(entries.len(), self.items.len(), "the tree holds every item once");
+        for ((key, digest), (item_key, (item_digest, level))) in entries.iter().zip(&self.items) {
+            assert!(*key == item_key.as_slice() && digest == item_digest, "tree entry = item");
+            assert_eq!(*level, key_level(key), "an item's cached level");
+        }
+        assert_eq!(self.index.nodes.len(), references.len(), "the index holds only the tree");
+        for (digest, (node, count)) in &self.index.nodes {
+            assert_eq!(node.digest(), *digest, "an index node under its own digest");
+            assert_eq!(references.get(digest), Some(count), "node {digest:?} reference count");
+        }
+    }
+
+    /// Checks the subtree `digest` between `bounds`, under a node of level `above`; appends its
+    /// entries in key order and counts one reference to each of its nodes' children.
+    fn check_subtree<'a>(
+        &'a self,
+        digest: Digest,
+        bounds: Bounds<'a>,
+        above: Option<u8>,
+        entries: &mut Vec<(&'a [u8], Digest)>,
+        references: &mut BTreeMap<Digest, u32>,
+    ) {
+        if digest == Digest::ZERO {
+            return;
+        }
+        let node = self.node(digest).expect("every child of the tree is in the index");
+        assert!(node.is_well_formed(), "node {digest:?} is well formed");
+        assert!(above.is_none_or(|above| node.level < above), "levels fall toward the leaves");
+        let in_range = self.items.range::<[u8], _>(bounds.range());
+        let (mut highest, mut at_level) = (0, 0);
+        for (_, (_, level)) in in_range {
+            highest = highest.max(*level);
+            at_level += usize::from(*level == node.level);
+        }
+        assert_eq!(highest, node.level, "a node is at its range's highest level");
+        assert_eq!(at_level, node.entries.len(), "a node holds every key of its level");
+        for (position, child) in node.children.iter().enumerate() {
+            let low = position.checked_sub(1).map(|before| node.entries[before].key.as_slice());
+            let high = node.entries.get(position).map(|entry| entry.key.as_slice());
+            if *child != Digest::ZERO {
+                *references.entry(*child).or_insert(0) += 1;
+            }
+            let child_bounds = Bounds { low: low.or(bounds.low), high: high.or(bounds.high) };
+            self.check_subtree(*child, child_bounds, Some(node.level), entries, references);
+            if let Some(entry) = node.entries.get(position) {
+                assert_eq!(key_level(&entry.key), node.level, "a key at its node's level");
+                assert!(bounds.low.is_none_or(|low| low < entry.key.as_slice()), "above low");
+                assert!(bounds.high.is_none_or(|high| entry.key.as_slice() < high), "below high");
+                entries.push((&entry.key, entry.digest));
+            }
+        }
     }
 
     /// The root digest (refreshing first).
@@ -547,6 +623,9 @@ mod tests {
                 }
             }
             let mut fresh = tree(&model);
+            // Also in release test builds, where `refresh` does not run it.
+            incremental.check_invariants();
+            fresh.check_invariants();
             prop_assert_eq!(incremental.root(), fresh.root());
             prop_assert_eq!(incremental.node_count(), fresh.node_count());
             let nodes: Vec<&Digest> = incremental.index.nodes.keys().collect();
@@ -591,6 +670,18 @@ mod tests {
         let session = pull_in_process(&mut left, &mut right, 16);
         assert_eq!(session.missing().len(), 1);
         assert!(session.node_count as usize <= depth, "{} > {depth}", session.node_count);
+    }
+
+    #[test]
+    fn check_invariants_finds_a_stale_index() {
+        let items: BTreeMap<u16, u8> = (0..300).map(|key| (key, 1)).collect();
+        let mut broken = tree(&items);
+        broken.check_invariants();
+        // A key changed behind the tree's back: its entry no longer matches the item.
+        let (key, _) = broken.items.iter().next().map(|(k, v)| (k.clone(), *v)).expect("items");
+        broken.items.insert(key, (hash_bytes(b"other"), key_level(&0u16.to_be_bytes())));
+        let caught = std::panic::catch_unwind(move || broken.check_invariants());
+        assert!(caught.is_err(), "a tree entry that differs from its item is a violation");
     }
 
     #[test]

@@ -124,6 +124,11 @@ pub struct RegistryOptions {
     pub ephemeral_grace_secs: u64,
     /// How many times a transaction is retried after a write conflict.
     pub conflict_retries_max: u32,
+    /// Plants a known bug for the harness to find: registration takes the lowest address no
+    /// live node holds (first fit) instead of the high-water mark, so a deleted node's address
+    /// goes to the next node while peers that have not yet heard of the removal still hold the
+    /// old node under it. Inert without feature `planted-bugs`; never in production.
+    pub planted_reuse_freed_addresses: bool,
 }
 
 impl Default for RegistryOptions {
@@ -133,6 +138,7 @@ impl Default for RegistryOptions {
             node_key_expiry_secs: Some(180 * 24 * 3600),
             ephemeral_grace_secs: 0,
             conflict_retries_max: 64,
+            planted_reuse_freed_addresses: false,
         }
     }
 }

@@ -178,18 +178,49 @@ impl<E: Env> Registry<E> {
         }
         let offset = u32::try_from(next_offset).unwrap_or(u32::MAX);
         let prefix_len = self.allocator.prefix_len();
-        let allocation = self
-            .allocator
-            .allocate(offset)
-            .ok_or(RegistryError::AddressesExhausted { prefix_len })?;
-        assert!(u64::from(allocation.offset) >= next_offset, "the high-water mark only rises");
+        let planted = self.planted_reuse_freed_addresses();
+        let allocation =
+            if planted { self.lowest_free(txn).await? } else { self.allocator.allocate(offset) };
+        let allocation = allocation.ok_or(RegistryError::AddressesExhausted { prefix_len })?;
+        assert!(
+            planted || u64::from(allocation.offset) >= next_offset,
+            "the high-water mark only rises"
+        );
+        let high_water = (i64::from(allocation.offset) + 1).max(as_i64(next_offset));
         let meta = doc! {
             "_id": NODES,
             "next_id": as_i64(id + 1),
-            "next_ipv4_offset": i64::from(allocation.offset) + 1,
+            "next_ipv4_offset": high_water,
         };
         txn.collection(DATABASE, META).replace_one(&doc! {"_id": NODES}, meta, true).await?;
         Ok((id, allocation))
+    }
+
+    fn planted_reuse_freed_addresses(&self) -> bool {
+        cfg!(feature = "planted-bugs") && self.options.planted_reuse_freed_addresses
+    }
+
+    /// The planted bug's allocation (`RegistryOptions::planted_reuse_freed_addresses`): the
+    /// lowest assignable offset no live node holds, a deleted node's included.
+    async fn lowest_free(
+        &self,
+        txn: &mut Transaction<E>,
+    ) -> Result<Option<Allocation>, RegistryError> {
+        let options = docdb::FindOptions { limit: LIST_MAX, ..Default::default() };
+        let documents = txn.collection(DATABASE, NODES).query(&doc! {}, &options).await?.documents;
+        let mut held = BTreeSet::new();
+        for document in &documents {
+            let ipv4 = decode_node(document)?.info.ipv4;
+            held.insert(u32::from(ipv4) - u32::from(super::alloc::IPV4_BASE));
+        }
+        let mut offset = 0;
+        while let Some(allocation) = self.allocator.allocate(offset) {
+            if !held.contains(&allocation.offset) {
+                return Ok(Some(allocation));
+            }
+            offset = allocation.offset + 1;
+        }
+        Ok(None)
     }
 
     /// Replaces the node key of the machine's node: `old` must be its current key and `new`
