@@ -219,13 +219,28 @@ pub(crate) struct State {
     pub(crate) stats: Stats,
     polls_at_instant: u64,
     /// Timer events still queued whose timer was cancelled.
+    // Invariant: at most the number of queued events.
     stale_timer_event_count: usize,
+    /// The (time, sequence) of the last event taken from the queue.
+    // Invariant: strictly increasing (every event scheduled later has a larger sequence and
+    // a time no earlier than `now`), and its time is at most `now`.
+    last_event: (Instant, u64),
 }
 
 /// Below this many stale timer events the queue is never compacted.
 const STALE_TIMER_EVENTS_COMPACT_MIN: usize = 4096;
 
 impl State {
+    /// Checks the event queue's invariants as the event at `(at, sequence)` leaves it: events
+    /// leave in (time, sequence) order, never from the past, and the count of stale timer
+    /// events stays within the queue.
+    fn check_event_order(&mut self, at: Instant, sequence: u64) {
+        assert!((at, sequence) > self.last_event, "event queue out of order");
+        assert!(at >= self.now, "an event from before the world's clock");
+        assert!(self.stale_timer_event_count <= self.events.len() + 1, "stale events miscounted");
+        self.last_event = (at, sequence);
+    }
+
     pub(crate) fn schedule(&mut self, at: Instant, event: Event) {
         assert!(at >= self.now, "event scheduled in the past");
         self.sequence += 1;
@@ -389,6 +404,7 @@ impl World {
             stats: Stats::default(),
             polls_at_instant: 0,
             stale_timer_event_count: 0,
+            last_event: (Instant::ZERO, 0),
             config,
         };
         let shared = Shared {
@@ -592,7 +608,8 @@ impl World {
             let mut state = self.shared.lock();
             match state.events.peek() {
                 Some(next) if next.at <= deadline => {
-                    let Scheduled { at, event, .. } = state.events.pop().expect("peeked");
+                    let Scheduled { at, event, sequence } = state.events.pop().expect("peeked");
+                    state.check_event_order(at, sequence);
                     if at > state.now {
                         state.now = at;
                         state.polls_at_instant = 0;
