@@ -11,13 +11,16 @@
 //!
 //! Everything is inline (CSS, SVG, a few lines of JavaScript for details on click and for
 //! dimming the uninvolved): the page loads nothing, so it opens offline and can be attached to
-//! an issue. Only histories of single-key operations (`invariants::linearizability::Operation`,
-//! what the register scenarios record) have bars; other scenarios record counts, shown as a
-//! table.
+//! an issue. Histories draw bars when they record single operations: the register scenarios'
+//! single-key operations under `operations` (`invariants::linearizability::Operation`, on lane
+//! `cN` for client N), or a scenario's op log under `ops` (`scenarios::oplog::OpRecord`, each on
+//! the lane it names, as `lsm-crash` records its writers' puts, deletes, batches, gets, flushes
+//! and compactions). Other scenarios record counts: their page has lanes and faults only.
 
 use std::fmt::Write as _;
 
 use invariants::linearizability::{Input, Operation, Output};
+use scenarios::oplog::{self, OpRecord};
 use scenarios::plan::Topology;
 use scenarios::{Fault, FaultKind, Outcome};
 
@@ -35,6 +38,8 @@ const AXIS_HEIGHT: f64 = 26.0;
 const LATENCY_HEIGHT: f64 = 220.0;
 /// How far an unknown operation is drawn when its client issued nothing after it.
 const UNKNOWN_DRAWN_NANOS_MAX: u64 = 1_000_000_000;
+/// Most lanes an op log's lane names add; later names share a `clients` lane.
+const LANES_ADDED_MAX: usize = 16;
 
 /// How an operation ended, as the page colours it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +48,8 @@ enum OpOutcome {
     Ok,
     /// Timed out or cut off by a crash: it may or may not have taken effect.
     Unknown,
+    /// Refused with an error: it took no effect.
+    Failed,
 }
 
 /// How the violation implicates an operation.
@@ -141,6 +148,7 @@ fn picture(outcome: &Outcome, topology: &Topology) -> Picture {
     let mut lanes = topology.all();
     let operations = operations(&outcome.history);
     let mut ops = op_bars(&operations, &mut lanes, outcome);
+    ops.extend(log_bars(&op_log(&outcome.history), &mut lanes, outcome));
     let end_nanos = ops.iter().map(|op| op.end_nanos).max().unwrap_or(0);
     let total_nanos = (swarm.total_ms() * 1_000_000).max(end_nanos).max(1);
     let rows = stack_rows(&mut ops, lanes.len());
@@ -157,15 +165,85 @@ fn operations(history: &serde_json::Value) -> Vec<Operation> {
         .unwrap_or_default()
 }
 
+/// The history's op log (`scenarios::oplog`), if it keeps one (`lsm-crash` does).
+fn op_log(history: &serde_json::Value) -> Vec<OpRecord> {
+    history.get("ops").and_then(|ops| serde_json::from_value(ops.clone()).ok()).unwrap_or_default()
+}
+
 fn history_without_operations(history: &serde_json::Value) -> serde_json::Value {
     let mut history = history.clone();
-    if let Some(map) = history.as_object_mut()
-        && let Some(operations) = map.remove("operations")
-    {
-        let count = operations.as_array().map_or(0, Vec::len);
-        map.insert("operations".to_string(), format!("{count} (on the timeline)").into());
+    for field in ["operations", "ops"] {
+        if let Some(map) = history.as_object_mut()
+            && let Some(operations) = map.remove(field)
+        {
+            let count = operations.as_array().map_or(0, Vec::len);
+            map.insert(field.to_string(), format!("{count} (on the timeline)").into());
+        }
     }
     history
+}
+
+/// Bars for an op log's `records`, each on the lane it names.
+fn log_bars(records: &[OpRecord], lanes: &mut Vec<String>, outcome: &Outcome) -> Vec<OpBar> {
+    let blame = Blamed::from_violation(outcome.violation.as_ref().map(|v| v.message.as_str()));
+    let lanes_before = lanes.len();
+    let mut order: Vec<&OpRecord> = records.iter().collect();
+    order.sort_by(|a, b| (&a.lane, a.call_nanos).cmp(&(&b.lane, b.call_nanos)));
+    let mut bars = Vec::with_capacity(order.len());
+    for (position, record) in order.iter().enumerate() {
+        let lane = lane_named(lanes, &record.lane, lanes_before);
+        let next_call = order
+            .get(position + 1)
+            .filter(|next| next.lane == record.lane)
+            .map(|next| next.call_nanos);
+        let cap = record.call_nanos + UNKNOWN_DRAWN_NANOS_MAX;
+        let end_nanos = record.return_nanos.unwrap_or(next_call.unwrap_or(cap).min(cap));
+        let outcome = match record.outcome {
+            oplog::OpOutcome::Ok => OpOutcome::Ok,
+            oplog::OpOutcome::Failed => OpOutcome::Failed,
+            oplog::OpOutcome::Unknown => OpOutcome::Unknown,
+        };
+        let on_blamed_key = record.keys.iter().any(|key| blame.keys.contains(key));
+        bars.push(OpBar {
+            lane,
+            row: 0,
+            text: describe_record(record),
+            call_nanos: record.call_nanos,
+            end_nanos: end_nanos.max(record.call_nanos),
+            outcome,
+            blame: if on_blamed_key { Blame::Key } else { Blame::None },
+        });
+    }
+    assert!(lanes.len() <= lanes_before + LANES_ADDED_MAX + 1, "the added lanes are bounded");
+    bars
+}
+
+/// The lane called `name`, added if need be (past `LANES_ADDED_MAX` added, a `clients` lane).
+fn lane_named(lanes: &mut Vec<String>, name: &str, lanes_before: usize) -> usize {
+    if let Some(index) = lanes.iter().position(|lane| lane == name) {
+        return index;
+    }
+    if lanes.len() - lanes_before < LANES_ADDED_MAX {
+        lanes.push(name.to_string());
+        return lanes.len() - 1;
+    }
+    if let Some(index) = lanes.iter().position(|lane| lane == "clients") {
+        return index;
+    }
+    lanes.push("clients".to_string());
+    lanes.len() - 1
+}
+
+/// One op log record: `writer 0: put key-003 (sync) ok [1.000ms, 2.500ms]`.
+fn describe_record(record: &OpRecord) -> String {
+    let returned = record.return_nanos.map_or_else(|| "never returned".to_string(), ms);
+    let outcome = match record.outcome {
+        oplog::OpOutcome::Ok => "ok",
+        oplog::OpOutcome::Failed => "failed",
+        oplog::OpOutcome::Unknown => "outcome unknown",
+    };
+    let (lane, what, call) = (&record.lane, &record.what, ms(record.call_nanos));
+    format!("{lane}: {what} {outcome} [{call}, {returned}]")
 }
 
 /// Bars for `operations`, on lane `cN` for client N (a `clients` lane is added if need be).
@@ -518,6 +596,7 @@ fn op_classes(op: &OpBar) -> String {
     let outcome = match op.outcome {
         OpOutcome::Ok => "ok",
         OpOutcome::Unknown => "unknown",
+        OpOutcome::Failed => "failed",
     };
     let blame = match op.blame {
         Blame::None => "",
@@ -678,7 +757,7 @@ svg text { font: 11px system-ui, sans-serif; fill: #333; }
 const LEGEND: &str = r#"<div class="legend">
 <span><i style="background:#43a047"></i>ok</span>
 <span><i style="background:#fbc02d"></i>unknown (timed out or cut off)</span>
-<span><i style="background:#e53935"></i>failed</span>
+<span><i style="background:#e53935"></i>failed (refused, no effect)</span>
 <span><i style="border:3px solid #d50000"></i>named by the violation</span>
 <span><i style="border:2px solid #fb8c00"></i>on a key the violation names</span>
 <span><i style="background:#fff4d6"></i>faulty phase</span>

@@ -92,6 +92,32 @@ fn page_of_a_scenario_without_operations() {
     assert!(!page.contains("http://") && !page.contains("https://"));
 }
 
+/// `lsm-crash` keeps an op log (`ops`) of its writers' operations: the page draws a bar for
+/// each, on a lane per writer beside the store's node, with the faults of the plan.
+#[test]
+fn page_of_lsm_crash_has_op_bars() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (page, plan, history) = replay_page(dir.path(), "lsm-crash", "0x1", 0);
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(page.contains("<svg id=\"timeline\"") && page.contains("<svg id=\"latency\""));
+    assert!(page.contains("data-node=\"db\""), "the store's node has a lane");
+    let writers = plan["swarm"]["client_count"].as_u64().expect("clients");
+    for writer in 0..writers {
+        assert!(page.contains(&format!("data-node=\"writer {writer}\"")), "writer {writer}");
+    }
+    let ops = history["ops"].as_array().expect("an op log");
+    assert!(ops.len() > 10, "{} operations", ops.len());
+    assert!(history["ops_not_recorded"].is_u64());
+    assert_eq!(page.matches("<rect class=\"op ").count(), ops.len(), "a bar per operation");
+    assert!(page.contains("<rect class=\"op ok"), "answered operations are green");
+    assert!(page.contains("<circle class=\"pt ok"), "and in the latency plot");
+    assert!(!page.contains("records counts, not single operations"));
+    for index in 0..plan["faults"].as_array().expect("faults").len() {
+        assert!(page.contains(&format!("data-fault=\"{index}\" x=")), "fault {index}");
+    }
+}
+
 /// A planted bug's safety violation names operations; the page outlines them.
 #[cfg(feature = "planted-bugs")]
 #[test]

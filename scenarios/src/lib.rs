@@ -36,6 +36,7 @@ pub mod gossip;
 pub mod lsm;
 mod mesh;
 pub mod nemesis;
+pub mod oplog;
 pub mod outcome;
 pub mod plan;
 pub mod register;

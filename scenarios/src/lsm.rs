@@ -24,6 +24,9 @@
 //! Liveness: acknowledged writes resume within the bound after the heal (unless the store
 //! reported corruption from misdirected writes: an operator must restore it), and every user
 //! flush or compaction during the burst ends within `USER_WORK_BOUND`.
+//!
+//! The history also keeps an op log (`oplog`) of the writers' and the burst flusher's
+//! operations, which `replay --html` draws as bars; no check reads it.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +45,7 @@ use sim::{Env, Instant};
 
 use crate::coverage::{NodeState, StateGuard};
 use crate::nemesis::at;
+use crate::oplog::{OpLog, OpOutcome};
 use crate::plan::{FaultClass, Topology};
 use crate::runner::{Scenario, Workload};
 use crate::swarm::{Bounds, Span, Swarm};
@@ -151,6 +155,8 @@ struct History {
     final_reads: Option<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     /// What the node says it does, for the coverage of a run (`NODE_STATES`).
     state: Option<NodeState>,
+    /// The writers' and the burst flusher's operations, for the picture of a run only.
+    ops: OpLog,
 }
 
 impl History {
@@ -247,6 +253,49 @@ async fn tracked<T>(
     {
         history.corruption = Some(error.to_string());
     }
+    result
+}
+
+/// An operation as the op log records it (`recorded`).
+struct Call {
+    /// The writer or task issuing it (`writer 0`).
+    lane: String,
+    /// The operation, in a few words.
+    what: String,
+    keys: Vec<String>,
+    /// Its activity's description, as `tracked` takes it.
+    activity: &'static str,
+    /// Whether an error leaves its effect open (a failed write may be in the log) rather than
+    /// certainly absent.
+    error_is_unknown: bool,
+}
+
+impl Call {
+    /// A call that touches no key and whose error means it did nothing (a flush, a compaction).
+    fn keyless(lane: String, activity: &'static str) -> Call {
+        let what = activity.to_string();
+        Call { lane, what, keys: Vec::new(), activity, error_is_unknown: false }
+    }
+}
+
+/// Runs `operation` as `tracked` does and records it in the op log. An operation cut off by a
+/// crash never returns and stays `unknown` there. Reads the clock only: no change to the run.
+async fn recorded<T>(
+    env: &SimEnv,
+    shared: &Shared,
+    epoch: u32,
+    call: Call,
+    operation: impl Future<Output = lsm::Result<T>>,
+) -> lsm::Result<T> {
+    let Call { lane, what, keys, activity, error_is_unknown } = call;
+    let slot = lock(shared).ops.call(&lane, what, keys, env.now().as_nanos());
+    let result = tracked(shared, epoch, activity, operation).await;
+    let outcome = match &result {
+        Ok(_) => OpOutcome::Ok,
+        Err(_) if error_is_unknown => OpOutcome::Unknown,
+        Err(_) => OpOutcome::Failed,
+    };
+    lock(shared).ops.returned(slot, env.now().as_nanos(), outcome);
     result
 }
 
@@ -461,13 +510,15 @@ async fn writer_main(
         step += 1;
         let choice = if burst { 99 } else { rng.random_range(0..100) };
         let (db, shared) = (&state.db, &state.shared);
+        let lane = format!("writer {writer}");
         if choice < 2 {
-            let _ = tracked(shared, epoch, "flush", db.flush()).await;
+            let _ = recorded(&env, shared, epoch, Call::keyless(lane, "flush"), db.flush()).await;
         } else if choice < 3 {
-            let _ = tracked(shared, epoch, "compaction", db.compact_all()).await;
+            let call = Call::keyless(lane, "compaction");
+            let _ = recorded(&env, shared, epoch, call, db.compact_all()).await;
         } else if choice < 30 {
             let index = own_keys[rng.random_range(0..own_keys.len())];
-            state.read_own(index).await;
+            state.read_own(&env, index).await;
         } else {
             let ops = draw_batch(&mut rng, &own_keys, writer, epoch, step);
             let durability =
@@ -508,6 +559,7 @@ impl Writer {
         ops: Vec<(u32, Option<Vec<u8>>)>,
         durability: Durability,
     ) -> bool {
+        let call = self.write_call(&ops, durability);
         let mut batch = WriteBatch::new();
         let global = {
             let mut history = lock(&self.shared);
@@ -525,8 +577,8 @@ impl Writer {
             global
         };
         let sync = (durability == Durability::Sync).then(|| doing(&self.shared, "writing-sync"));
-        let result =
-            tracked(&self.shared, self.epoch, "write", self.db.write(batch, durability)).await;
+        let write = self.db.write(batch, durability);
+        let result = recorded(env, &self.shared, self.epoch, call, write).await;
         drop(sync);
         let mut history = lock(&self.shared);
         let entry = &mut history.statuses[global];
@@ -545,8 +597,30 @@ impl Writer {
         result.is_ok()
     }
 
-    async fn read_own(&self, index: u32) {
-        let result = tracked(&self.shared, self.epoch, "read", self.db.get(&key(index))).await;
+    /// A batch as the op log records it: `put key-003, delete key-007 (sync)`.
+    fn write_call(&self, ops: &[(u32, Option<Vec<u8>>)], durability: Durability) -> Call {
+        let keys: Vec<String> = ops.iter().map(|(index, _)| format!("key-{index:03}")).collect();
+        let verbs = ops.iter().map(|(_, value)| if value.is_some() { "put" } else { "delete" });
+        let words: Vec<String> =
+            verbs.zip(&keys).map(|(verb, key)| format!("{verb} {key}")).collect();
+        let sync = if durability == Durability::Sync { "sync" } else { "buffered" };
+        let what = format!("{} ({sync})", words.join(", "));
+        let lane = format!("writer {}", self.writer);
+        // A write that failed may still be in the log: its effect is open.
+        Call { lane, what, keys, activity: "write", error_is_unknown: true }
+    }
+
+    async fn read_own(&self, env: &SimEnv, index: u32) {
+        let key_name = format!("key-{index:03}");
+        let what = format!("get {key_name}");
+        let call = Call {
+            what,
+            keys: vec![key_name],
+            activity: "read",
+            error_is_unknown: false,
+            lane: format!("writer {}", self.writer),
+        };
+        let result = recorded(env, &self.shared, self.epoch, call, self.db.get(&key(index))).await;
         let mut history = lock(&self.shared);
         history.read_count += 1;
         let Ok(got) = result else { return };
@@ -578,10 +652,13 @@ async fn burst_flusher(env: SimEnv, db: Db<SimEnv>, config: Config, epoch: u32, 
     while env.now() < end {
         env.sleep(Duration::from_millis(20)).await;
         let began = env.now();
+        let lane = "flusher".to_string();
         let (what, result) = if round.is_multiple_of(2) {
-            ("flush", tracked(&shared, epoch, "burst flush", db.flush()).await)
+            let call = Call::keyless(lane, "burst flush");
+            ("flush", recorded(&env, &shared, epoch, call, db.flush()).await)
         } else {
-            ("compaction", tracked(&shared, epoch, "burst compaction", db.compact_all()).await)
+            let call = Call::keyless(lane, "burst compaction");
+            ("compaction", recorded(&env, &shared, epoch, call, db.compact_all()).await)
         };
         // Any error ends this opening's part of the burst (the store was closed or stopped
         // taking writes, and the node reopens it): holding the opening open would delay that.
@@ -920,6 +997,7 @@ impl Workload for LsmRun {
         let count = |wanted: Status| history.statuses.iter().filter(|w| w.status == wanted).count();
         let recovered = history.final_reads.as_ref().map(|reads| reads.values().flatten().count());
         let slowest = history.user_work_slowest.as_ref().map(|(took, _)| took.as_nanos() as u64);
+        let (ops, ops_not_recorded) = history.ops.to_json();
         serde_json::json!({
             "writes_acked_sync": count(Status::AckedSync),
             "writes_acked_buffered": count(Status::AckedBuffered),
@@ -933,6 +1011,8 @@ impl Workload for LsmRun {
             "store_lost_with_error": history.store_lost,
             "user_work_slowest_nanos": slowest,
             "drawn": format!("{:?}", self.config.drawn),
+            "ops": ops,
+            "ops_not_recorded": ops_not_recorded,
         })
     }
 
