@@ -15,7 +15,8 @@
 //! single-key operations under `operations` (`invariants::linearizability::Operation`, on lane
 //! `cN` for client N), or a scenario's op log under `ops` (`scenarios::oplog::OpRecord`, each on
 //! the lane it names, as `lsm-crash` records its writers' puts, deletes, batches, gets, flushes
-//! and compactions). Other scenarios record counts: their page has lanes and faults only.
+//! and compactions, and `docdb-txn` its transactions). Other scenarios record counts: their
+//! page has lanes and faults only.
 
 use std::fmt::Write as _;
 

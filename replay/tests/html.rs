@@ -118,6 +118,26 @@ fn page_of_lsm_crash_has_op_bars() {
     }
 }
 
+/// `docdb-txn` turns its transactions into an op log: a bar from begin to the commit's
+/// return on the lane of its client.
+#[test]
+fn page_of_docdb_txn_has_transaction_bars() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (page, plan, history) = replay_page(dir.path(), "docdb-txn", "0x1", 0);
+    assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(page.contains("data-node=\"db\""), "the database's node has a lane");
+    let clients = plan["swarm"]["client_count"].as_u64().expect("clients");
+    for client in 0..clients {
+        assert!(page.contains(&format!("data-node=\"client {client}\"")), "client {client}");
+    }
+    let ops = history["ops"].as_array().expect("an op log");
+    assert!(ops.len() > 10, "{} transactions", ops.len());
+    assert_eq!(page.matches("<rect class=\"op ").count(), ops.len(), "a bar per transaction");
+    assert!(page.contains("<rect class=\"op ok") && page.contains("<title>client 0: txn ["));
+    assert!(!page.contains("records counts, not single operations"));
+}
+
 /// A planted bug's safety violation names operations; the page outlines them.
 #[cfg(feature = "planted-bugs")]
 #[test]
