@@ -9,16 +9,12 @@
 
 #![allow(clippy::disallowed_methods, reason = "drives the real binary, reads its real files")]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn ghostmesh(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ghostmesh"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("ghostmesh runs")
-}
+use std::path::Path;
+use std::process::Output;
+
+use common::ghostmesh;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).expect("utf-8")

@@ -8,17 +8,13 @@
 
 #![allow(clippy::disallowed_methods, reason = "drives the real binary, reads its real files")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-fn ghostmesh(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ghostmesh"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("ghostmesh runs")
-}
+use common::ghostmesh;
 
 fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("file written");
