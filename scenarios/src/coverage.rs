@@ -35,9 +35,11 @@ pub struct NodeState(Arc<Mutex<Cell>>);
 #[derive(Debug)]
 struct Cell {
     base: &'static str,
-    // Invariant: `running[i]` counts the live guards of `precedence[i]`.
+    // Invariant: `running[i]` counts the live guards of `precedence[i]` taken since the
+    // last boot (`boot` starts a new `epoch`; guards of an earlier one count for nothing).
     precedence: &'static [&'static str],
     running: Vec<u32>,
+    epoch: u64,
 }
 
 impl NodeState {
@@ -46,7 +48,7 @@ impl NodeState {
         assert_bare(base);
         precedence.iter().for_each(|label| assert_bare(label));
         let running = vec![0; precedence.len()];
-        NodeState(Arc::new(Mutex::new(Cell { base, precedence, running })))
+        NodeState(Arc::new(Mutex::new(Cell { base, precedence, running, epoch: 0 })))
     }
 
     fn cell(&self) -> std::sync::MutexGuard<'_, Cell> {
@@ -65,6 +67,7 @@ impl NodeState {
         let mut cell = self.cell();
         cell.base = base;
         cell.running.iter_mut().for_each(|count| *count = 0);
+        cell.epoch += 1;
     }
 
     /// What the node does now: its first running activity, or its base label.
@@ -81,7 +84,7 @@ impl NodeState {
         let index = cell.precedence.iter().position(|label| *label == activity);
         let index = index.unwrap_or_else(|| panic!("{activity:?} is not in the precedence list"));
         cell.running[index] += 1;
-        StateGuard { state: self.clone(), index }
+        StateGuard { state: self.clone(), index, epoch: cell.epoch }
     }
 }
 
@@ -95,13 +98,18 @@ fn assert_bare(label: &str) {
 pub struct StateGuard {
     state: NodeState,
     index: usize,
+    /// The boot it was taken in.
+    epoch: u64,
 }
 
 impl Drop for StateGuard {
     fn drop(&mut self) {
         let mut cell = self.state.cell();
-        // A boot may have reset the count while an old incarnation's guard lived on.
-        cell.running[self.index] = cell.running[self.index].saturating_sub(1);
+        // A guard of an earlier boot was reset with its count: it must not end a new one's.
+        if cell.epoch == self.epoch {
+            assert!(cell.running[self.index] > 0, "an activity ended more often than begun");
+            cell.running[self.index] -= 1;
+        }
     }
 }
 
@@ -219,8 +227,14 @@ mod tests {
         assert_eq!(state.get(), "writing");
         drop(second_writer);
         assert_eq!(state.get(), "idle");
-        let _stale = state.during("writing");
+        let stale = state.during("writing");
         state.boot("recovering");
+        assert_eq!(state.get(), "recovering");
+        // A guard of the earlier boot ending does not end the new boot's activity.
+        let writing = state.during("writing");
+        drop(stale);
+        assert_eq!(state.get(), "writing");
+        drop(writing);
         assert_eq!(state.get(), "recovering");
     }
 }
