@@ -204,6 +204,11 @@ impl PartialOrd for Sources {
 
 impl Ord for Sources {
     fn cmp(&self, other: &Sources) -> std::cmp::Ordering {
+        // One shared list is equal to itself without reading its strings (a rule key looked
+        // up with its own sources would otherwise compare every string).
+        if self.shares(other) {
+            return std::cmp::Ordering::Equal;
+        }
         self.as_slice().cmp(other.as_slice())
     }
 }

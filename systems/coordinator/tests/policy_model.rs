@@ -422,28 +422,50 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     /// `set_policy` reports every node whose peers or filter an edit changed (the map engine
-    /// compares only those again), and leaves the engine as a fresh one for the new policy.
+    /// compares only those again), and leaves the engine as a fresh one for the new policy;
+    /// so do a node's change after the edit (the engine keeps entry ids across in-place
+    /// edits) and the edit undone.
     #[test]
     fn an_edit_reports_every_node_it_changes(
         acls in prop::collection::vec(acl_strategy(), 1..5),
         edit in edit_strategy(),
         specs in prop::collection::vec(node_strategy(), 0..7),
+        change in node_strategy(),
     ) {
         let Ok(before_policy) = Policy::parse(&policy_text(&acls)) else { return Ok(()) };
         let Ok(after_policy) = Policy::parse(&policy_text(&edited(&acls, edit))) else {
             return Ok(());
         };
-        let nodes = tailnet(&specs);
-        let mut engine = PolicyEngine::new(before_policy, users());
+        let mut nodes = tailnet(&specs);
+        let mut engine = PolicyEngine::new(before_policy.clone(), users());
         engine.load_nodes(&nodes.values().cloned().collect::<Vec<_>>());
         let before = answers(&engine, 1..7);
         let affected = engine.set_policy(after_policy.clone());
         let after = answers(&engine, 1..7);
         prop_assert_eq!(unreported(&before, &after, &affected), None);
-        let mut fresh = PolicyEngine::new(after_policy, users());
-        fresh.load_nodes(&nodes.values().cloned().collect::<Vec<_>>());
-        prop_assert_eq!(after, answers(&fresh, 1..7));
+        prop_assert_eq!(&after, &answers(&fresh_engine(&after_policy, &nodes), 1..7));
+        let changed = node_of(change);
+        if nodes.values().all(|other| other.id == changed.id || other.ipv4 != changed.ipv4) {
+            nodes.insert(changed.id, changed.clone());
+            engine.upsert_node(&changed);
+        } else {
+            nodes.remove(&changed.id);
+            engine.remove_node(changed.id);
+        }
+        let before = answers(&engine, 1..7);
+        prop_assert_eq!(&before, &answers(&fresh_engine(&after_policy, &nodes), 1..7));
+        let affected = engine.set_policy(before_policy.clone());
+        let after = answers(&engine, 1..7);
+        prop_assert_eq!(unreported(&before, &after, &affected), None);
+        prop_assert_eq!(after, answers(&fresh_engine(&before_policy, &nodes), 1..7));
     }
+}
+
+/// An engine for `policy` built from scratch with `nodes`.
+fn fresh_engine(policy: &Policy, nodes: &BTreeMap<NodeId, NodeInfo>) -> PolicyEngine {
+    let mut fresh = PolicyEngine::new(policy.clone(), users());
+    fresh.load_nodes(&nodes.values().cloned().collect::<Vec<_>>());
+    fresh
 }
 
 /// An entry added between two tags reaches the nodes of those tags and no one else.

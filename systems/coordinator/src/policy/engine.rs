@@ -20,20 +20,28 @@
 //! keeps the hash of its sources, so a node's digest costs its rules' destinations, not the
 //! addresses its sources list. `peers_of(n)` gathers the members of `n`'s entries and sorts
 //! them once.
-//! `set_policy`, `clear_policy`, `upsert_user` and `load_nodes` rebuild everything (from a node
-//! index: the policy's size plus its members, not entries times nodes); the first three report
-//! every node.
+//! Memberships name entries by a stable id (`EntryId`), not by position, so `set_policy` edits
+//! in place when the new policy keeps the names and the order of the entries it keeps: the
+//! removed entries leave their members' memberships, the added ones are resolved from the
+//! engine's name and address indexes and join theirs, the kept ones are untouched (see
+//! `edit`). Any other edit, `clear_policy`, `upsert_user` and `load_nodes` rebuild everything
+//! (from the same indexes: the policy's size plus its members, not entries times nodes); the
+//! last three report every node.
 //!
 //! Limitation: a destination named by users, groups or tags concerns a node when it names the
 //! node, not when it holds an address inside another node's subnet route.
+
+mod edit;
+
+use edit::Reuse;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use super::compile::{
-    CompiledAcl, Entry, Index, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node,
-    compile_acl, entry_concerns, for_each_concerning, internet, is_node_level, node_ranges,
-    push_literal, rules_for, self_rule, strings_hash, subnet_routes,
+    CompiledAcl, Entry, Slot, Tailnet, WILDCARD_SOURCE_STRINGS, alias_names_node, compile_acl,
+    entry_concerns, for_each_concerning, internet, is_node_level, node_ranges, push_literal,
+    rules_for, self_rule, strings_hash, subnet_routes, token_names_user,
 };
 use super::{Acl, Alias, IpRange, IpSet, Policy};
 use crate::types::{
@@ -58,13 +66,113 @@ struct AclState {
     dst_nodes: BTreeSet<NodeId>,
 }
 
-/// Which ACL entries one node is in (wildcards not listed).
+/// An ACL entry's identity while the engine holds it. A policy edit that keeps an entry keeps
+/// its id wherever the entry moves, so the memberships of its nodes need no change.
+type EntryId = u32;
+
+impl AclState {
+    /// An entry's flags, with no members yet.
+    fn flags_of(acl: &Acl) -> AclState {
+        AclState {
+            src_all: acl.sources.contains(&Alias::Wildcard),
+            dst_all: acl.destinations.iter().any(|dst| dst.alias == Alias::Wildcard),
+            has_self: acl.destinations.iter().any(|dst| dst.alias == Alias::SelfDevices),
+            dst_named: vec![BTreeSet::new(); acl.destinations.len()],
+            ..AclState::default()
+        }
+    }
+}
+
+/// Which ACL entries one node is in, by id (wildcards not listed; no order).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Membership {
-    src_named: Vec<usize>,
-    src: Vec<usize>,
-    dst_named: Vec<(usize, usize)>,
-    dst: Vec<usize>,
+    src_named: Vec<EntryId>,
+    src: Vec<EntryId>,
+    dst_named: Vec<(EntryId, usize)>,
+    dst: Vec<EntryId>,
+}
+
+impl Membership {
+    /// The same membership with its lists sorted, for comparing two built differently.
+    fn sorted(mut self) -> Membership {
+        self.src_named.sort_unstable();
+        self.src.sort_unstable();
+        self.dst_named.sort_unstable();
+        self.dst.sort_unstable();
+        self
+    }
+
+    /// Takes entry `id` out of every list.
+    fn forget(&mut self, id: EntryId) {
+        self.src_named.retain(|&entry| entry != id);
+        self.src.retain(|&entry| entry != id);
+        self.dst_named.retain(|&(entry, _)| entry != id);
+        self.dst.retain(|&entry| entry != id);
+    }
+}
+
+/// Entry ids and positions: the policy orders entries, memberships name them by id.
+#[derive(Clone, Debug, Default)]
+struct Ranks {
+    /// Position -> id.
+    ids: Vec<EntryId>,
+    /// Id -> position (`FREE` for an id no entry holds).
+    // Invariant: `rank[ids[p]] == p` for every position, and every other id is in `free`.
+    rank: Vec<usize>,
+    free: Vec<EntryId>,
+}
+
+const FREE: usize = usize::MAX;
+
+impl Ranks {
+    /// Ids 0.. for `count` entries in order.
+    fn fresh(count: usize) -> Ranks {
+        let ids = (0..count).map(|id| EntryId::try_from(id).expect("entries fit u32")).collect();
+        Ranks { ids, rank: (0..count).collect(), free: Vec::new() }
+    }
+
+    /// Where entry `id` sits in the policy.
+    fn of(&self, id: EntryId) -> usize {
+        let rank = self.rank[id as usize];
+        debug_assert_ne!(rank, FREE, "entry {id} is not held");
+        rank
+    }
+
+    /// The id of the entry at `position`.
+    fn id(&self, position: usize) -> EntryId {
+        self.ids[position]
+    }
+
+    /// An id no entry holds.
+    fn allocate(&mut self) -> EntryId {
+        self.free.pop().unwrap_or_else(|| {
+            self.rank.push(FREE);
+            EntryId::try_from(self.rank.len() - 1).expect("entries fit u32")
+        })
+    }
+
+    /// Gives back the id of an entry the policy no longer has.
+    fn release(&mut self, id: EntryId) {
+        self.rank[id as usize] = FREE;
+        self.free.push(id);
+    }
+
+    /// Sets the order: `ids[p]` is the entry at position `p`.
+    fn order(&mut self, ids: Vec<EntryId>) {
+        for (position, &id) in ids.iter().enumerate() {
+            self.rank[id as usize] = position;
+        }
+        self.ids = ids;
+    }
+
+    fn check_invariants(&self) {
+        for (position, &id) in self.ids.iter().enumerate() {
+            assert_eq!(self.rank[id as usize], position, "entry rank out of step");
+        }
+        let held = self.rank.iter().filter(|&&rank| rank != FREE).count();
+        assert_eq!(held, self.ids.len(), "an id held by no position");
+        assert_eq!(held + self.free.len(), self.rank.len(), "an id neither held nor free");
+    }
 }
 
 /// The access policy compiled against the tailnet, kept current node by node.
@@ -79,7 +187,16 @@ pub struct PolicyEngine {
     routes: BTreeMap<IpRange, usize>,
     acls: Vec<AclState>,
     compiled: Vec<CompiledAcl>,
+    ranks: Ranks,
     memberships: BTreeMap<NodeId, Membership>,
+    /// The tagged nodes of each tag.
+    by_tag: BTreeMap<String, BTreeSet<NodeId>>,
+    tagged: BTreeSet<NodeId>,
+    untagged: BTreeSet<NodeId>,
+    /// Every node's addresses, as (v6, address, node).
+    by_addr: BTreeSet<(bool, u128, NodeId)>,
+    /// The nodes with approved routes.
+    routers: BTreeSet<NodeId>,
     /// Each rule key (sources, protocols) and the entries that have it: rules with one key
     /// merge, so an entry's key change reorders the rules of entries sharing its keys.
     keys: BTreeMap<RuleKey, BTreeSet<usize>>,
@@ -115,14 +232,17 @@ impl Tailnet for Named<'_> {
     }
 }
 
-/// Sources and protocols: what rules merge by.
-type RuleKey = (Sources, Vec<u8>);
+/// Sources and protocols: what rules merge by, after the sources' hash (`strings_hash`), so
+/// that comparing two keys seldom reads the sources' lists (cold memory in a large tailnet).
+type RuleKey = (u64, Sources, Vec<u8>);
 
 /// The key an entry's ordinary rule merges by; `None` when it gives no such rule (no sources
 /// or no destinations), so that gaining or losing the rule counts as a change of key.
 fn key_of(compiled: &CompiledAcl) -> Option<RuleKey> {
     let gives_rule = !compiled.src_strings.is_empty() && !compiled.entries.is_empty();
-    gives_rule.then(|| (compiled.src_strings.clone(), compiled.protocols.clone()))
+    debug_assert_eq!(compiled.src_hash, strings_hash(&compiled.src_strings));
+    let sources = compiled.src_strings.clone();
+    gives_rule.then(|| (compiled.src_hash, sources, compiled.protocols.clone()))
 }
 
 impl PolicyEngine {
@@ -147,7 +267,13 @@ impl PolicyEngine {
             routes: BTreeMap::new(),
             acls: Vec::new(),
             compiled: Vec::new(),
+            ranks: Ranks::default(),
             memberships: BTreeMap::new(),
+            by_tag: BTreeMap::new(),
+            tagged: BTreeSet::new(),
+            untagged: BTreeSet::new(),
+            by_addr: BTreeSet::new(),
+            routers: BTreeSet::new(),
             keys: BTreeMap::new(),
             key_first: Vec::new(),
             internet: internet(),
@@ -168,59 +294,6 @@ impl PolicyEngine {
     /// The policy (`None` when everyone reaches everyone).
     pub fn policy(&self) -> Option<&Policy> {
         self.policy.as_ref()
-    }
-
-    /// Replaces the policy (a full rebuild) and reports the nodes whose peers or filter the
-    /// edit may change (`edit_scope`): an edit of one entry reaches the nodes of that entry,
-    /// not the tailnet.
-    pub fn set_policy(&mut self, policy: Policy) -> Affected {
-        let old_acls = std::mem::take(&mut self.acls);
-        let old_compiled = std::mem::take(&mut self.compiled);
-        let old_keys = std::mem::take(&mut self.keys);
-        let old_policy = self.policy.replace(policy);
-        let had_policy = old_policy.is_some();
-        let reuse = old_policy.as_ref().map(|policy| Reuse::new(policy, &old_acls, &old_compiled));
-        self.rebuild_reusing(reuse.as_ref());
-        let old = Entries { acls: &old_acls, compiled: &old_compiled, keys: &old_keys };
-        let scope = had_policy.then(|| self.edit_scope(&old)).flatten();
-        scope.unwrap_or_else(|| self.everyone())
-    }
-
-    /// The nodes an edit from the `old` entries to the engine's may affect; `None` for "every
-    /// node". Entries are matched by content (compiled form and members), so an entry kept,
-    /// wherever it moved, changes no one; an entry only in one policy changes its sources'
-    /// and destinations' peers and its destinations' filters, and the filters of every entry
-    /// sharing its rule key (merged rules sit at the first entry with the key). Everyone when
-    /// such an entry holds `*` or `autogroup:self`, or when kept entries changed their order
-    /// (rules are ordered by entry).
-    fn edit_scope(&self, old: &Entries<'_>) -> Option<Affected> {
-        let new = Entries { acls: &self.acls, compiled: &self.compiled, keys: &self.keys };
-        let mut unmatched: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for index in 0..new.acls.len() {
-            unmatched.entry(new.digest(index)).or_default().push(index);
-        }
-        let (mut gone, mut last_kept) = (Vec::new(), None);
-        for index in 0..old.acls.len() {
-            let candidates = unmatched.get_mut(&old.digest(index));
-            let found =
-                candidates.as_ref().and_then(|c| c.iter().position(|&j| old.same(index, &new, j)));
-            let Some(position) = found else {
-                gone.push(index);
-                continue;
-            };
-            let kept = candidates.expect("found in it").remove(position);
-            if last_kept.is_some_and(|last| kept < last) {
-                return None;
-            }
-            last_kept = Some(kept);
-        }
-        let added: Vec<usize> = unmatched.into_values().flatten().collect();
-        let mut scope = Affected::default();
-        old.widen(&gone, &mut scope)?;
-        new.widen(&added, &mut scope)?;
-        scope.peers.retain(|id| self.nodes.contains_key(id));
-        scope.filters.retain(|id| self.nodes.contains_key(id));
-        Some(scope)
     }
 
     /// Drops the policy: everyone reaches everyone again. Every node may be affected.
@@ -254,6 +327,7 @@ impl PolicyEngine {
             self.keys.clear();
             self.key_first.clear();
             self.memberships.clear();
+            self.ranks = Ranks::default();
             return;
         };
         let reuse = reuse.filter(|reuse| reuse.names_match(policy));
@@ -267,23 +341,10 @@ impl PolicyEngine {
             .zip(&kept)
             .map(|(acl, kept)| match (reuse, kept) {
                 (Some(reuse), Some(old)) => reuse.acls[*old].clone(),
-                _ => AclState {
-                    src_all: acl.sources.contains(&Alias::Wildcard),
-                    dst_all: acl.destinations.iter().any(|dst| dst.alias == Alias::Wildcard),
-                    has_self: acl.destinations.iter().any(|dst| dst.alias == Alias::SelfDevices),
-                    dst_named: vec![BTreeSet::new(); acl.destinations.len()],
-                    ..AclState::default()
-                },
+                _ => AclState::flags_of(acl),
             })
             .collect();
-        let flagged = |flag: fn(&AclState) -> bool| -> Vec<usize> {
-            (0..self.acls.len()).filter(|&index| flag(&self.acls[index])).collect()
-        };
-        self.wildcard_sources = flagged(|state| state.src_all);
-        self.wildcard_destinations = flagged(|state| state.dst_all);
-        self.self_entries = flagged(|state| state.has_self);
         self.rebuild_memberships(&kept);
-        self.keys.clear();
         self.compiled.clear();
         for (index, kept) in kept.iter().enumerate() {
             let compiled = match reuse.zip(*kept) {
@@ -294,12 +355,27 @@ impl PolicyEngine {
                 }
                 None => self.compile(index),
             };
-            if let Some(key) = key_of(&compiled) {
-                self.keys.entry(key).or_default().insert(index);
-            }
             self.compiled.push(compiled);
         }
+        self.index_entries();
+    }
+
+    /// Recomputes what is kept per entry position from the entries: the wildcard and self
+    /// lists and the rule keys (the policy's size).
+    fn index_entries(&mut self) {
         assert_eq!(self.compiled.len(), self.acls.len());
+        let flagged = |flag: fn(&AclState) -> bool| -> Vec<usize> {
+            (0..self.acls.len()).filter(|&index| flag(&self.acls[index])).collect()
+        };
+        self.wildcard_sources = flagged(|state| state.src_all);
+        self.wildcard_destinations = flagged(|state| state.dst_all);
+        self.self_entries = flagged(|state| state.has_self);
+        self.keys.clear();
+        for (index, compiled) in self.compiled.iter().enumerate() {
+            if let Some(key) = key_of(compiled) {
+                self.keys.entry(key).or_default().insert(index);
+            }
+        }
         self.key_first = (0..self.acls.len()).collect();
         let keys: Vec<RuleKey> = self.keys.keys().cloned().collect();
         self.refresh_key_first(keys.iter());
@@ -334,7 +410,8 @@ impl PolicyEngine {
     fn pending_rules(&self, node: &NodeInfo, devices: &[&NodeInfo]) -> Vec<PendingSlot> {
         let membership = &self.memberships[&node.id];
         let mut entries: BTreeSet<usize> =
-            membership.dst.iter().chain(&self.wildcard_destinations).copied().collect();
+            membership.dst.iter().map(|&id| self.ranks.of(id)).collect();
+        entries.extend(&self.wildcard_destinations);
         let owner = node.user.filter(|_| node.tags.is_empty());
         if owner.is_some() {
             entries.extend(&self.self_entries);
@@ -401,7 +478,8 @@ impl PolicyEngine {
         let compiled = &self.compiled[index];
         let Some((src, self_entries)) = self_rule(compiled, devices) else { return };
         let position = (index, u8::from(!compiled.self_first));
-        let key = (Sources::new(src), compiled.protocols.clone());
+        let src = Sources::new(src);
+        let key = (strings_hash(&src), src, compiled.protocols.clone());
         // A self rule whose key an ordinary rule has merges into that rule's place, which is
         // the first entry with the key whether or not that entry concerns this node.
         let (slot_key, initial) = match self.keys.get(&key).and_then(|found| found.first()) {
@@ -413,73 +491,27 @@ impl PolicyEngine {
         };
         let slot = slots.entry(slot_key).or_insert_with(|| PendingSlot {
             position: initial,
-            src_hash: strings_hash(&key.0),
-            src: key.0,
-            protocols: key.1,
+            src_hash: key.0,
+            src: key.1,
+            protocols: key.2,
             dst_ports: Vec::new(),
         });
         slot.position = slot.position.min(position);
         slot.extend(&self_entries, node, &self.internet);
     }
 
-    /// Fills every entry's member sets from a node index (a cost of the policy's size plus the
-    /// members, not of entries times nodes), then each node's `Membership` from them. Gives
-    /// what `membership_of` gives node by node.
-    /// Finds the members of every entry not kept (`kept[index]` is `None`); with `verify`,
+    /// Finds the members of every entry not kept (`kept[index]` is `None`) from the engine's
+    /// indexes (the policy's size plus its members, not entries times nodes); with `verify`,
     /// checks those of kept entries too.
     fn fill_states(&mut self, kept: &[Option<usize>], verify: bool) {
-        let policy = self.policy.as_ref().expect("entries exist only under a policy");
-        let index = Index::new(self.nodes.values(), &self.users);
-        let mut by_addr: BTreeMap<(bool, u128), NodeId> = BTreeMap::new();
-        for node in self.nodes.values() {
-            for range in node_ranges(node) {
-                by_addr.insert((range.v6, range.first), node.id);
-            }
-        }
-        let routers: Vec<&NodeInfo> =
-            self.nodes.values().filter(|node| !node.approved_routes.is_empty()).collect();
-        let covered = |range: &IpRange, out: &mut BTreeSet<NodeId>| {
-            out.extend(
-                by_addr.range((range.v6, range.first)..=(range.v6, range.last)).map(|e| *e.1),
-            );
-        };
-        for ((current, acl), kept) in self.acls.iter_mut().zip(&policy.acls).zip(kept) {
-            if kept.is_some() && !verify {
-                continue;
-            }
-            let mut fresh = AclState {
-                src_all: current.src_all,
-                dst_all: current.dst_all,
-                has_self: current.has_self,
-                dst_named: vec![BTreeSet::new(); acl.destinations.len()],
-                ..AclState::default()
-            };
-            let state = &mut fresh;
-            for alias in &acl.sources {
-                index.for_each_named(policy, alias, |node| {
-                    state.src_named.insert(node.id);
-                });
-                let mut literal = Vec::new();
-                push_literal(policy, alias, &mut literal);
-                literal.iter().for_each(|range| covered(range, &mut state.src_nodes));
-            }
-            state.src_nodes.extend(state.src_named.iter().copied());
-            for (position, destination) in acl.destinations.iter().enumerate() {
-                let named = &mut state.dst_named[position];
-                index.for_each_named(policy, &destination.alias, |node| {
-                    named.insert(node.id);
-                });
-                state.dst_nodes.extend(named.iter().copied());
-                let mut literal = Vec::new();
-                push_literal(policy, &destination.alias, &mut literal);
-                for range in &literal {
-                    covered(range, &mut state.dst_nodes);
-                    let concerned = routers
-                        .iter()
-                        .filter(|router| entry_concerns(Some(range), router, &self.internet));
-                    state.dst_nodes.extend(concerned.map(|router| router.id));
-                }
-            }
+        let fresh: Vec<Option<AclState>> = (0..self.acls.len())
+            .map(|index| {
+                let wanted = kept[index].is_none() || verify;
+                wanted.then(|| self.members_of(index, &self.acls[index]))
+            })
+            .collect();
+        for ((current, fresh), kept) in self.acls.iter_mut().zip(fresh).zip(kept) {
+            let Some(fresh) = fresh else { continue };
             if kept.is_some() {
                 assert_eq!(fresh, *current, "a kept entry's members changed");
             } else {
@@ -488,36 +520,31 @@ impl PolicyEngine {
         }
     }
 
+    /// Fills the member sets of the entries not kept, gives every entry a fresh id and
+    /// rebuilds every node's `Membership` from the sets: what `membership_of` gives node by
+    /// node.
     fn rebuild_memberships(&mut self, kept: &[Option<usize>]) {
         // Kept entries come with their members; small tailnets check them in debug builds.
         let verify = cfg!(debug_assertions) && self.nodes.len() <= 64;
         if verify || kept.iter().any(Option::is_none) {
             self.fill_states(kept, verify);
         }
+        self.ranks = Ranks::fresh(self.acls.len());
         let mut memberships: BTreeMap<NodeId, Membership> =
             self.nodes.keys().map(|&id| (id, Membership::default())).collect();
-        fn member(map: &mut BTreeMap<NodeId, Membership>, id: NodeId) -> &mut Membership {
-            map.get_mut(&id).expect("a known node")
-        }
-        for (index, state) in self.acls.iter().enumerate() {
-            for &id in &state.src_named {
-                member(&mut memberships, id).src_named.push(index);
-            }
-            for &id in &state.src_nodes {
-                member(&mut memberships, id).src.push(index);
-            }
-            for (position, named) in state.dst_named.iter().enumerate() {
-                for &id in named {
-                    member(&mut memberships, id).dst_named.push((index, position));
-                }
-            }
-            for &id in &state.dst_nodes {
-                member(&mut memberships, id).dst.push(index);
-            }
+        for index in 0..self.acls.len() {
+            add_memberships(&self.acls[index], self.ranks.id(index), &mut memberships);
         }
         self.memberships = memberships;
+        self.debug_check_memberships();
+    }
+
+    /// In debug builds of small tailnets: every node's memberships are what `membership_of`
+    /// finds from scratch.
+    fn debug_check_memberships(&self) {
         debug_assert!(self.nodes.values().all(|node| {
-            self.nodes.len() > 64 || self.memberships[&node.id] == self.membership_of(node)
+            self.nodes.len() > 64
+                || self.memberships[&node.id].clone().sorted() == self.membership_of(node).sorted()
         }));
     }
 
@@ -535,19 +562,20 @@ impl PolicyEngine {
         };
         let own = node_ranges(node);
         for (index, acl) in policy.acls.iter().enumerate() {
+            let id = self.ranks.id(index);
             let named = acl.sources.iter().any(names);
             let mut literal = Vec::new();
             acl.sources.iter().for_each(|alias| push_literal(policy, alias, &mut literal));
             if named {
-                membership.src_named.push(index);
+                membership.src_named.push(id);
             }
             if named || literal.iter().any(|range| own.iter().any(|r| range.covers(r))) {
-                membership.src.push(index);
+                membership.src.push(id);
             }
             let mut concerned = false;
             for (position, destination) in acl.destinations.iter().enumerate() {
                 if names(&destination.alias) {
-                    membership.dst_named.push((index, position));
+                    membership.dst_named.push((id, position));
                     concerned = true;
                 }
                 let mut literal = Vec::new();
@@ -555,44 +583,51 @@ impl PolicyEngine {
                 concerned |= literal.iter().any(|r| entry_concerns(Some(r), node, &self.internet));
             }
             if concerned {
-                membership.dst.push(index);
+                membership.dst.push(id);
             }
         }
         membership
     }
 
     fn enter(&mut self, id: NodeId, membership: &Membership) {
-        for &index in &membership.src_named {
-            self.acls[index].src_named.insert(id);
+        let ranks = &self.ranks;
+        for &entry in &membership.src_named {
+            self.acls[ranks.of(entry)].src_named.insert(id);
         }
-        for &index in &membership.src {
-            self.acls[index].src_nodes.insert(id);
+        for &entry in &membership.src {
+            self.acls[ranks.of(entry)].src_nodes.insert(id);
         }
-        for &(index, position) in &membership.dst_named {
-            self.acls[index].dst_named[position].insert(id);
+        for &(entry, position) in &membership.dst_named {
+            self.acls[ranks.of(entry)].dst_named[position].insert(id);
         }
-        for &index in &membership.dst {
-            self.acls[index].dst_nodes.insert(id);
+        for &entry in &membership.dst {
+            self.acls[ranks.of(entry)].dst_nodes.insert(id);
         }
     }
 
     fn leave(&mut self, id: NodeId, membership: &Membership) {
-        for &index in &membership.src_named {
-            assert!(self.acls[index].src_named.remove(&id), "membership out of step");
+        let ranks = &self.ranks;
+        for &entry in &membership.src_named {
+            let removed = self.acls[ranks.of(entry)].src_named.remove(&id);
+            assert!(removed, "membership out of step");
         }
-        for &index in &membership.src {
-            assert!(self.acls[index].src_nodes.remove(&id), "membership out of step");
+        for &entry in &membership.src {
+            let removed = self.acls[ranks.of(entry)].src_nodes.remove(&id);
+            assert!(removed, "membership out of step");
         }
-        for &(index, position) in &membership.dst_named {
-            assert!(self.acls[index].dst_named[position].remove(&id), "membership out of step");
+        for &(entry, position) in &membership.dst_named {
+            let removed = self.acls[ranks.of(entry)].dst_named[position].remove(&id);
+            assert!(removed, "membership out of step");
         }
-        for &index in &membership.dst {
-            assert!(self.acls[index].dst_nodes.remove(&id), "membership out of step");
+        for &entry in &membership.dst {
+            let removed = self.acls[ranks.of(entry)].dst_nodes.remove(&id);
+            assert!(removed, "membership out of step");
         }
     }
 
-    /// Adds or removes a node from the user and route indexes.
+    /// Adds or removes a node from the user, tag, address and route indexes.
     fn index_node(&mut self, node: &NodeInfo, add: bool) {
+        self.index_names(node, add);
         if let Some(user) = node.user.filter(|_| node.tags.is_empty()) {
             let devices = self.by_user.entry(user).or_default();
             if add {
@@ -621,6 +656,106 @@ impl PolicyEngine {
 }
 
 impl PolicyEngine {
+    /// Adds or removes a node from the indexes aliases and literals resolve by.
+    fn index_names(&mut self, node: &NodeInfo, add: bool) {
+        fn toggle<T: Ord>(set: &mut BTreeSet<T>, item: T, add: bool) {
+            let changed = if add { set.insert(item) } else { set.remove(&item) };
+            assert!(changed, "name index out of step");
+        }
+        let id = node.id;
+        if node.tags.is_empty() {
+            toggle(&mut self.untagged, id, add);
+        } else {
+            toggle(&mut self.tagged, id, add);
+            let tags: BTreeSet<&String> = node.tags.iter().collect();
+            for tag in tags {
+                let holders = self.by_tag.entry(tag.clone()).or_default();
+                toggle(holders, id, add);
+                if holders.is_empty() {
+                    self.by_tag.remove(tag);
+                }
+            }
+        }
+        for range in node_ranges(node) {
+            toggle(&mut self.by_addr, (range.v6, range.first, id), add);
+        }
+        if !node.approved_routes.is_empty() {
+            toggle(&mut self.routers, id, add);
+        }
+    }
+
+    /// Calls `visit` on every node a node-level alias names (others name none here), from the
+    /// engine's indexes: what `Index::for_each_named` finds, at the cost of what it returns.
+    fn for_each_named(&self, policy: &Policy, alias: &Alias, mut visit: impl FnMut(NodeId)) {
+        let mut visit_all = |ids: Option<&BTreeSet<NodeId>>| {
+            ids.into_iter().flatten().for_each(|&id| visit(id));
+        };
+        let user_ids = |tokens: &[String]| -> BTreeSet<UserId> {
+            let named = |user: &&User| tokens.iter().any(|token| token_names_user(token, user));
+            self.users.iter().filter(named).map(|user| user.id).collect()
+        };
+        match alias {
+            Alias::User(token) => {
+                let ids = user_ids(std::slice::from_ref(token));
+                ids.iter().for_each(|user| visit_all(self.by_user.get(user)));
+            }
+            Alias::Group(name) => {
+                let members = policy.groups.get(name).map(Vec::as_slice).unwrap_or_default();
+                user_ids(members).iter().for_each(|user| visit_all(self.by_user.get(user)));
+            }
+            Alias::Tag(tag) => visit_all(self.by_tag.get(tag.as_str())),
+            Alias::Member => visit_all(Some(&self.untagged)),
+            Alias::Tagged => visit_all(Some(&self.tagged)),
+            _ => debug_assert!(!is_node_level(alias)),
+        }
+    }
+
+    /// Adds the nodes holding an address in `range`.
+    fn covered(&self, range: &IpRange, out: &mut BTreeSet<NodeId>) {
+        let within = (range.v6, range.first, NodeId::MIN)..=(range.v6, range.last, NodeId::MAX);
+        out.extend(self.by_addr.range(within).map(|&(_, _, id)| id));
+    }
+
+    /// Who is in the entry at `position`, from the indexes: the cost of its members (and its
+    /// literals' lookups), not of the tailnet. The flags are `flags`'.
+    fn members_of(&self, position: usize, flags: &AclState) -> AclState {
+        let policy = self.policy.as_ref().expect("entries exist only under a policy");
+        let acl = &policy.acls[position];
+        let mut state = AclState {
+            src_all: flags.src_all,
+            dst_all: flags.dst_all,
+            has_self: flags.has_self,
+            dst_named: vec![BTreeSet::new(); acl.destinations.len()],
+            ..AclState::default()
+        };
+        let mut literal = Vec::new();
+        for alias in &acl.sources {
+            self.for_each_named(policy, alias, |id| {
+                state.src_named.insert(id);
+            });
+            push_literal(policy, alias, &mut literal);
+        }
+        literal.iter().for_each(|range| self.covered(range, &mut state.src_nodes));
+        state.src_nodes.extend(state.src_named.iter().copied());
+        for (position, destination) in acl.destinations.iter().enumerate() {
+            let named = &mut state.dst_named[position];
+            self.for_each_named(policy, &destination.alias, |id| {
+                named.insert(id);
+            });
+            state.dst_nodes.extend(named.iter().copied());
+            literal.clear();
+            push_literal(policy, &destination.alias, &mut literal);
+            for range in &literal {
+                self.covered(range, &mut state.dst_nodes);
+                let routers = self.routers.iter().filter_map(|id| self.nodes.get(id));
+                let concerned =
+                    routers.filter(|router| entry_concerns(Some(range), router, &self.internet));
+                state.dst_nodes.extend(concerned.map(|router| router.id));
+            }
+        }
+        state
+    }
+
     /// Nodes on the source side of an entry.
     fn sources_of(&self, index: usize, out: &mut BTreeSet<NodeId>) {
         let state = &self.acls[index];
@@ -740,18 +875,19 @@ impl PolicyEngine {
         routes_changed: bool,
     ) -> BTreeSet<usize> {
         let [old, new] = memberships;
-        let dst_old: Vec<usize> = old.dst_named.iter().map(|&(index, _)| index).collect();
-        let dst_new: Vec<usize> = new.dst_named.iter().map(|&(index, _)| index).collect();
-        let mut entries = if addresses_changed {
-            let mut entries = sorted_union(&old.src_named, &new.src_named);
-            entries.extend(sorted_union(&dst_old, &dst_new));
-            entries
+        let dst_old: Vec<EntryId> = old.dst_named.iter().map(|&(id, _)| id).collect();
+        let dst_new: Vec<EntryId> = new.dst_named.iter().map(|&(id, _)| id).collect();
+        let ids = if addresses_changed {
+            let mut ids = sorted_union(&old.src_named, &new.src_named);
+            ids.extend(sorted_union(&dst_old, &dst_new));
+            ids
         } else {
-            let mut entries = symmetric_difference(&old.src_named, &new.src_named);
+            let mut ids = symmetric_difference(&old.src_named, &new.src_named);
             let pairs = symmetric_difference(&old.dst_named, &new.dst_named);
-            entries.extend(pairs.iter().map(|&(index, _)| index));
-            entries
+            ids.extend(pairs.iter().map(|&(id, _)| id));
+            ids
         };
+        let mut entries: BTreeSet<usize> = ids.into_iter().map(|id| self.ranks.of(id)).collect();
         if routes_changed {
             entries.extend(self.wildcard_sources.iter().copied());
         }
@@ -801,8 +937,11 @@ impl PolicyEngine {
         peers: &mut BTreeSet<NodeId>,
     ) {
         let [old, new] = memberships;
-        let mut src_changed = symmetric_difference(&old.src, &new.src);
-        let mut dst_changed = symmetric_difference(&old.dst, &new.dst);
+        let ranks = |ids: BTreeSet<EntryId>| -> BTreeSet<usize> {
+            ids.into_iter().map(|id| self.ranks.of(id)).collect()
+        };
+        let mut src_changed = ranks(symmetric_difference(&old.src, &new.src));
+        let mut dst_changed = ranks(symmetric_difference(&old.dst, &new.dst));
         if presence_changed {
             src_changed.extend(self.wildcard_sources.iter().copied());
             dst_changed.extend(self.wildcard_destinations.iter().copied());
@@ -879,7 +1018,8 @@ impl PolicyView for PolicyEngine {
         let mut gathered: Vec<NodeId> = Vec::new();
         let membership = &self.memberships[&node];
         let wildcard_src = self.wildcard_sources.iter().copied();
-        for index in membership.src.iter().copied().chain(wildcard_src) {
+        let src = membership.src.iter().map(|&id| self.ranks.of(id));
+        for index in src.chain(wildcard_src) {
             let state = &self.acls[index];
             if state.dst_all {
                 return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
@@ -887,7 +1027,8 @@ impl PolicyView for PolicyEngine {
             gathered.extend(&state.dst_nodes);
         }
         let wildcard_dst = self.wildcard_destinations.iter().copied();
-        for index in membership.dst.iter().copied().chain(wildcard_dst) {
+        let dst = membership.dst.iter().map(|&id| self.ranks.of(id));
+        for index in dst.chain(wildcard_dst) {
             let state = &self.acls[index];
             if state.src_all {
                 return self.nodes.keys().copied().filter(|&peer| peer != node).collect();
@@ -970,100 +1111,6 @@ enum SlotKey {
     Own(RuleKey),
 }
 
-/// The policy an engine held, with its entries, for `rebuild_reusing`.
-struct Reuse<'p> {
-    policy: &'p Policy,
-    acls: &'p [AclState],
-    compiled: &'p [CompiledAcl],
-    /// Entries by what they say (sources, destinations, protocols; not their line).
-    by_text: BTreeMap<AclText<'p>, Vec<usize>>,
-}
-
-/// An entry's text without its position: sources, destinations with ports, protocols.
-type AclText<'p> = (&'p [Alias], Vec<(&'p Alias, &'p [PortRange])>, &'p [u8]);
-
-fn acl_text(acl: &Acl) -> AclText<'_> {
-    let destinations = acl.destinations.iter().map(|d| (&d.alias, d.ports.as_slice())).collect();
-    (&acl.sources, destinations, &acl.protocols)
-}
-
-impl<'p> Reuse<'p> {
-    fn new(policy: &'p Policy, acls: &'p [AclState], compiled: &'p [CompiledAcl]) -> Reuse<'p> {
-        assert_eq!(policy.acls.len(), compiled.len(), "a policy's entries are all compiled");
-        let mut by_text: BTreeMap<AclText<'p>, Vec<usize>> = BTreeMap::new();
-        for (index, acl) in policy.acls.iter().enumerate() {
-            by_text.entry(acl_text(acl)).or_default().push(index);
-        }
-        Reuse { policy, acls, compiled, by_text }
-    }
-
-    /// Whether `policy` gives every name the meaning the old one gave it.
-    fn names_match(&self, policy: &Policy) -> bool {
-        let old = self.policy;
-        old.groups == policy.groups
-            && old.tag_owners == policy.tag_owners
-            && old.hosts == policy.hosts
-    }
-
-    /// Per entry of `acls`, an unused old entry saying the same: its members and compiled
-    /// form are the new entry's (the same nodes, and names that mean the same).
-    fn match_texts(&self, acls: &[Acl]) -> Vec<Option<usize>> {
-        let mut taken = vec![false; self.compiled.len()];
-        let take = |acl: &Acl| {
-            let candidates = self.by_text.get(&acl_text(acl))?;
-            let old = *candidates.iter().find(|&&old| !taken[old])?;
-            taken[old] = true;
-            Some(old)
-        };
-        acls.iter().map(take).collect()
-    }
-}
-
-/// One policy's entries, as `edit_scope` compares them.
-struct Entries<'e> {
-    acls: &'e [AclState],
-    compiled: &'e [CompiledAcl],
-    keys: &'e BTreeMap<RuleKey, BTreeSet<usize>>,
-}
-
-impl Entries<'_> {
-    /// A digest that equal entries share (cheap: sizes and the sources' hash, not members).
-    fn digest(&self, index: usize) -> u64 {
-        let (state, compiled) = (&self.acls[index], &self.compiled[index]);
-        let mut hasher = DefaultHasher::new();
-        (state.src_all, state.dst_all, state.has_self, state.src_nodes.len()).hash(&mut hasher);
-        (state.dst_nodes.len(), compiled.src_hash, &compiled.protocols).hash(&mut hasher);
-        (&compiled.self_ports, compiled.entries.len(), compiled.self_first).hash(&mut hasher);
-        hasher.finish()
-    }
-
-    /// Whether entry `index` here and entry `other` of `them` are the same entry.
-    fn same(&self, index: usize, them: &Entries<'_>, other: usize) -> bool {
-        self.acls[index] == them.acls[other] && self.compiled[index] == them.compiled[other]
-    }
-
-    /// Adds what `changed` entries may affect to `scope` (`PolicyEngine::edit_scope`);
-    /// `None` when that is everyone.
-    fn widen(&self, changed: &[usize], scope: &mut Affected) -> Option<()> {
-        for &index in changed {
-            let state = &self.acls[index];
-            if state.src_all || state.dst_all || state.has_self {
-                return None;
-            }
-            scope.peers.extend(state.src_nodes.iter().chain(&state.dst_nodes));
-            scope.filters.extend(&state.dst_nodes);
-            let Some(key) = key_of(&self.compiled[index]) else { continue };
-            for &sharing in self.keys.get(&key).into_iter().flatten() {
-                if self.acls[sharing].dst_all {
-                    return None;
-                }
-                scope.filters.extend(&self.acls[sharing].dst_nodes);
-            }
-        }
-        Some(())
-    }
-}
-
 /// A rule in the making for one node.
 struct PendingSlot {
     /// Where it sits: (entry, 0 for its first rule, 1 for its second).
@@ -1125,4 +1172,40 @@ fn symmetric_difference<T: Ord + Copy>(a: &[T], b: &[T]) -> BTreeSet<T> {
     let a: BTreeSet<T> = a.iter().copied().collect();
     let b: BTreeSet<T> = b.iter().copied().collect();
     a.symmetric_difference(&b).copied().collect()
+}
+
+/// Adds entry `id` (whose members `state` lists) to its members' memberships.
+fn add_memberships(state: &AclState, id: EntryId, memberships: &mut BTreeMap<NodeId, Membership>) {
+    fn member<'m>(map: &'m mut BTreeMap<NodeId, Membership>, node: &NodeId) -> &'m mut Membership {
+        map.get_mut(node).expect("a known node")
+    }
+    for node in &state.src_named {
+        member(memberships, node).src_named.push(id);
+    }
+    for node in &state.src_nodes {
+        member(memberships, node).src.push(id);
+    }
+    for (position, named) in state.dst_named.iter().enumerate() {
+        for node in named {
+            member(memberships, node).dst_named.push((id, position));
+        }
+    }
+    for node in &state.dst_nodes {
+        member(memberships, node).dst.push(id);
+    }
+}
+
+/// Takes entry `id` (whose members `state` lists) out of its members' memberships.
+fn drop_memberships(state: &AclState, id: EntryId, memberships: &mut BTreeMap<NodeId, Membership>) {
+    let named = state.dst_named.iter().flatten();
+    let members: BTreeSet<&NodeId> = state
+        .src_named
+        .iter()
+        .chain(&state.src_nodes)
+        .chain(&state.dst_nodes)
+        .chain(named)
+        .collect();
+    for node in members {
+        memberships.get_mut(node).expect("a known node").forget(id);
+    }
 }
