@@ -174,6 +174,24 @@ impl Step {
         self.pending.entry(node).or_default().peer(peer, change);
     }
 
+    /// Records the changes of one row (sorted by peer, as `Adjacency::set_row` gives them);
+    /// into an empty record they go in one sorted bulk build, not one tree insert per peer.
+    fn row(&mut self, node: NodeId, flips: Vec<(NodeId, bool)>) {
+        if flips.is_empty() {
+            return;
+        }
+        let change = |(peer, added): (NodeId, bool)| {
+            assert_ne!(node, peer, "a node is never its own peer");
+            (peer, if added { Change::Full } else { Change::Removed })
+        };
+        let pending = self.pending.entry(node).or_default();
+        if pending.peers.is_empty() {
+            pending.peers = flips.into_iter().map(change).collect();
+        } else {
+            flips.into_iter().map(change).for_each(|(peer, change)| pending.peer(peer, change));
+        }
+    }
+
     fn self_node(&mut self, node: NodeId) {
         self.pending.entry(node).or_default().self_node = true;
     }
@@ -567,9 +585,7 @@ impl MapEngine {
             // Unknown ids are skipped by `set_row`.
             let mut peers = self.policy.peers_of(node);
             peers.retain(|peer| *peer != node);
-            for (peer, added) in self.adjacency.set_row(node, &peers) {
-                step.peer(node, peer, if added { Change::Full } else { Change::Removed });
-            }
+            step.row(node, self.adjacency.set_row(node, &peers));
         }
     }
 
