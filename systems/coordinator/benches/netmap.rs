@@ -20,8 +20,9 @@
 //! is shown), and its time is split into the step and the building and encoding of its deltas.
 //! Under the `engine-*` policies a policy edit is timed last (once; see `edited_policy`;
 //! `NETMAP_BENCH_EDIT=0` skips it): `policy` edits the policy engine in place as the
-//! coordinator does (`engine-groups` only), `policy*` hands the map engine a new view, which
-//! compares every node again.
+//! coordinator does (`engine-groups` only: an entry from one group to another, so two groups'
+//! maps change), `policy 1:1` the same with an entry from one node to another (two maps),
+//! `policy*` hands the map engine a new view, which compares every node again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -156,9 +157,18 @@ fn node_for(policy: &str, id: NodeId) -> NodeInfo {
     node
 }
 
+/// The policy edits of the summary: `policy` adds `tag:g1` to `tag:g2:22` (two groups' maps
+/// gain a group of peers each), `policy 1:1` lets node 7 reach node 13 on port 22.
+#[derive(Clone, Copy, PartialEq)]
+enum Edit {
+    None,
+    Groups,
+    Pair,
+}
+
 /// The `engine-groups` policy: each tag reaches itself, and everyone reaches `tag:g0:443`;
-/// `edited` adds `tag:g1` to `tag:g2:22` (the policy edit of the summary).
-fn groups_policy(edited: bool) -> Policy {
+/// with `edit`'s entry added last.
+fn groups_policy(edit: Edit) -> Policy {
     let tags: Vec<String> = (0..GROUP_COUNT).map(|group| format!("tag:g{group}")).collect();
     let owners: BTreeMap<&String, Vec<String>> = tags.iter().map(|tag| (tag, vec![])).collect();
     let entry = |tag: &String| {
@@ -167,8 +177,13 @@ fn groups_policy(edited: bool) -> Policy {
     };
     let mut acls: Vec<serde_json::Value> = tags.iter().map(entry).collect();
     acls.push(serde_json::json!({"action": "accept", "src": ["*"], "dst": ["tag:g0:443"]}));
-    if edited {
-        acls.push(serde_json::json!({"action": "accept", "src": ["tag:g1"], "dst": ["tag:g2:22"]}));
+    let (src, dst) = match edit {
+        Edit::None => ("", ""),
+        Edit::Groups => ("tag:g1", "tag:g2:22"),
+        Edit::Pair => ("100.64.0.7/32", "100.64.0.13/32:22"),
+    };
+    if edit != Edit::None {
+        acls.push(serde_json::json!({"action": "accept", "src": [src], "dst": [dst]}));
     }
     let text = serde_json::json!({"tagOwners": owners, "acls": acls}).to_string();
     Policy::parse(&text).expect("a valid policy")
@@ -187,7 +202,7 @@ fn engine(policy: &str, count: u64) -> MapEngine {
     let view: Box<dyn PolicyView> = match policy {
         "allow-all" => Box::new(AllowAll { nodes: nodes.iter().map(|node| node.id).collect() }),
         "engine-allow-all" => Box::new(PolicyEngine::allow_all()),
-        "engine-groups" => Box::new(PolicyEngine::new(groups_policy(false), users())),
+        "engine-groups" => Box::new(PolicyEngine::new(groups_policy(Edit::None), users())),
         _ => {
             let mut groups = Groups::default();
             for node in &nodes {
@@ -296,7 +311,7 @@ fn recompute_all(engine: &MapEngine) -> (Duration, usize, bool) {
 fn edited_policy(policy: &str) -> Option<Box<dyn PolicyView>> {
     match policy {
         "engine-allow-all" => Some(Box::new(PolicyEngine::allow_all())),
-        "engine-groups" => Some(Box::new(PolicyEngine::new(groups_policy(true), users()))),
+        "engine-groups" => Some(Box::new(PolicyEngine::new(groups_policy(Edit::Groups), users()))),
         _ => None,
     }
 }
@@ -338,12 +353,16 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
     let edit = std::env::var("NETMAP_BENCH_EDIT").map_or(true, |value| value != "0");
     if edit && policy == "engine-groups" {
         // What the coordinator does: the policy engine edited in place (`MapEngine::set_policy`).
-        let edited = groups_policy(true);
-        let in_place = |engine: &mut MapEngine| engine.set_policy(Some(&edited)).expect("in place");
-        costs.push(("policy", change_cost(engine, in_place)));
-        let restored = groups_policy(false);
-        let back = |engine: &mut MapEngine| engine.set_policy(Some(&restored)).expect("in place");
-        change_cost(engine, back);
+        let restored = groups_policy(Edit::None);
+        for (name, edit) in [("policy", Edit::Groups), ("policy 1:1", Edit::Pair)] {
+            let edited = groups_policy(edit);
+            let in_place =
+                |engine: &mut MapEngine| engine.set_policy(Some(&edited)).expect("in place");
+            costs.push((name, change_cost(engine, in_place)));
+            let back =
+                |engine: &mut MapEngine| engine.set_policy(Some(&restored)).expect("in place");
+            change_cost(engine, back);
+        }
     }
     if let Some(edited) = edited_policy(policy).filter(|_| edit) {
         // A new policy view: every node's peers and filter compared again.
@@ -360,7 +379,7 @@ fn summary_row(policy: &str, count: u64, engine: &mut MapEngine, setup: Duration
     for (name, cost) in costs {
         let ratio = all_time.as_secs_f64() / cost.time.as_secs_f64();
         lines.push(format!(
-            "  {name:<8} {:>10.2?} (step {:>10.2?}) {:>6} nodes {:>10} B   recompute-all/ours \
+            "  {name:<10} {:>10.2?} (step {:>10.2?}) {:>6} nodes {:>10} B   recompute-all/ours \
              {ratio:>9.0}x",
             cost.time, cost.step, cost.nodes, cost.bytes
         ));
