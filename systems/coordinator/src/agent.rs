@@ -103,7 +103,8 @@ impl fmt::Debug for AgentConfig {
 /// What an agent knows and has done, for its operator and for checks.
 #[derive(Clone, Debug, Default)]
 pub struct AgentStatus {
-    /// The node as registered.
+    /// The node as this run registered it or last rotated its key (`None` in a run that
+    /// resumed from saved state and did neither: the map's `self_node` says who it is).
     pub node: Option<NodeInfo>,
     /// The map it holds.
     pub map: Option<NetMap>,
